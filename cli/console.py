@@ -1,0 +1,35 @@
+"""Shared terminal output: rich consoles and the one-line error exit every command uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+from quantize import QuantizeError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Bad input becomes one red line on stderr and exit 1; Ctrl-C exits 130 without a traceback."""
+    try:
+        yield
+    except QuantizeError as e:
+        err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]; nothing was written")
+        raise typer.Exit(130) from None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"

@@ -1,0 +1,27 @@
+"""The Typer app: one module per command, each calling only the library."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import typer
+
+from .info_cmd import info
+from .quantize_cmd import quantize
+
+app = typer.Typer(name="qwen3-edge", help="Run Qwen3 on a small machine.", no_args_is_help=True,
+                  add_completion=True, pretty_exceptions_enable=False)
+app.command()(quantize)
+app.command()(info)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qwen3-edge {version('qwen3-edge')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                           help="Show the version and exit.")) -> None:
+    """qwen3-edge: quantize, inspect and run Qwen3 models on llama.cpp."""

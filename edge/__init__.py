@@ -1,0 +1,1 @@
+"""The qwen3-edge runtime: Engine, chat protocol and sampling on llama.cpp (issue 3)."""

@@ -1,0 +1,61 @@
+"""Output that is either complete or absent: write to a hidden temporary name in the target
+folder, rename over the target only on success, remove the temporary on any failure."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import QuantizeError
+
+
+def check_writable_folder(out: Path) -> None:
+    folder = out.parent
+    if not folder.is_dir():
+        raise QuantizeError(folder, "output folder does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise QuantizeError(out, "cannot write here: permission denied")
+    if out.is_dir():
+        raise QuantizeError(out, "is a folder; give a file name ending in .gguf")
+
+
+@contextmanager
+def atomic_path(out: Path, suffix: str = ".partial") -> Iterator[Path]:
+    """Yield a temporary path beside `out`; on success it becomes `out`."""
+    check_writable_folder(out)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+    except OSError as e:
+        raise QuantizeError(out, f"cannot create the output file ({e.strerror})") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except OSError as e:
+        raise QuantizeError(out, _os_error_text(e)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def scratch_path(beside: Path, suffix: str) -> Iterator[Path]:
+    """A temporary file beside the output (same disk), always removed afterwards."""
+    fd, name = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=suffix, dir=beside.parent)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _os_error_text(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "no space left on device; nothing was written"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "cannot write here: " + (e.strerror or "permission denied")
+    return f"write failed ({e.strerror or e})"

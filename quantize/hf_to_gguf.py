@@ -1,0 +1,212 @@
+"""Write a Qwen3 Hugging Face checkpoint as a GGUF in F32, F16, BF16 or Q8_0, one tensor at a time.
+
+Tensor names come from gguf-py's TensorNameMap; metadata mirrors llama.cpp's own converter, so
+llama.cpp reads every hyperparameter it needs for the `qwen3` architecture.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+from gguf.utility import LocalTensor
+
+from .errors import QuantizeError
+from .hf_config import Qwen3Config, read_config
+from .progress import Progress, ProgressCallback, ignore_progress
+from .safetensors_files import iter_row_chunks, open_tensors, same_data
+from .tokenizer_meta import TokenizerMeta, read_tokenizer
+
+ARCH = gguf.MODEL_ARCH.QWEN3
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    hf_name: str
+    gguf_name: str
+    source: LocalTensor
+    qtype: QT
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.source.shape)
+
+    @property
+    def out_nbytes(self) -> int:
+        return gguf.quant_shape_to_byte_shape(self.source.shape, self.qtype)[-1] * (
+            self.n_elements // self.source.shape[-1])
+
+    @property
+    def source_nbytes(self) -> int:
+        return self.source.data_range.size
+
+
+@dataclass
+class HFModel:
+    """A checked Hugging Face Qwen3 folder: config, tensors by name, tokenizer."""
+    folder: Path
+    config: Qwen3Config
+    tensors: dict[str, LocalTensor]
+    tokenizer: TokenizerMeta
+
+    @property
+    def source_dtypes(self) -> set[str]:
+        return {t.dtype for t in self.tensors.values()}
+
+
+def load_hf_model(folder: Path) -> HFModel:
+    """Read and check everything before any output is written: config, every shard header, every
+    tensor's presence and shape, the tokenizer."""
+    if not folder.is_dir():
+        raise QuantizeError(folder, "not found" if not folder.exists() else "not a folder or GGUF file")
+    config = read_config(folder)
+    tensors = {n: t for n, t in open_tensors(folder).items() if not n.endswith(IGNORED_SUFFIXES)}
+    expected = config.expected_shapes()
+    optional = {"lm_head.weight": (config.vocab_size, config.hidden_size)} if config.tie_word_embeddings else {}
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise QuantizeError(folder, f"missing tensor {name} (config.json implies it)")
+    for name, t in tensors.items():
+        want = expected.get(name, optional.get(name))
+        where = Path(t.data_range.filename)
+        if want is None:
+            raise QuantizeError(where, f"unexpected tensor {name}: not part of a Qwen3ForCausalLM model")
+        if tuple(t.shape) != want:
+            raise QuantizeError(where, f"tensor {name} has shape {list(t.shape)} but config.json implies {list(want)}")
+    return HFModel(folder, config, tensors, read_tokenizer(folder, config.vocab_size))
+
+
+def tensor_type(gguf_name: str, shape: tuple[int, ...], target: QT) -> QT:
+    """Per-tensor output type, as llama.cpp's converter picks it: norms and 1-D tensors stay F32;
+    Q8_0 needs rows in whole blocks of 32, else F16."""
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight"):
+        return QT.F32
+    if target == QT.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[QT.Q8_0][0]:
+        return QT.F16
+    return target
+
+
+def plan_tensors(model: HFModel, target: QT) -> list[PlannedTensor]:
+    """The output tensors in llama.cpp's order, with names from TensorNameMap.
+
+    A tied lm_head (absent, or byte-equal to the embedding) is dropped: llama.cpp then uses
+    token_embd for the output, and the file stays one embedding smaller."""
+    name_map = gguf.get_tensor_name_map(ARCH, model.config.num_hidden_layers)
+    names = sorted(model.tensors, key=_hf_order)
+    lm_head, embed = model.tensors.get("lm_head.weight"), model.tensors["model.embed_tokens.weight"]
+    if lm_head is not None and model.config.tie_word_embeddings and same_data(lm_head, embed):
+        names.remove("lm_head.weight")
+    plan = []
+    for hf_name in names:
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise QuantizeError(model.folder, f"cannot map tensor {hf_name} to a llama.cpp name")
+        t = model.tensors[hf_name]
+        plan.append(PlannedTensor(hf_name, gguf_name, t, tensor_type(gguf_name, tuple(t.shape), target)))
+    return plan
+
+
+def _hf_order(name: str) -> tuple[int, int, str]:
+    """Embedding first, then layers in numeric order, then final norm and lm_head."""
+    parts = name.split(".")
+    if name.startswith("model.layers."):
+        return (1, int(parts[2]), name)
+    return (0 if "embed_tokens" in name else 2, 0, name)
+
+
+def _add_metadata(writer: gguf.GGUFWriter, model: HFModel, file_type: gguf.LlamaFileType, n_params: int) -> None:
+    c = model.config
+    meta = gguf.Metadata.load(None, model.folder, None, n_params)
+    if meta.size_label is None:
+        meta.size_label = gguf.size_label(n_params, 0, 0, 0)
+    meta.set_gguf_meta_model(writer)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_rope_freq_base(c.rope_theta)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_key_length(c.head_dim)
+    writer.add_value_length(c.head_dim)
+    if (yarn := c.yarn) is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(yarn["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(yarn["original_max_position_embeddings"]))
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    model.tokenizer.add_to(writer)
+
+
+def _convert_chunk(chunk: np.ndarray, qtype: QT) -> np.ndarray:
+    if qtype == QT.F32:
+        return chunk
+    if qtype == QT.F16:
+        return chunk.astype(np.float16)
+    return gguf.quants.quantize(chunk, qtype)
+
+
+def _output_tensor(p: PlannedTensor) -> np.ndarray:
+    """The tensor's bytes in its output type, built chunk by chunk into one output buffer."""
+    if p.qtype == QT.BF16 and p.source.dtype == "BF16":
+        # BF16 -> BF16 is a copy: read the raw words, no rounding at all.
+        with open(p.source.data_range.filename, "rb") as f:
+            f.seek(p.source.data_range.offset)
+            raw = np.fromfile(f, dtype=np.uint16, count=p.n_elements)
+        if raw.size != p.n_elements:
+            raise QuantizeError(p.source.data_range.filename, f"truncated safetensors file: tensor {p.hf_name} ends early")
+        f32_view = (raw.astype(np.uint32) << 16).view(np.float32)
+        if not np.isfinite(f32_view).all():
+            raise QuantizeError(p.source.data_range.filename, f"tensor {p.hf_name} holds NaN or infinite values (corrupt weights)")
+        return raw.reshape(p.source.shape)
+    out: np.ndarray | None = None
+    for start, chunk in iter_row_chunks(p.source, p.hf_name):
+        converted = _convert_chunk(chunk, p.qtype)
+        if out is None:
+            out = np.empty((p.source.shape[0], *converted.shape[1:]) if p.source.shape else (), dtype=converted.dtype)
+        out[start:start + len(converted)] = converted
+    assert out is not None
+    return out
+
+
+def write_gguf(model: HFModel, out_path: Path, target: QT, file_type: gguf.LlamaFileType,
+               progress: ProgressCallback = ignore_progress) -> list[PlannedTensor]:
+    """Stream the model into out_path (which the caller makes atomic). Returns the plan written."""
+    plan = plan_tensors(model, target)
+    n_params = sum(p.n_elements for p in plan)
+    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[ARCH])
+    _add_metadata(writer, model, file_type, n_params)
+    for p in plan:
+        writer.add_tensor_info(p.gguf_name, p.source.shape, np.dtype(np.float32), p.out_nbytes, raw_dtype=p.qtype)
+    total_bytes = sum(p.source_nbytes for p in plan)
+    done_bytes = 0
+    try:
+        writer.write_header_to_file(out_path)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for i, p in enumerate(plan):
+            writer.write_tensor_data(_output_tensor(p))
+            done_bytes += p.source_nbytes
+            progress(Progress("convert", i + 1, len(plan), done_bytes, total_bytes, p.gguf_name))
+        writer.flush()
+    finally:
+        writer.close()
+    return plan
+
+
+def carrier_type(model: HFModel) -> tuple[QT, gguf.LlamaFileType]:
+    """The lossless float type to hand llama.cpp's quantizer: the checkpoint's own dtype."""
+    dtypes = model.source_dtypes
+    if dtypes <= {"BF16"}:
+        return QT.BF16, gguf.LlamaFileType.MOSTLY_BF16
+    if dtypes <= {"F16"}:
+        return QT.F16, gguf.LlamaFileType.MOSTLY_F16
+    return QT.F32, gguf.LlamaFileType.ALL_F32
+

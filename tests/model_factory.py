@@ -1,0 +1,147 @@
+"""Qwen3 models with seeded random weights in the exact Hugging Face layout.
+
+BF16 safetensors (8-byte little-endian header length, JSON header, raw data), HF tensor names,
+config.json and the real Qwen3 tokenizer files. Random weights cost exactly what real ones cost
+to convert and run; the NumPy reference forward pass tells whether a conversion is right.
+Tensors are generated and written one at a time, so even the full 0.6B shape needs little memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+FIXTURES = Path(__file__).parent / "fixtures" / "qwen3-tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "generation_config.json")
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    tied: bool = True
+    shards: int = 1
+    vocab: int = 151936
+    rope_theta: float = 1_000_000.0
+    rope_scaling: dict | None = None
+    extra_config: dict = field(default_factory=dict)
+
+    def with_(self, **kw) -> "Shape":
+        return replace(self, **kw)
+
+
+# head_dim 32 differs from hidden/heads (16), as in the real models (1024/16 = 64, head_dim 128).
+TINY_TIED = Shape(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=32, intermediate=128)
+# Rows of 256 so that K-quants really apply; untied, in two shards with an index.
+TINY_UNTIED_SHARDED = Shape(hidden=256, layers=2, heads=4, kv_heads=2, head_dim=64, intermediate=512,
+                            tied=False, shards=2)
+QWEN3_0_6B = Shape(hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=3072)
+QWEN3_1_7B = Shape(hidden=2048, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=6144)
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even, as torch does."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def tensor_specs(s: Shape) -> Iterator[tuple[str, tuple[int, ...], str]]:
+    """(HF name, shape, kind) for every tensor; kind is "embed", "norm" or "linear"."""
+    yield "model.embed_tokens.weight", (s.vocab, s.hidden), "embed"
+    for i in range(s.layers):
+        p = f"model.layers.{i}."
+        q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        yield p + "input_layernorm.weight", (s.hidden,), "norm"
+        yield p + "self_attn.q_proj.weight", (q, s.hidden), "linear"
+        yield p + "self_attn.k_proj.weight", (kv, s.hidden), "linear"
+        yield p + "self_attn.v_proj.weight", (kv, s.hidden), "linear"
+        yield p + "self_attn.o_proj.weight", (s.hidden, q), "linear"
+        yield p + "self_attn.q_norm.weight", (s.head_dim,), "norm"
+        yield p + "self_attn.k_norm.weight", (s.head_dim,), "norm"
+        yield p + "post_attention_layernorm.weight", (s.hidden,), "norm"
+        yield p + "mlp.gate_proj.weight", (s.intermediate, s.hidden), "linear"
+        yield p + "mlp.up_proj.weight", (s.intermediate, s.hidden), "linear"
+        yield p + "mlp.down_proj.weight", (s.hidden, s.intermediate), "linear"
+    yield "model.norm.weight", (s.hidden,), "norm"
+    if not s.tied:
+        yield "lm_head.weight", (s.vocab, s.hidden), "embed"
+
+
+def random_tensor(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """Scales that give logits of a few units, so quantization error is visible, not drowned."""
+    if kind == "norm":
+        return (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+    fan_in = shape[-1]
+    std = 2.5 / math.sqrt(fan_in) if kind == "embed" else 0.7 / math.sqrt(fan_in)
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+
+def config_dict(s: Shape) -> dict:
+    base = json.loads((FIXTURES / "config.json").read_text())
+    base.update({
+        "hidden_size": s.hidden, "num_hidden_layers": s.layers, "max_window_layers": s.layers,
+        "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "head_dim": s.head_dim,
+        "intermediate_size": s.intermediate, "tie_word_embeddings": s.tied, "vocab_size": s.vocab,
+        "rope_theta": s.rope_theta, "rope_scaling": s.rope_scaling,
+    })
+    base.update(s.extra_config)
+    return base
+
+
+def write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...], np.ndarray | None]],
+                      make=None) -> None:
+    """Write BF16 tensors; `make(name)` produces a tensor's data lazily when data is None."""
+    header, offset = {}, 0
+    for name, shape, _ in tensors:
+        nbytes = math.prod(shape) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "pt"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name, shape, data in tensors:
+            arr = data if data is not None else make(name)
+            f.write(to_bf16(arr).tobytes())
+
+
+def build_model(folder: Path, shape: Shape, seed: int = 0, tokenizer: bool = True) -> Path:
+    """Create a random Qwen3 checkpoint in `folder` (created) and return the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config_dict(shape), indent=2))
+    if tokenizer:
+        for name in TOKENIZER_FILES:
+            shutil.copy(FIXTURES / name, folder / name)
+    specs = list(tensor_specs(shape))
+    rng = np.random.default_rng(seed)
+    kinds = {n: (shp, k) for n, shp, k in specs}
+
+    def make(name: str) -> np.ndarray:
+        shp, kind = kinds[name]
+        return random_tensor(rng, shp, kind)
+
+    groups = np.array_split(np.arange(len(specs)), shape.shards)
+    weight_map = {}
+    for i, idx in enumerate(groups):
+        fname = "model.safetensors" if shape.shards == 1 else f"model-{i + 1:05d}-of-{shape.shards:05d}.safetensors"
+        part = [(specs[j][0], specs[j][1], None) for j in idx]
+        write_safetensors(folder / fname, part, make)
+        weight_map.update({name: fname for name, _, _ in part})
+    if shape.shards > 1:
+        total = sum(math.prod(s) * 2 for _, s, _ in specs)
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return folder
