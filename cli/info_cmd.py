@@ -34,9 +34,10 @@ def info(
     for k, v in d["hyperparameters"].items():
         t.add_row(k, str(v))
     tok = d["tokenizer"]
-    special = ", ".join(f"{k} {tok[k]['text']} ({tok[k]['id']})" for k in ("bos", "eos", "pad") if tok[k])
     t.add_row("tokenizer", f"{tok['model']}/{tok['pre']} · {tok['tokens']:,} tokens · {tok['merges']:,} merges · add_bos {tok['add_bos']}")
-    t.add_row("special", special or "none")
+    for k in ("bos", "eos", "pad"):
+        if tok[k]:
+            t.add_row(f"{k} token", f"{tok[k]['text']} ({tok[k]['id']})")
     tpl = d["chat_template"]
     t.add_row("chat template", "none" if tpl is None else
               f"{tpl['chars']:,} chars · sha256 {tpl['sha256']} · thinking {'yes' if tpl['thinking'] else 'no'}")

@@ -42,10 +42,11 @@ def quantize(
         else:
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("tensors"), TextColumn("{task.fields[extra]}"), TimeElapsedColumn())
-            with Bar(*columns, console=err, transient=False) as bar:
+            with Bar(*columns, console=err, transient=True) as bar:
                 result = quantize_model(src, type_, output, threads, progress=_ProgressBars(bar))
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
         return
     out.print(f"[green]wrote[/] {result.output}  [bold]{result.type}[/]  {human_bytes(result.size_bytes)}  "
-              f"{result.bits_per_weight:.2f} bits/weight  {result.parameters / 1e6:.1f}M params  {result.seconds:.1f}s")
+              f"{result.bits_per_weight:.2f} bits/weight  {result.parameters / 1e6:.1f}M params  {result.seconds:.1f}s",
+              soft_wrap=True)

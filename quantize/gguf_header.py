@@ -115,8 +115,9 @@ class _Cursor:
         return float(f"{value:.7g}") if vtype == GGUFValueType.FLOAT32 else value
 
 
-def read_header(path: Path) -> GGUFHeader:
+def read_header(path: str | Path) -> GGUFHeader:
     """Parse a GGUF's header or raise QuantizeError naming the file and the problem."""
+    path = Path(path)
     if not path.is_file():
         raise QuantizeError(path, "not found")
     try:

@@ -32,6 +32,8 @@ class Shape:
     intermediate: int
     tied: bool = True
     shards: int = 1
+    # For tied models: also save lm_head.weight, "equal" to the embedding or "different".
+    tied_lm_head: str | None = None
     vocab: int = 151936
     rope_theta: float = 1_000_000.0
     rope_scaling: dict | None = None
@@ -74,7 +76,7 @@ def tensor_specs(s: Shape) -> Iterator[tuple[str, tuple[int, ...], str]]:
         yield p + "mlp.up_proj.weight", (s.intermediate, s.hidden), "linear"
         yield p + "mlp.down_proj.weight", (s.hidden, s.intermediate), "linear"
     yield "model.norm.weight", (s.hidden,), "norm"
-    if not s.tied:
+    if not s.tied or s.tied_lm_head:
         yield "lm_head.weight", (s.vocab, s.hidden), "embed"
 
 
@@ -83,7 +85,7 @@ def random_tensor(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -
     if kind == "norm":
         return (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
     fan_in = shape[-1]
-    std = 2.5 / math.sqrt(fan_in) if kind == "embed" else 0.7 / math.sqrt(fan_in)
+    std = 2.5 / math.sqrt(fan_in) if kind == "embed" else 0.35 / math.sqrt(fan_in)
     return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
 
@@ -129,9 +131,16 @@ def build_model(folder: Path, shape: Shape, seed: int = 0, tokenizer: bool = Tru
     rng = np.random.default_rng(seed)
     kinds = {n: (shp, k) for n, shp, k in specs}
 
+    made: dict[str, np.ndarray] = {}
+
     def make(name: str) -> np.ndarray:
+        if name == "lm_head.weight" and shape.tied_lm_head == "equal":
+            return made["model.embed_tokens.weight"]
         shp, kind = kinds[name]
-        return random_tensor(rng, shp, kind)
+        data = random_tensor(rng, shp, kind)
+        if name == "model.embed_tokens.weight" and shape.tied_lm_head == "equal":
+            made[name] = data
+        return data
 
     groups = np.array_split(np.arange(len(specs)), shape.shards)
     weight_map = {}
