@@ -151,6 +151,6 @@ def read_header(path: str | Path) -> GGUFHeader:
         raise QuantizeError(path, f"corrupt or truncated GGUF header ({e})") from None
     align = int(header.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT))
     data_start = -(-cur.pos // align) * align
-    if data_start + data_end > len(data):
+    if header.tensors and data_start + data_end > len(data):
         raise QuantizeError(path, f"truncated GGUF: tensor data needs {data_start + data_end} bytes, the file has {len(data)}")
     return header

@@ -1,0 +1,261 @@
+"""Context length, RoPE scaling and memory planning for Qwen3 on llama.cpp.
+
+Qwen3 is trained for 32,768 tokens; longer contexts need YaRN, which Qwen says to turn on only
+when needed because static YaRN hurts short texts. llama.cpp would take YaRN's original context
+from the GGUF's context_length (40,960 for Qwen3), which is wrong, so the plan sets it. Memory
+planning refuses a context that cannot fit before llama.cpp tries to allocate it. Everything
+here is pure except `physical_cores` and `available_memory_bytes`, which read /proc.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+
+NATIVE_CTX = 32768
+MAX_YARN_FACTOR = 4
+MAX_CTX = NATIVE_CTX * MAX_YARN_FACTOR   # 131072
+CTX_STEP = 256                            # llama.cpp pads its KV cache to multiples of 256
+SMALL_MODEL_PARAMS = 3e9                  # below this, Qwen did not validate 128K context
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class RopePlan:
+    n_ctx: int
+    yarn: bool
+    factor: float
+    rope_freq_scale: float
+    yarn_orig_ctx: int          # 0 when YaRN is off
+    rope_scaling_type: int
+    warning: str | None
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        """RoPE keyword arguments for `llama_cpp.Llama(...)` (n_ctx is left to the caller).
+
+        Without YaRN the type is NONE, not "unspecified", so nothing in the file turns it on."""
+        if not self.yarn:
+            return {"rope_scaling_type": llama_cpp.LLAMA_ROPE_SCALING_TYPE_NONE}
+        return {"rope_scaling_type": llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
+                "rope_freq_scale": self.rope_freq_scale, "yarn_orig_ctx": self.yarn_orig_ctx}
+
+
+def parse_size_label(label: str | None) -> float | None:
+    """general.size_label -> parameter count: "0.6B" 6e8, "600M" 6e8, "8x7B" 5.6e10,
+    "30B-A3B" 3e10 (total, not active); None when the label cannot be read."""
+    if not label:
+        return None
+    m = re.fullmatch(r"\s*(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*([KMBT])\b.*", label, re.IGNORECASE)
+    if m is None:
+        return None
+    experts = int(m.group(1)) if m.group(1) else 1
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}[m.group(3).upper()]
+    return experts * float(m.group(2)) * scale
+
+
+def _small_model_warning(size_label: str | None) -> str | None:
+    params = parse_size_label(size_label)
+    if params is None or params >= SMALL_MODEL_PARAMS:
+        return None
+    return (f"Qwen validated 128K context (YaRN) only for Qwen3-4B; the {size_label} model may "
+            f"lose quality on long contexts")
+
+
+def _check_yarn_metadata(gguf_yarn: dict) -> tuple[float, int]:
+    factor, orig = gguf_yarn.get("factor"), gguf_yarn.get("original_context_length")
+    if not isinstance(factor, (int, float)) or factor < 1:
+        raise ValueError(f"GGUF YaRN factor must be a number >= 1, got {factor!r}")
+    if not isinstance(orig, int) or orig <= 0:
+        raise ValueError(f"GGUF YaRN original_context_length must be a positive integer, got {orig!r}")
+    return float(factor), orig
+
+
+def plan_rope(n_ctx: int, *, gguf_yarn: dict | None = None, size_label: str | None = None) -> RopePlan:
+    """RoPE settings for a context of `n_ctx` tokens, following Qwen's guidance.
+
+    Up to 32,768: no scaling. Above: YaRN with factor ceil(n_ctx / 32768), at most 4. A GGUF that
+    carries YaRN metadata (`{"factor", "original_context_length"}` from qwen3.rope.scaling.*)
+    gets it applied by llama.cpp whatever n_ctx is, so the plan honours it instead."""
+    if not isinstance(n_ctx, int) or n_ctx <= 0:
+        raise ValueError(f"context length must be a positive integer, got {n_ctx!r}")
+    notes: list[str] = []
+    if gguf_yarn is not None:
+        factor, orig = _check_yarn_metadata(gguf_yarn)
+        limit = int(factor * orig)
+        if n_ctx > limit:
+            raise ValueError(f"context {n_ctx} is too long: this model's YaRN (factor {factor:g} over "
+                             f"{orig}) allows at most {limit} tokens")
+        if n_ctx <= orig:
+            notes.append(f"this GGUF carries YaRN (factor {factor:g}), which llama.cpp applies even to "
+                         f"short texts, where static YaRN can hurt quality")
+    else:
+        if n_ctx <= NATIVE_CTX:
+            return RopePlan(n_ctx, False, 1.0, 1.0, 0, llama_cpp.LLAMA_ROPE_SCALING_TYPE_NONE, None)
+        factor, orig = float(math.ceil(n_ctx / NATIVE_CTX)), NATIVE_CTX
+        if factor > MAX_YARN_FACTOR:
+            raise ValueError(f"context {n_ctx} is too long: Qwen3 supports at most {MAX_CTX} tokens "
+                             f"(YaRN factor {MAX_YARN_FACTOR} over {NATIVE_CTX})")
+    if (small := _small_model_warning(size_label)) is not None:
+        notes.append(small)
+    return RopePlan(n_ctx, True, factor, 1.0 / factor, orig, llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
+                    "; ".join(notes) or None)
+
+
+# KV cache types: name -> ggml type id, and (bytes per block, elements per block).
+KV_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}
+KV_BLOCKS: dict[str, tuple[int, int]] = {"f32": (4, 1), "f16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32)}
+QUANTIZED_KV = frozenset({"q8_0", "q4_0"})
+
+
+def kv_bytes_per_element(type_name: str) -> float:
+    """f32 4, f16 2, q8_0 34/32, q4_0 18/32."""
+    block_bytes, block_elems = KV_BLOCKS[_kv_name(type_name)]
+    return block_bytes / block_elems
+
+
+def _kv_name(type_name: str) -> str:
+    name = type_name.lower()
+    if name not in KV_TYPES:
+        raise ValueError(f"unknown KV cache type {type_name!r}; choose one of {', '.join(KV_TYPES)}")
+    return name
+
+
+def _row_bytes(type_name: str, n_elems: int) -> int:
+    block_bytes, block_elems = KV_BLOCKS[_kv_name(type_name)]
+    return -(-n_elems // block_elems) * block_bytes
+
+
+def kv_cache_bytes(n_ctx: int, n_layers: int, n_kv_heads: int, head_dim: int,
+                   type_k: str = "f16", type_v: str = "f16") -> int:
+    """Bytes of llama.cpp's KV cache: one K row and one V row of n_kv_heads*head_dim per token
+    and layer (exact: rows are whole quantization blocks)."""
+    row = n_kv_heads * head_dim
+    return n_ctx * n_layers * (_row_bytes(type_k, row) + _row_bytes(type_v, row))
+
+
+def check_kv_types(type_k: str, type_v: str, flash_attn: bool) -> None:
+    """Refuse what llama.cpp would refuse later, at context creation: unknown types, and a
+    quantized V cache without flash attention."""
+    _kv_name(type_k)
+    if _kv_name(type_v) in QUANTIZED_KV and not flash_attn:
+        raise ValueError(f"a quantized V cache ({type_v}) needs flash attention; turn it on or use f16")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    model_bytes: int
+    kv_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    available_bytes: int
+    fits: bool
+    max_ctx: int        # largest multiple of 256 (<= 131072) that fits; 0 if even 256 does not
+    n_ctx: int = 0
+
+    def describe(self) -> str:
+        """One line for users: what the context costs and, when it does not fit, what would."""
+        gib = _gib
+        head = (f"model {gib(self.model_bytes)} + KV cache {gib(self.kv_bytes)} ({self.n_ctx} tokens) + "
+                f"overhead {gib(self.overhead_bytes)} = {gib(self.total_bytes)} of {gib(self.available_bytes)} available")
+        if self.fits:
+            return f"{head}: fits (up to {self.max_ctx} tokens would)"
+        if self.max_ctx == 0:
+            return f"{head}: does not fit, not even a {CTX_STEP}-token context"
+        return f"{head}: does not fit; the largest context that fits is {self.max_ctx} tokens"
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def overhead_bytes(n_ctx: int, n_vocab: int = 151936, n_batch: int = 512, *,
+                   n_heads: int = 0, flash_attn: bool = False) -> int:
+    """What llama.cpp needs besides weights and KV cache, measured on its CPU backend.
+
+    Its compute buffer is sized for the worst micro-batch of n_batch tokens and is the larger of
+    two stages: the logits, n_vocab*4*n_batch (297 MiB for Qwen3 at 512: the 151,936-token
+    vocabulary dominates small models), and, without flash attention, the attention scores plus
+    mask, n_ctx*n_batch*4*(n_heads+1) (1.06 GiB for 16 heads at 32K). With flash attention only
+    an f16 mask, n_ctx*n_batch*2. Measured sizes matched this to within 1.2 MiB. Add 64 MiB for
+    the output buffer, graph metadata and the process itself."""
+    logits = n_vocab * 4 * n_batch
+    attention = n_ctx * n_batch * 2 if flash_attn else n_ctx * n_batch * 4 * (n_heads + 1)
+    return 64 * MIB + max(logits, attention)
+
+
+def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, head_dim: int,
+                available_bytes: int, type_k: str = "f16", type_v: str = "f16", n_vocab: int = 151936,
+                n_batch: int = 512, *, n_heads: int = 0, flash_attn: bool = False) -> MemoryPlan:
+    """Whether weights + KV cache + compute buffers for `n_ctx` fit in `available_bytes`, and
+    the largest context that would. Pass n_heads (query heads) for the attention-score buffer,
+    which outgrows the logits buffer beyond ~9K tokens for 16 heads without flash attention."""
+    def total(ctx: int) -> tuple[int, int, int]:
+        kv = kv_cache_bytes(ctx, n_layers, n_kv_heads, head_dim, type_k, type_v)
+        extra = overhead_bytes(ctx, n_vocab, n_batch, n_heads=n_heads, flash_attn=flash_attn)
+        return kv, extra, model_bytes + kv + extra
+
+    kv, extra, need = total(n_ctx)
+    # Total grows with the context, so binary-search the largest fitting multiple of CTX_STEP.
+    lo, hi = 0, MAX_CTX // CTX_STEP
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if total(mid * CTX_STEP)[2] <= available_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return MemoryPlan(model_bytes, kv, extra, need, available_bytes, need <= available_bytes,
+                      lo * CTX_STEP, n_ctx)
+
+
+def count_physical_cores(cpuinfo: str, allowed: set[int] | None = None) -> int | None:
+    """Unique (physical id, core id) pairs among the `allowed` processors of /proc/cpuinfo text;
+    None when the file does not say (some VMs and ARM kernels). Hyper-threads share a core's
+    arithmetic units, so llama.cpp runs fastest with one thread per physical core."""
+    cores: set[tuple[str, str]] = set()
+    for block in cpuinfo.split("\n\n"):
+        fields = dict((k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in block.splitlines()))
+        if "processor" not in fields or "core id" not in fields:
+            continue
+        if allowed is not None and fields["processor"].isdigit() and int(fields["processor"]) not in allowed:
+            continue
+        cores.add((fields.get("physical id", "0"), fields["core id"]))
+    return len(cores) or None
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on; falls back to the logical count."""
+    try:
+        allowed: set[int] | None = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            counted = count_physical_cores(f.read(), allowed)
+    except OSError:
+        counted = None
+    if counted:
+        return counted
+    return len(allowed) if allowed else (os.cpu_count() or 1)
+
+
+def parse_meminfo_available(meminfo: str) -> int | None:
+    """MemAvailable from /proc/meminfo text, in bytes; None when absent (kernels before 3.14)."""
+    m = re.search(r"^MemAvailable:\s+(\d+)\s*kB", meminfo, re.MULTILINE)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def available_memory_bytes() -> int:
+    """Memory a new allocation can get without swapping: MemAvailable, else free pages."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            available = parse_meminfo_available(f.read())
+        if available is not None:
+            return available
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,150 @@
+"""The Engine: one loaded Qwen3 GGUF on llama.cpp, with its backend, context and memory plan.
+
+Everything that can be decided without llama.cpp (YaRN factors, memory, KV types) is decided by
+the pure functions in context_plan before the model is opened, so a context that cannot fit is
+refused with the largest one that would, instead of an out-of-memory kill.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from quantize import QuantizeError
+from quantize.gguf_header import read_header
+
+from .chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
+from .context_plan import (KV_TYPES, MemoryPlan, RopePlan, available_memory_bytes, check_kv_types,
+                           physical_cores, plan_memory, plan_rope)
+
+DEFAULT_CTX = 8192
+
+
+class EngineError(Exception):
+    """A model that cannot be opened as asked, told in one line."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the GGUF header says, read before llama.cpp opens the file."""
+    path: Path
+    size_bytes: int
+    name: str | None
+    size_label: str | None
+    file_type: int | None
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    n_ctx_train: int
+    yarn: dict[str, Any] | None
+    chat_template: str | None
+
+
+def read_model_info(path: Path) -> ModelInfo:
+    try:
+        h = read_header(path)
+    except QuantizeError as e:
+        raise EngineError(str(e)) from None
+    arch = h.get("general.architecture")
+    if arch != "qwen3":
+        raise EngineError(f"{path}: architecture {arch!r} is not qwen3; qwen3-edge runs Qwen3 models only")
+    heads = h.get("qwen3.attention.head_count")
+    yarn = None
+    if h.get("qwen3.rope.scaling.type") == "yarn":
+        yarn = {"factor": h.get("qwen3.rope.scaling.factor"),
+                "original_context_length": h.get("qwen3.rope.scaling.original_context_length")}
+    return ModelInfo(
+        path=path, size_bytes=path.stat().st_size, name=h.get("general.name"),
+        size_label=h.get("general.size_label"), file_type=h.get("general.file_type"),
+        n_layers=h.get("qwen3.block_count"), n_kv_heads=h.get("qwen3.attention.head_count_kv", heads),
+        head_dim=h.get("qwen3.attention.key_length") or h.get("qwen3.embedding_length") // heads,
+        n_ctx_train=h.get("qwen3.context_length"), yarn=yarn,
+        chat_template=h.get("tokenizer.chat_template"),
+    )
+
+
+def detect_backend(n_gpu_layers: int) -> str:
+    """"cpu", or the GPU backend the bindings were built with when layers are offloaded."""
+    if n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload():
+        return "cpu"
+    info = llama_cpp.llama_print_system_info().decode(errors="replace").lower()
+    for name in ("metal", "vulkan", "cuda", "hip", "sycl", "opencl"):
+        if name in info:
+            return name
+    return "metal" if sys.platform == "darwin" else "gpu"
+
+
+class Engine:
+    """One loaded model. `engine.llama` is the raw llama_cpp.Llama for apps that need it."""
+
+    def __init__(self, llama: llama_cpp.Llama, info: ModelInfo, template: ChatTemplate, backend: str,
+                 rope_plan: RopePlan, memory_plan: MemoryPlan, n_threads: int, kv_cache_type: str):
+        self.llama, self.info, self.template, self.backend = llama, info, template, backend
+        self.rope_plan, self.memory_plan = rope_plan, memory_plan
+        self.n_threads, self.kv_cache_type = n_threads, kv_cache_type
+
+    @classmethod
+    def load(cls, path: str | Path, *, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None,
+             n_gpu_layers: int | None = None, kv_cache_type: str = "f16", flash_attn: bool | None = None,
+             available_bytes: int | None = None, n_batch: int = 512, verbose: bool = False) -> "Engine":
+        """Open a Qwen3 GGUF (memory-mapped).
+
+        n_ctx above 32,768 turns YaRN on (factor ceil(n_ctx/32768), at most 4). n_gpu_layers
+        None offloads every layer when the bindings support a GPU, else runs on the CPU.
+        kv_cache_type f16, q8_0 or q4_0; a quantized cache turns flash attention on (llama.cpp
+        needs it for a quantized V cache). n_threads defaults to the physical core count.
+        """
+        path = Path(path)
+        info = read_model_info(path)
+        if flash_attn is None:
+            flash_attn = kv_cache_type != "f16"
+        try:
+            check_kv_types(kv_cache_type, kv_cache_type, flash_attn)
+            rope = plan_rope(n_ctx, gguf_yarn=info.yarn, size_label=info.size_label)
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+        if rope.warning:
+            warnings.warn(rope.warning, stacklevel=2)
+        memory = plan_memory(info.size_bytes, n_ctx, info.n_layers, info.n_kv_heads, info.head_dim,
+                             available_bytes if available_bytes is not None else available_memory_bytes(),
+                             type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch)
+        if not memory.fits:
+            raise EngineError(f"{path}: context {n_ctx} does not fit in memory ({memory.describe()}); "
+                              f"the largest that fits is {memory.max_ctx}")
+        try:
+            template = compile_template(info.chat_template or QWEN3_CHAT_TEMPLATE)
+        except TemplateError as e:
+            raise EngineError(f"{path}: unusable chat template ({e})") from None
+        threads = n_threads or physical_cores()
+        gpu_layers = (-1 if llama_cpp.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
+        try:
+            llama = llama_cpp.Llama(
+                str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, n_threads_batch=threads,
+                n_gpu_layers=gpu_layers, use_mmap=True, flash_attn=flash_attn,
+                type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
+                verbose=verbose, **rope.llama_kwargs())
+        except (ValueError, RuntimeError) as e:
+            raise EngineError(f"{path}: llama.cpp could not load the model ({e})") from None
+        return cls(llama, info, template, detect_backend(gpu_layers), rope, memory, threads, kv_cache_type)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.llama.n_ctx()
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of a rendered prompt: special tokens parsed, no BOS (Qwen adds none)."""
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def close(self) -> None:
+        self.llama.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
