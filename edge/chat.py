@@ -27,9 +27,8 @@ from .chat_template import TemplateError
 from .engine import Engine
 from .modes import Mode, soft_switch, thinking_for
 from .sampling import SamplingParams, build_sampler, preset
-from .thinking_parser import ThinkingParser
+from .thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 BUDGET_PHRASE = ("Considering the limited time by the user, I have to give the solution based on the "
                  "thinking directly now.\n</think>.\n\n")
 DEFAULT_REPLY_RESERVE = 1024
@@ -159,7 +158,7 @@ class Chat:
             yield Event("notice", f"dropped the {dropped} oldest turn(s) to fit the {self.engine.n_ctx}-token context")
         started = time.perf_counter()
         evaluated = self._evaluate_prompt(prompt)
-        turn = _Turn(thinking, ThinkingParser(thinking=thinking))
+        turn = _Turn(thinking, ThinkingParser())
         stop, first_at = "length", None
         sampler = build_sampler(self.sampling_params(thinking), self.engine.llama.n_vocab())
         decoder = codecs.getincrementaldecoder("utf-8")("replace")

@@ -44,10 +44,9 @@ class ThinkingParser:
     the answer, and trailing newlines of the thinking, are dropped.
     """
 
-    def __init__(self, thinking: bool = True) -> None:
-        # Parsing is the same either way: in non-thinking mode a stray <think> at the very
-        # start is still honoured, so the flag only records what the prompt asked for.
-        self.thinking = thinking
+    def __init__(self) -> None:
+        # The same parse serves both modes: a non-thinking generation has no <think> and is all
+        # answer; a stray <think> at its very start is still honoured.
         self._state = _START
         self._closed = False  # saw </think>
         self._lead: list[str] = []  # whitespace before any content (start state)

@@ -14,9 +14,9 @@ THINKING = "The user asks 2+2.\n\nSo a < b, and </th is not an end."
 ANSWER = "It is **4**.\n"
 
 
-def run(chunks: Iterable[str], thinking: bool = True) -> tuple[str, str, ThinkingParser]:
+def run(chunks: Iterable[str]) -> tuple[str, str, ThinkingParser]:
     """Feed chunks, close, and return the joined thinking and answer text."""
-    parser = ThinkingParser(thinking=thinking)
+    parser = ThinkingParser()
     pieces: list[Piece] = []
     for chunk in chunks:
         pieces += parser.feed(chunk)
@@ -63,18 +63,18 @@ def test_several_markers_in_one_chunk_with_text_on_both_sides():
 
 
 def test_no_think_block_is_all_answer():
-    thought, answer, parser = run(["Hello", ", world", "!\n"], thinking=False)
+    thought, answer, parser = run(["Hello", ", world", "!\n"])
     assert (thought, answer) == ("", "Hello, world!\n")
     assert not parser.in_thinking and not parser.thinking_closed
 
 
 def test_answer_without_think_in_thinking_mode_is_answer():
-    assert run(["Sure", ": 4"], thinking=True)[:2] == ("", "Sure: 4")
+    assert run(["Sure", ": 4"])[:2] == ("", "Sure: 4")
 
 
 def test_stray_think_block_in_non_thinking_mode_is_thinking():
-    assert run(["<think>\n\n</think>\n\nHi"], thinking=False)[:2] == ("", "Hi")
-    assert run(["<think>\nhm\n</think>\n\nHi"], thinking=False)[:2] == ("hm", "Hi")
+    assert run(["<think>\n\n</think>\n\nHi"])[:2] == ("", "Hi")
+    assert run(["<think>\nhm\n</think>\n\nHi"])[:2] == ("hm", "Hi")
 
 
 def test_unclosed_think_block_is_all_thinking():
@@ -89,11 +89,10 @@ def test_empty_think_block():
     assert parser.thinking_closed
 
 
-@pytest.mark.parametrize("thinking", [True, False])
-def test_angle_brackets_that_are_not_markers_come_through(thinking):
+def test_angle_brackets_that_are_not_markers_come_through():
     text = "a < b and <thinking> is not a tag, nor </think or <think"
-    assert run(text, thinking=thinking)[:2] == ("", text)
-    assert run([text], thinking=thinking)[:2] == ("", text)
+    assert run(text)[:2] == ("", text)
+    assert run([text])[:2] == ("", text)
 
 
 def test_angle_brackets_inside_thinking_come_through():
@@ -118,8 +117,8 @@ def test_whitespace_before_think_is_dropped():
 
 
 def test_leading_newlines_of_answer_dropped_but_indentation_kept():
-    assert run(["\n\n", "Hello"], thinking=False)[:2] == ("", "Hello")
-    assert run(["    ", "return x\n"], thinking=False)[:2] == ("", "    return x\n")
+    assert run(["\n\n", "Hello"])[:2] == ("", "Hello")
+    assert run(["    ", "return x\n"])[:2] == ("", "    return x\n")
 
 
 def test_whitespace_only_generation_is_nothing():
