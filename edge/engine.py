@@ -38,6 +38,7 @@ class ModelInfo:
     size_label: str | None
     file_type: int | None
     n_layers: int
+    n_heads: int
     n_kv_heads: int
     head_dim: int
     n_ctx_train: int
@@ -61,7 +62,7 @@ def read_model_info(path: Path) -> ModelInfo:
     return ModelInfo(
         path=path, size_bytes=path.stat().st_size, name=h.get("general.name"),
         size_label=h.get("general.size_label"), file_type=h.get("general.file_type"),
-        n_layers=h.get("qwen3.block_count"), n_kv_heads=h.get("qwen3.attention.head_count_kv", heads),
+        n_layers=h.get("qwen3.block_count"), n_heads=heads, n_kv_heads=h.get("qwen3.attention.head_count_kv", heads),
         head_dim=h.get("qwen3.attention.key_length") or h.get("qwen3.embedding_length") // heads,
         n_ctx_train=h.get("qwen3.context_length"), yarn=yarn,
         chat_template=h.get("tokenizer.chat_template"),
@@ -112,7 +113,8 @@ class Engine:
             warnings.warn(rope.warning, stacklevel=2)
         memory = plan_memory(info.size_bytes, n_ctx, info.n_layers, info.n_kv_heads, info.head_dim,
                              available_bytes if available_bytes is not None else available_memory_bytes(),
-                             type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch)
+                             type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch,
+                             n_heads=info.n_heads, flash_attn=flash_attn)
         if not memory.fits:
             raise EngineError(f"{path}: context {n_ctx} does not fit in memory ({memory.describe()}); "
                               f"the largest that fits is {memory.max_ctx}")
