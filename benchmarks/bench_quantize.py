@@ -2,7 +2,7 @@
 shapes, real tokenizer), converted safetensors -> Q8_0 and -> Q4_K_M by `qwen3-edge quantize`,
 each in its own process so that wall time and peak RSS are the run's own.
 
-    python benchmarks/bench_quantize.py [--shape 0.6b|1.7b] [--work DIR] [--types q8_0 q4_k_m]
+    python benchmarks/bench_quantize.py [--shape 0.6b|1.7b|4b] [--work DIR] [--types q8_0 q4_k_m]
 
 Prints one line per type: seconds, peak RSS, output size, bits per weight. Memory should stay
 near the largest tensor (the 151,936 x hidden embedding) plus the output buffer, not the model.
@@ -22,9 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.model_factory import QWEN3_0_6B, QWEN3_1_7B, build_model  # noqa: E402
-
-SHAPES = {"0.6b": QWEN3_0_6B, "1.7b": QWEN3_1_7B}
+from tests.model_factory import SHAPES  # noqa: E402
 
 
 def run_measured(cmd: list[str]) -> tuple[float, int, str]:
@@ -42,15 +40,20 @@ def run_measured(cmd: list[str]) -> tuple[float, int, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shape", choices=SHAPES, default="0.6b")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="0.6b")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache")
     ap.add_argument("--types", nargs="+", default=["q8_0", "q4_k_m"])
     args = ap.parse_args()
 
     folder = args.work / f"Qwen3-{args.shape.upper()}-random"
     if not (folder / "config.json").exists():
+        # In a child process: Linux children inherit the parent's peak RSS at fork, so a parent
+        # that generated 1 GB of weights would inflate every measurement after it.
         t = time.perf_counter()
-        build_model(folder, SHAPES[args.shape], seed=0)
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                        "from pathlib import Path; from tests.model_factory import build_model, SHAPES; "
+                        "build_model(Path(sys.argv[2]), SHAPES[sys.argv[3]], seed=0)",
+                        str(ROOT), str(folder), args.shape], check=True)
         print(f"built {folder} in {time.perf_counter() - t:.1f}s")
     src_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")

@@ -18,7 +18,7 @@ from gguf.utility import LocalTensor
 from .errors import QuantizeError
 from .hf_config import Qwen3Config, read_config
 from .progress import Progress, ProgressCallback, ignore_progress
-from .safetensors_files import iter_row_chunks, open_tensors, same_data
+from .safetensors_files import iter_raw_chunks, iter_row_chunks, open_tensors, same_data
 from .tokenizer_meta import TokenizerMeta, read_tokenizer
 
 ARCH = gguf.MODEL_ARCH.QWEN3
@@ -154,21 +154,13 @@ def _convert_chunk(chunk: np.ndarray, qtype: QT) -> np.ndarray:
 
 
 def _output_tensor(p: PlannedTensor) -> np.ndarray:
-    """The tensor's bytes in its output type, built chunk by chunk into one output buffer."""
-    if p.qtype == QT.BF16 and p.source.dtype == "BF16":
-        # BF16 -> BF16 is a copy: read the raw words, no rounding at all.
-        with open(p.source.data_range.filename, "rb") as f:
-            f.seek(p.source.data_range.offset)
-            raw = np.fromfile(f, dtype=np.uint16, count=p.n_elements)
-        if raw.size != p.n_elements:
-            raise QuantizeError(p.source.data_range.filename, f"truncated safetensors file: tensor {p.hf_name} ends early")
-        f32_view = (raw.astype(np.uint32) << 16).view(np.float32)
-        if not np.isfinite(f32_view).all():
-            raise QuantizeError(p.source.data_range.filename, f"tensor {p.hf_name} holds NaN or infinite values (corrupt weights)")
-        return raw.reshape(p.source.shape)
+    """The tensor's bytes in its output type, built chunk by chunk into one output buffer.
+    BF16 to BF16 is a copy of the raw words: no rounding at all."""
+    copy_bf16 = p.qtype == QT.BF16 and p.source.dtype == "BF16"
+    chunks = iter_raw_chunks(p.source, p.hf_name) if copy_bf16 else iter_row_chunks(p.source, p.hf_name)
     out: np.ndarray | None = None
-    for start, chunk in iter_row_chunks(p.source, p.hf_name):
-        converted = _convert_chunk(chunk, p.qtype)
+    for start, chunk in chunks:
+        converted = chunk if copy_bf16 else _convert_chunk(chunk, p.qtype)
         if out is None:
             out = np.empty((p.source.shape[0], *converted.shape[1:]) if p.source.shape else (), dtype=converted.dtype)
         out[start:start + len(converted)] = converted

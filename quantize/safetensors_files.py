@@ -20,7 +20,7 @@ from .errors import QuantizeError
 INDEX_NAME = "model.safetensors.index.json"
 # safetensors dtype -> (numpy storage dtype, bytes per element)
 DTYPES = {"BF16": (np.uint16, 2), "F16": (np.float16, 2), "F32": (np.float32, 4)}
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 16 << 20
 
 
 def find_shards(folder: Path) -> list[Path]:
@@ -82,15 +82,8 @@ def _read_exact(f, offset: int, nbytes: int, path: Path) -> bytes:
     return data
 
 
-def _to_f32(raw: bytes, dtype: str) -> np.ndarray:
-    storage = np.frombuffer(raw, dtype=DTYPES[dtype][0])
-    if dtype == "BF16":
-        return (storage.astype(np.uint32) << 16).view(np.float32)
-    return storage.astype(np.float32)
-
-
-def iter_row_chunks(t: LocalTensor, name: str) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (first row, float32 rows) for a tensor, CHUNK_BYTES of source at a time.
+def iter_raw_chunks(t: LocalTensor, name: str) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first row, rows in the file's own dtype: uint16 bits for BF16), CHUNK_BYTES at a time.
 
     Non-finite values are refused: they mean a corrupt file, and would poison every output.
     """
@@ -103,21 +96,22 @@ def iter_row_chunks(t: LocalTensor, name: str) -> Iterator[tuple[int, np.ndarray
         for start in range(0, rows, step):
             stop = min(rows, start + step)
             raw = _read_exact(f, t.data_range.offset + start * row_bytes, (stop - start) * row_bytes, path)
-            chunk = _to_f32(raw, t.dtype).reshape((stop - start, *row_shape) if t.shape else ())
-            if not np.isfinite(chunk).all():
+            chunk = np.frombuffer(raw, dtype=DTYPES[t.dtype][0]).reshape((stop - start, *row_shape) if t.shape else ())
+            if not np.isfinite(_as_f32(chunk, t.dtype)).all():
                 raise QuantizeError(path, f"tensor {name} holds NaN or infinite values (corrupt weights)")
             yield start, chunk
 
 
-def read_f32(t: LocalTensor, name: str) -> np.ndarray:
-    """A whole tensor as float32 (for small tensors: norms)."""
-    out = np.empty(t.shape, dtype=np.float32)
-    for start, chunk in iter_row_chunks(t, name):
-        if t.shape:
-            out[start:start + len(chunk)] = chunk
-        else:
-            out[...] = chunk
-    return out
+def _as_f32(storage: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":
+        return (storage.astype(np.uint32) << 16).view(np.float32)
+    return storage.astype(np.float32, copy=False)
+
+
+def iter_row_chunks(t: LocalTensor, name: str) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first row, float32 rows) for a tensor, CHUNK_BYTES of source at a time."""
+    for start, chunk in iter_raw_chunks(t, name):
+        yield start, _as_f32(chunk, t.dtype)
 
 
 def same_data(a: LocalTensor, b: LocalTensor) -> bool:

@@ -50,6 +50,8 @@ TINY_UNTIED_SHARDED = Shape(hidden=256, layers=2, heads=4, kv_heads=2, head_dim=
                             tied=False, shards=2)
 QWEN3_0_6B = Shape(hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=3072)
 QWEN3_1_7B = Shape(hidden=2048, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=6144)
+QWEN3_4B = Shape(hidden=2560, layers=36, heads=32, kv_heads=8, head_dim=128, intermediate=9728)
+SHAPES = {"0.6b": QWEN3_0_6B, "1.7b": QWEN3_1_7B, "4b": QWEN3_4B}
 
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
