@@ -126,6 +126,18 @@ def test_history_keeps_answers_only_and_prompt_equals_qwens_template(engine):
         assert SCRIPT_THINKING_TEXT not in prompt
 
 
+@pytest.mark.parametrize("mode", ["think", "no_think"])
+def test_tokens_evaluated_are_qwens_prompt(engine, mode):
+    """What llama.cpp actually saw for turn 3 is the tokenization of Qwen's own rendering."""
+    chat = Chat(engine, system="Sys.", mode=mode, seed=10)
+    chat.send("One")
+    chat.send("Two")
+    before = chat.messages() + [{"role": "user", "content": "Three"}]
+    reply = chat.send("Three")
+    expected = engine.tokenize(reference_prompt(before, mode == "think"))
+    assert engine.llama.input_ids[: reply.prompt_tokens].tolist() == expected
+
+
 def test_soft_switches_change_this_and_following_turns(engine):
     chat = Chat(engine, mode=Mode.THINK, seed=4)
     assert chat.send("Hello /no_think").thinking == ""
