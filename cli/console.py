@@ -7,8 +7,19 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from edge.chat import ChatError
+from edge.engine import EngineError
+from edge.store import StoreError
 from quantize import QuantizeError
+
+
+def _library_errors() -> tuple[type[Exception], ...]:
+    """Every one-line error the libraries raise for bad input."""
+    from edge.hub import PullError  # late: keeps huggingface_hub out of commands that never pull
+    return (QuantizeError, EngineError, ChatError, StoreError, PullError)
+
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -19,8 +30,10 @@ def friendly_errors() -> Iterator[None]:
     """Bad input becomes one red line on stderr and exit 1; Ctrl-C exits 130 without a traceback."""
     try:
         yield
-    except QuantizeError as e:
-        err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+    except Exception as e:
+        if not isinstance(e, _library_errors()):
+            raise
+        err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]; nothing was written")

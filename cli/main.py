@@ -6,11 +6,20 @@ from importlib.metadata import version
 
 import typer
 
+from .bench_cmd import bench
+from .chat_cmd import chat, run
 from .info_cmd import info
 from .quantize_cmd import quantize
+from .store_cmd import list_models, pull, rm
 
 app = typer.Typer(name="qwen3-edge", help="Run Qwen3 on a small machine.", no_args_is_help=True,
                   add_completion=True, pretty_exceptions_enable=False)
+app.command()(chat)
+app.command()(run)
+app.command()(pull)
+app.command("list")(list_models)
+app.command()(rm)
+app.command()(bench)
 app.command()(quantize)
 app.command()(info)
 
@@ -24,4 +33,4 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                            help="Show the version and exit.")) -> None:
-    """qwen3-edge: quantize, inspect and run Qwen3 models on llama.cpp."""
+    """qwen3-edge: chat with, run, quantize and inspect Qwen3 models on llama.cpp."""

@@ -7,25 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
-from quantize import DEFAULT_TYPE, QUANT_TYPES, Progress, quantize_model
+from quantize import DEFAULT_TYPE, QUANT_TYPES, quantize_model
 
-from .console import err, friendly_errors, human_bytes, out
-
-
-class _ProgressBars:
-    """One bar per stage: Python's conversion (tensors and bytes), then llama.cpp's quantizer."""
-
-    def __init__(self, bar: Bar):
-        self.bar, self.tasks = bar, {}
-
-    def __call__(self, p: Progress) -> None:
-        if p.stage not in self.tasks:
-            label = "converting" if p.stage == "convert" else "quantizing"
-            self.tasks[p.stage] = self.bar.add_task(label, total=p.tensors_total, extra="")
-        extra = f"{human_bytes(p.bytes_done)} / {human_bytes(p.bytes_total)}" if p.bytes_total else p.tensor
-        self.bar.update(self.tasks[p.stage], completed=p.tensors_done, total=p.tensors_total, extra=extra)
+from .console import friendly_errors, human_bytes, out
+from .progress_view import stage_bars
 
 
 def quantize(
@@ -40,10 +26,8 @@ def quantize(
         if as_json:
             result = quantize_model(src, type_, output, threads)
         else:
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("tensors"), TextColumn("{task.fields[extra]}"), TimeElapsedColumn())
-            with Bar(*columns, console=err, transient=True) as bar:
-                result = quantize_model(src, type_, output, threads, progress=_ProgressBars(bar))
+            with stage_bars() as bars:
+                result = quantize_model(src, type_, output, threads, progress=bars)
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
         return

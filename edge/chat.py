@@ -16,10 +16,13 @@
 from __future__ import annotations
 
 import codecs
+import json
+import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import llama_cpp
 
@@ -250,3 +253,37 @@ class Chat:
         if len(ids) != 1:
             raise ChatError(f"the model's tokenizer has no single token for {text}")
         return ids[0]
+
+
+# ---- transcripts -------------------------------------------------------------------------------
+TRANSCRIPT_VERSION = 1
+
+
+def save_transcript(chat: Chat, path: str | os.PathLike[str]) -> None:
+    """Write the conversation as JSON (thinking included, for the reader; never re-sent)."""
+    data = {"version": TRANSCRIPT_VERSION, "system": chat.system, "mode": chat.mode.value, "budget": chat.budget,
+            "messages": [{"role": m.role, "content": m.content, "thinking": m.thinking} for m in chat.history]}
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.partial")
+    try:
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ChatError(f"{path}: cannot write the transcript ({e.strerror or e})") from None
+
+
+def load_transcript(chat: Chat, path: str | os.PathLike[str]) -> None:
+    """Replace the conversation with a saved one; a bad file changes nothing."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        messages = [Message(m["role"], m["content"], m.get("thinking") or "") for m in data["messages"]]
+        roles_ok = all(m.role in ("user", "assistant") and isinstance(m.content, str) for m in messages)
+        system, mode, budget = data.get("system"), Mode(data.get("mode", chat.mode.value)), data.get("budget")
+        if not roles_ok or not (system is None or isinstance(system, str)) or not (budget is None or isinstance(budget, int)):
+            raise ValueError("unexpected roles or fields")
+    except FileNotFoundError:
+        raise ChatError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ChatError(f"{path}: not a qwen3-edge transcript ({e})") from None
+    chat.system, chat.mode, chat.budget, chat.history = system, mode, budget, messages

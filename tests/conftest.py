@@ -10,6 +10,7 @@ import pytest
 
 from quantize import quantize_model
 from tests.model_factory import TINY_TIED, TINY_UNTIED_SHARDED, build_model
+from tests.scripted_model import QWEN3_SCRIPT, build_scripted_model
 
 # Tokens that cross the vocabulary: text, punctuation, control tokens, digits.
 SAMPLE_TOKENS = [9707, 11, 1879, 0, 151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 151667]
@@ -22,6 +23,14 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "tied": build_model(root / "tiny-tied", TINY_TIED, seed=1),
         "untied": build_model(root / "tiny-untied-sharded", TINY_UNTIED_SHARDED, seed=2),
     }
+
+
+@pytest.fixture(scope="session")
+def scripted_gguf(tmp_path_factory) -> Path:
+    """A Qwen3 GGUF that says tests.scripted_model's script: exact thinking and answer text."""
+    root = tmp_path_factory.mktemp("scripted")
+    folder = build_scripted_model(root / "scripted", QWEN3_SCRIPT)
+    return Path(quantize_model(folder, "f16", root / "scripted-f16.gguf").output)
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,6 @@ QWEN_TEMPLATE = json.loads((FIXTURES / "tokenizer_config.json").read_text())["ch
 
 
 @pytest.fixture(scope="module")
-def scripted_gguf(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("scripted")
-    folder = build_scripted_model(root / "scripted", QWEN3_SCRIPT)
-    return Path(quantize_model(folder, "f16", root / "scripted-f16.gguf").output)
-
-
-@pytest.fixture(scope="module")
 def engine(scripted_gguf):
     with Engine.load(scripted_gguf, n_ctx=2048) as e:
         yield e

@@ -1,0 +1,101 @@
+"""`qwen3-edge chat` (interactive) and `qwen3-edge run` (one-shot, for scripts)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from edge.chat import Event
+from edge.store import ModelStore
+
+from .chat_repl import ChatRepl, make_reader
+from .console import err, friendly_errors, out
+from .session import CTX, GPU_LAYERS, KV_CACHE, MODEL_HELP, THREADS, load_engine, make_chat
+
+THINK = typer.Option(None, "--think/--no-think", help="Thinking mode on (default) or off.")
+AUTO = typer.Option(False, "--auto", help="Think only when the message needs reasoning.")
+BUDGET = typer.Option(None, "--budget", help="Cap thinking at N tokens (0: no cap).")
+SYSTEM = typer.Option(None, "--system", help="System prompt.")
+SEED = typer.Option(None, "--seed", help="Sampling seed, for repeatable replies.")
+TEMPERATURE = typer.Option(None, "--temperature", help="Override the mode's temperature (thinking 0.6, else 0.7).")
+TOP_P = typer.Option(None, "--top-p", help="Override top_p (thinking 0.95, else 0.8).")
+TOP_K = typer.Option(None, "--top-k", help="Override top_k (20).")
+MIN_P = typer.Option(None, "--min-p", help="Override min_p (0).")
+PRESENCE = typer.Option(0.0, "--presence-penalty", help="0 to 2; Qwen suggests up to 1.5 against repetition in quantized models.")
+MAX_TOKENS = typer.Option(None, "--max-tokens", help="Stop a reply after N tokens.")
+SHOW_THINKING = typer.Option(True, "--show-thinking/--hide-thinking", help="Show the model's thinking (dimmed).")
+
+
+def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int = CTX, think: Optional[bool] = THINK,
+         auto: bool = AUTO, budget: Optional[int] = BUDGET, system: Optional[str] = SYSTEM,
+         threads: Optional[int] = THREADS, gpu_layers: Optional[int] = GPU_LAYERS, kv_cache: str = KV_CACHE,
+         seed: Optional[int] = SEED, temperature: Optional[float] = TEMPERATURE, top_p: Optional[float] = TOP_P,
+         top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P, presence_penalty: float = PRESENCE,
+         max_tokens: Optional[int] = MAX_TOKENS, show_thinking: bool = SHOW_THINKING) -> None:
+    """Chat with a Qwen3 model in the terminal. /help lists the in-chat commands."""
+    with friendly_errors():
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache)
+        session = make_chat(engine, think=think, auto=auto, budget=budget, system=system, seed=seed,
+                            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                            presence_penalty=presence_penalty, max_tokens=max_tokens)
+    out.print(f"[bold]qwen3-edge[/] · {escape(engine.info.name or engine.info.path.name)} · {engine.backend} · "
+              f"ctx {engine.n_ctx} · mode {session.mode.value} · /help for commands, /exit or Ctrl-D to leave",
+              soft_wrap=True)
+    reader = make_reader(ModelStore().root / "chat_history")
+    with engine:
+        ChatRepl(session, out, show_thinking=show_thinking, read=reader).run()
+
+
+def run(model: str = typer.Argument(..., help=MODEL_HELP),
+        prompt: str = typer.Argument(..., help="The message; '-' reads it from stdin."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object: thinking, answer, stats."),
+        ctx: int = CTX, think: Optional[bool] = THINK, auto: bool = AUTO, budget: Optional[int] = BUDGET,
+        system: Optional[str] = SYSTEM, threads: Optional[int] = THREADS, gpu_layers: Optional[int] = GPU_LAYERS,
+        kv_cache: str = KV_CACHE, seed: Optional[int] = SEED, temperature: Optional[float] = TEMPERATURE,
+        top_p: Optional[float] = TOP_P, top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P,
+        presence_penalty: float = PRESENCE, max_tokens: Optional[int] = MAX_TOKENS,
+        show_thinking: bool = SHOW_THINKING) -> None:
+    """One message, one reply: the answer on stdout, the thinking on stderr (or hidden)."""
+    text = sys.stdin.read() if prompt == "-" else prompt
+    with friendly_errors():
+        if not text.strip():
+            raise typer.BadParameter("the prompt is empty")
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache)
+        with engine:
+            session = make_chat(engine, think=think, auto=auto, budget=budget, system=system, seed=seed,
+                                temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                                presence_penalty=presence_penalty, max_tokens=max_tokens)
+            reply, printer = None, _RunPrinter(show_thinking)
+            for event in session.stream(text):
+                reply = event.reply or reply
+                if not as_json:
+                    printer(event)
+    if as_json:
+        out.print_json(json.dumps({"model": str(engine.info.path), **reply.__dict__}))
+    else:
+        sys.stdout.write("\n")
+
+
+class _RunPrinter:
+    """Answer to stdout, thinking to stderr (ended by a newline once the answer starts)."""
+
+    def __init__(self, show_thinking: bool):
+        self.show_thinking, self.thought = show_thinking, False
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "answer":
+            if self.thought:
+                sys.stderr.write("\n")
+                self.thought = False
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif event.kind == "thinking" and self.show_thinking:
+            self.thought = True
+            sys.stderr.write(event.text)
+            sys.stderr.flush()
+        elif event.kind == "notice":
+            err.print(f"[yellow]{escape(event.text)}[/]")

@@ -1,0 +1,51 @@
+"""What `chat`, `run` and `bench` share: resolving MODEL, loading the Engine, building the Chat."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edge.chat import Chat
+from edge.engine import DEFAULT_CTX, Engine
+from edge.modes import Mode
+from edge.resolve import resolve_model
+from edge.store import ModelStore
+
+from .console import err
+from .progress_view import stage_bars
+
+MODEL_HELP = ("A GGUF file, a Hugging Face Qwen3 folder (quantized into the store once), or a store name "
+              "such as qwen3-0.6b or qwen3-4b:q8_0 (pulled on first use). Default: qwen3-0.6b:q4_k_m.")
+
+# Typer options shared by the commands that run a model.
+CTX = typer.Option(DEFAULT_CTX, "--ctx", help="Context length in tokens; above 32768 turns YaRN on (max 131072).")
+THREADS = typer.Option(None, "--threads", help="CPU threads (default: physical cores).")
+GPU_LAYERS = typer.Option(None, "--gpu-layers", help="Layers to offload (default: all when the bindings have a GPU backend; 0 = CPU).")
+KV_CACHE = typer.Option("f16", "--kv-cache", help="KV cache type: f16, q8_0 or q4_0.")
+
+
+def load_engine(model: Optional[str], ctx: int, threads: Optional[int], gpu_layers: Optional[int],
+                kv_cache: str) -> Engine:
+    """Resolve MODEL (pulling or quantizing with progress bars) and open it; warnings go to stderr."""
+    with stage_bars() as bars:
+        path = resolve_model(model, ModelStore(), progress=bars)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = Engine.load(Path(path), n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers,
+                             kv_cache_type=kv_cache)
+    for w in caught:
+        err.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
+    return engine
+
+
+def make_chat(engine: Engine, *, think: Optional[bool], auto: bool, budget: Optional[int], system: Optional[str],
+              seed: Optional[int], temperature: Optional[float], top_p: Optional[float], top_k: Optional[int],
+              min_p: Optional[float], presence_penalty: float, max_tokens: Optional[int]) -> Chat:
+    mode = Mode.AUTO if auto else (Mode.NO_THINK if think is False else Mode.THINK)
+    overrides = {k: v for k, v in dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p).items()
+                 if v is not None}
+    return Chat(engine, system=system, mode=mode, budget=budget or None, seed=seed, sampling=overrides,
+                presence_penalty=presence_penalty, max_tokens=max_tokens)

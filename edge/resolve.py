@@ -1,0 +1,47 @@
+"""What `chat MODEL`, `run MODEL` and `bench MODEL` mean by MODEL: a GGUF path, a Hugging Face
+Qwen3 folder (quantized into the store once), or a store name (`qwen3-0.6b`, `qwen3-4b:q8_0`),
+pulled on first use when it is an official model, as `ollama run` does."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from quantize import DEFAULT_TYPE, quantize_model
+
+from .store import DEFAULT_MODEL, OFFICIAL_MODELS, ModelRef, ModelStore, StoreError, parse_ref
+
+
+def _folder_ref(folder: Path) -> ModelRef:
+    name = re.sub(r"[^a-z0-9._-]+", "-", folder.resolve().name.lower()).strip("-.") or "model"
+    return ModelRef(name, DEFAULT_TYPE)
+
+
+def resolve_model(spec: str | None, store: ModelStore, *, pull_missing: bool = True,
+                  progress: Callable | None = None) -> Path:
+    """The GGUF to load for `spec` (None: the default model). Raises StoreError, PullError or
+    QuantizeError with a one-line message."""
+    spec = spec or DEFAULT_MODEL
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        ref = _folder_ref(path)
+        if (found := store.find(ref)) is not None:
+            return found
+        kwargs = {"progress": progress} if progress else {}
+        return Path(quantize_model(path, ref.type, store.prepare(ref), **kwargs).output)
+    if "/" in spec or spec.endswith(".gguf"):
+        raise StoreError(f"{spec}: no such file or folder")
+    ref = parse_ref(spec)
+    if (found := store.find(ref)) is not None:
+        return found
+    if ref.name in OFFICIAL_MODELS and pull_missing:
+        from .hub import pull  # huggingface_hub is imported only when a download is needed
+        return pull(str(ref), store, progress=progress)
+    raise StoreError(f"{spec}: not in the store; pull it (qwen3-edge pull {ref}) or pass a GGUF path "
+                     f"or a Hugging Face folder")
+
+
+

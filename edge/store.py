@@ -1,0 +1,103 @@
+"""The model store: GGUFs that `pull` and `chat` keep for the user, one folder per model.
+
+Layout: <root>/models/<name>/<type>.gguf, e.g. models/qwen3-0.6b/q4_k_m.gguf. The root is the
+user's data folder (platformdirs), or QWEN3_EDGE_HOME when set. A reference names a model as
+`name` or `name:type` (`qwen3-4b:q8_0`); the type defaults to q4_k_m.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from quantize import DEFAULT_TYPE, QuantizeError, quant_type
+
+HOME_ENV = "QWEN3_EDGE_HOME"
+DEFAULT_MODEL = "qwen3-0.6b"
+# Store names of the official checkpoints and their Hugging Face repositories.
+OFFICIAL_MODELS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B"}
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class StoreError(Exception):
+    """A bad or unknown model reference, told in one line."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    type: str
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.type}"
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    name: str
+    type: str
+    size_bytes: int
+    path: Path
+
+
+def parse_ref(ref: str) -> ModelRef:
+    """`qwen3-4b:q8_0` -> ModelRef("qwen3-4b", "q8_0"); the type defaults to q4_k_m."""
+    name, _, qtype = ref.strip().lower().partition(":")
+    if not _NAME.match(name):
+        raise StoreError(f"{ref!r} is not a model name (letters, digits, '.', '-', '_')")
+    try:
+        qtype = quant_type(qtype or DEFAULT_TYPE).name
+    except QuantizeError as e:
+        raise StoreError(f"{ref}: {e}") from None
+    return ModelRef(name, qtype)
+
+
+def store_root() -> Path:
+    return Path(os.environ.get(HOME_ENV) or platformdirs.user_data_dir("qwen3-edge", appauthor=False))
+
+
+class ModelStore:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else store_root()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def path_for(self, ref: ModelRef) -> Path:
+        return self.models_dir / ref.name / f"{ref.type}.gguf"
+
+    def find(self, ref: ModelRef) -> Path | None:
+        path = self.path_for(ref)
+        return path if path.is_file() else None
+
+    def entries(self) -> list[StoreEntry]:
+        if not self.models_dir.is_dir():
+            return []
+        return [StoreEntry(p.parent.name, p.stem, p.stat().st_size, p)
+                for p in sorted(self.models_dir.glob("*/*.gguf"))]
+
+    def remove(self, ref_text: str) -> list[Path]:
+        """Remove `name:type`, or every type of `name` when no type is given; return what went."""
+        has_type = ":" in ref_text
+        ref = parse_ref(ref_text)
+        paths = [self.path_for(ref)] if has_type else sorted((self.models_dir / ref.name).glob("*.gguf"))
+        paths = [p for p in paths if p.is_file()]
+        if not paths:
+            raise StoreError(f"{ref_text}: not in the store ({self.models_dir})")
+        for p in paths:
+            p.unlink()
+        folder = self.models_dir / ref.name
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        return paths
+
+    def prepare(self, ref: ModelRef) -> Path:
+        """The path to write `ref` to, its folder created."""
+        path = self.path_for(ref)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
