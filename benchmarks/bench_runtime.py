@@ -40,8 +40,10 @@ def ensure_gguf(folder: Path, qtype: str) -> Path:
 
 
 def llama_bench(binary: Path, model: Path, threads: int, reps: int, n_prompt: int, n_gen: int) -> dict[str, float]:
+    # Flash attention off, as the Engine opens models (on this CPU it speeds depth 0 and slows
+    # generation at the depths a chat runs at; see benchmarks/RESULTS.md).
     cmd = [str(binary), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-t", str(threads),
-           "-r", str(reps), "-o", "json"]
+           "-r", str(reps), "-fa", "off", "-o", "json"]
     rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     result = {}
     for row in rows:

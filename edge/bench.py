@@ -1,8 +1,9 @@
 """`bench`: llama-bench's measurements through the Engine, so figures compare with llama-bench.
 
-pp: one batch of n_prompt tokens evaluated from an empty cache; tg: n_gen single-token decodes
-after it (no sampling, as llama-bench's tg); ttft: prompt evaluation plus the first sampled
-token with Qwen's thinking sampler; load: Engine.load wall time; peak RSS of this process.
+As llama-bench does: a warm-up decode first; pp: one batch of n_prompt tokens evaluated from an
+empty cache; tg: n_gen single-token decodes from an empty cache (no sampling). ttft: n_prompt
+tokens evaluated plus the first token sampled with Qwen's thinking sampler. load: Engine.load
+wall time. Peak RSS of this process.
 """
 
 from __future__ import annotations
@@ -52,19 +53,22 @@ def run_bench(path: str | Path, *, n_prompt: int = 512, n_gen: int = 128, repeti
     rng = random.Random(seed)
     vocab = llama.n_vocab()
     best_pp = best_tg = best_ttft = float("inf")
+    sampler = build_sampler(THINKING.with_overrides(seed=seed), vocab)
     try:
+        llama.eval([rng.randrange(vocab)])  # warm-up
         for _ in range(repetitions):
-            prompt = [rng.randrange(vocab) for _ in range(n_prompt)]
             llama.n_tokens = 0
             t0 = time.perf_counter()
-            llama.eval(prompt)
+            llama.eval([rng.randrange(vocab) for _ in range(n_prompt)])
             t1 = time.perf_counter()
-            build_sampler(THINKING.with_overrides(seed=seed), vocab).sample(llama._ctx, -1)
+            sampler.sample(llama._ctx, -1)
             t2 = time.perf_counter()
+            llama.n_tokens = 0
+            t3 = time.perf_counter()
             for _ in range(n_gen):
                 llama.eval([rng.randrange(vocab)])
-            t3 = time.perf_counter()
-            best_pp, best_ttft, best_tg = min(best_pp, t1 - t0), min(best_ttft, t2 - t0), min(best_tg, t3 - t2)
+            t4 = time.perf_counter()
+            best_pp, best_ttft, best_tg = min(best_pp, t1 - t0), min(best_ttft, t2 - t0), min(best_tg, t4 - t3)
     finally:
         engine.close()
     return BenchResult(str(path), engine.backend, engine.n_threads, n_prompt, n_gen, round(load_s, 3),
