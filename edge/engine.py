@@ -126,7 +126,7 @@ class Engine:
         gpu_layers = (-1 if llama_cpp.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
         try:
             llama = llama_cpp.Llama(
-                str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, n_threads_batch=threads,
+                str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
                 n_gpu_layers=gpu_layers, use_mmap=True, flash_attn=flash_attn,
                 type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
                 verbose=verbose, **rope.llama_kwargs())
