@@ -98,12 +98,19 @@ class Engine:
         n_ctx above 32,768 turns YaRN on (factor ceil(n_ctx/32768), at most 4). n_gpu_layers
         None offloads every layer when the bindings support a GPU, else runs on the CPU.
         kv_cache_type f16, q8_0 or q4_0; a quantized cache turns flash attention on (llama.cpp
-        needs it for a quantized V cache). n_threads defaults to the physical core count.
+        needs it for a quantized V cache); it is also on when layers are offloaded to a GPU, and off
+        otherwise (on CPUs it slows generation at chat depths). n_threads defaults to the physical
+        core count. Weights are memory-mapped (mmap on, mlock off), as llama.cpp advises.
         """
         path = Path(path)
         info = read_model_info(path)
+        threads = n_threads or physical_cores()
+        gpu_layers = (-1 if llama_cpp.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
+        backend = detect_backend(gpu_layers)
         if flash_attn is None:
-            flash_attn = kv_cache_type != "f16"
+            # On the CPU flash attention slows generation at chat depths (benchmarks/RESULTS.md);
+            # GPU backends gain from it, and a quantized V cache needs it.
+            flash_attn = kv_cache_type != "f16" or backend != "cpu"
         try:
             check_kv_types(kv_cache_type, kv_cache_type, flash_attn)
             rope = plan_rope(n_ctx, gguf_yarn=info.yarn, size_label=info.size_label)
@@ -122,17 +129,15 @@ class Engine:
             template = compile_template(info.chat_template or QWEN3_CHAT_TEMPLATE)
         except TemplateError as e:
             raise EngineError(f"{path}: unusable chat template ({e})") from None
-        threads = n_threads or physical_cores()
-        gpu_layers = (-1 if llama_cpp.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
         try:
             llama = llama_cpp.Llama(
                 str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
-                n_gpu_layers=gpu_layers, use_mmap=True, flash_attn=flash_attn,
+                n_gpu_layers=gpu_layers, use_mmap=True, use_mlock=False, flash_attn=flash_attn,
                 type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
                 verbose=verbose, **rope.llama_kwargs())
         except (ValueError, RuntimeError) as e:
             raise EngineError(f"{path}: llama.cpp could not load the model ({e})") from None
-        return cls(llama, info, template, detect_backend(gpu_layers), rope, memory, threads, kv_cache_type)
+        return cls(llama, info, template, backend, rope, memory, threads, kv_cache_type)
 
     @property
     def n_ctx(self) -> int:

@@ -8,14 +8,14 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from quantize import DEFAULT_TYPE, quantize_model
+from quantize import quantize_model
 
-from .store import DEFAULT_MODEL, OFFICIAL_MODELS, ModelRef, ModelStore, StoreError, parse_ref
+from .store import DEFAULT_MODEL, OFFICIAL_MODELS, ModelRef, ModelStore, StoreError, machine_default_type, parse_ref
 
 
 def _folder_ref(folder: Path) -> ModelRef:
     name = re.sub(r"[^a-z0-9._-]+", "-", folder.resolve().name.lower()).strip("-.") or "model"
-    return ModelRef(name, DEFAULT_TYPE)
+    return ModelRef(name, machine_default_type())
 
 
 def resolve_model(spec: str | None, store: ModelStore, *, pull_missing: bool = True,

@@ -2,12 +2,13 @@
 
 Layout: <root>/models/<name>/<type>.gguf, e.g. models/qwen3-0.6b/q4_k_m.gguf. The root is the
 user's data folder (platformdirs), or QWEN3_EDGE_HOME when set. A reference names a model as
-`name` or `name:type` (`qwen3-4b:q8_0`); the type defaults to q4_k_m.
+`name` or `name:type` (`qwen3-4b:q8_0`); the type defaults to q4_k_m (q4_0 on ARM boards).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,12 @@ DEFAULT_MODEL = "qwen3-0.6b"
 # Store names of the official checkpoints and their Hugging Face repositories.
 OFFICIAL_MODELS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def machine_default_type(machine: str | None = None) -> str:
+    """q4_0 on ARM, where llama.cpp repacks Q4_0 at load for its fastest kernels; q4_k_m elsewhere."""
+    machine = (machine or platform.machine()).lower()
+    return "q4_0" if machine in ("arm64", "aarch64", "armv8l") or machine.startswith("arm") else DEFAULT_TYPE
 
 
 class StoreError(Exception):
@@ -45,12 +52,12 @@ class StoreEntry:
 
 
 def parse_ref(ref: str) -> ModelRef:
-    """`qwen3-4b:q8_0` -> ModelRef("qwen3-4b", "q8_0"); the type defaults to q4_k_m."""
+    """`qwen3-4b:q8_0` -> ModelRef("qwen3-4b", "q8_0"); the type defaults to the machine's."""
     name, _, qtype = ref.strip().lower().partition(":")
     if not _NAME.match(name):
         raise StoreError(f"{ref!r} is not a model name (letters, digits, '.', '-', '_')")
     try:
-        qtype = quant_type(qtype or DEFAULT_TYPE).name
+        qtype = quant_type(qtype or machine_default_type()).name
     except QuantizeError as e:
         raise StoreError(f"{ref}: {e}") from None
     return ModelRef(name, qtype)

@@ -46,3 +46,9 @@ def test_presets_are_qwens_and_never_llama_cpp_python_defaults():
     assert preset(True) is THINKING and preset(False) is NON_THINKING
     custom = THINKING.with_overrides(temperature=0.9, top_k=None, presence_penalty=1.5, seed=7)
     assert (custom.temperature, custom.top_k, custom.presence_penalty, custom.seed) == (0.9, 20, 1.5, 7)
+
+
+def test_default_quant_type_per_machine():
+    from edge.store import machine_default_type
+    assert machine_default_type("aarch64") == machine_default_type("arm64") == "q4_0"
+    assert machine_default_type("x86_64") == "q4_k_m"
