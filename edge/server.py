@@ -1,0 +1,181 @@
+"""An OpenAI-compatible HTTP server over one Engine (Starlette; run it with uvicorn).
+
+`create_app(engine)` returns the ASGI app, so a Python desktop app can mount it. Requests queue on
+the one model (a lock held for a whole generation); a streaming client that disconnects cancels
+its generation; each request is a Chat built from its messages, so the KV cache prefix carries
+over between requests of the same conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .chat import Chat, ChatError, Event
+from .engine import Engine
+from .openai_api import (ChatRequest, RequestError, StopFilter, chunk, completion, completion_id, error_body,
+                         finish_reason, parse_request, usage)
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class _Generation:
+    """One request's generation, run on a worker thread while holding the model's lock."""
+
+    def __init__(self, server: "_Server", req: ChatRequest):
+        self.server, self.req = server, req
+        self.cancelled = threading.Event()
+        self.stopped_by_string = False
+        self.chat = Chat(server.engine, system=req.system, mode=req.mode, budget=req.budget,
+                         max_tokens=req.max_tokens, presence_penalty=req.presence_penalty, seed=req.seed,
+                         sampling=req.sampling)
+        self.chat.history = list(req.history)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.chat.cancel()
+
+    def run(self, emit) -> None:
+        """Stream events to `emit(event)`; a stop string cuts the answer and ends the generation."""
+        with self.server.lock:
+            if self.cancelled.is_set():  # the client left while the request was queued
+                return
+            stops = StopFilter(self.req.stop)
+            for event in self.chat.stream(self.req.user):
+                if self.cancelled.is_set():
+                    self.chat.cancel()
+                if event.kind == "answer" and self.req.stop:
+                    text = stops.feed(event.text)
+                    if stops.stopped:
+                        self.stopped_by_string = True
+                        self.chat.cancel()
+                    if text:
+                        emit(Event("answer", text))
+                    continue
+                if event.kind == "done" and (tail := stops.flush()):
+                    emit(Event("answer", tail))
+                emit(event)
+
+
+class _Server:
+    def __init__(self, engine: Engine, api_key: str | None, model_name: str):
+        self.engine, self.api_key, self.model_name = engine, api_key, model_name
+        self.lock = threading.Lock()
+        self.active = 0
+
+    def authorized(self, request: Request) -> bool:
+        if not self.api_key:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode())
+
+
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse(error_body(message, param, kind), status_code=status)
+
+
+def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
+    """The ASGI app serving `engine`: /v1/chat/completions, /v1/models, /health."""
+    server = _Server(engine, api_key, model_name or engine.info.path.stem)
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": server.model_name, "busy": server.active})
+
+    async def models(request: Request) -> Response:
+        if not server.authorized(request):
+            return _error(401, "invalid or missing API key", kind="authentication_error")
+        return JSONResponse({"object": "list", "data": [{"id": server.model_name, "object": "model",
+                                                         "created": int(time.time()), "owned_by": "qwen3-edge"}]})
+
+    async def chat_completions(request: Request) -> Response:
+        if not server.authorized(request):
+            return _error(401, "invalid or missing API key", kind="authentication_error")
+        body = b""
+        async for part in request.stream():
+            body += part
+            if len(body) > max_body_bytes:
+                return _error(413, f"request body over {max_body_bytes} bytes")
+        try:
+            req = parse_request(json.loads(body or b"null"), engine.n_ctx)
+        except json.JSONDecodeError as e:
+            return _error(400, f"malformed JSON: {e}")
+        except RequestError as e:
+            return _error(e.status, e.message, e.param)
+        generation = _Generation(server, req)
+        cid, model = completion_id(), server.model_name
+        if req.stream:
+            return StreamingResponse(_sse(generation, cid, model), media_type="text/event-stream")
+        events: list[Event] = []
+        try:
+            server.active += 1
+            await run_in_threadpool(generation.run, events.append)
+        except ChatError as e:
+            return _error(400, str(e))
+        finally:
+            server.active -= 1
+        reply = events[-1].reply
+        answer = "".join(e.text for e in events if e.kind == "answer")
+        reason = "stop" if generation.stopped_by_string else finish_reason(reply.stop_reason)
+        return JSONResponse(completion(cid, model, reply, answer, reason))
+
+    return Starlette(routes=[
+        Route("/health", health), Route("/v1/models", models),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ])
+
+
+async def _sse(generation: _Generation, cid: str, model: str) -> AsyncIterator[str]:
+    """Server-sent events: role, reasoning_content / content deltas, finish, usage, [DONE]."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    server = generation.server
+
+    def emit(event: Event) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    def work() -> None:
+        try:
+            generation.run(emit)
+        except Exception as e:  # delivered to the client as an error event
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    server.active += 1
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+
+    def data(obj: dict) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    try:
+        yield data(chunk(cid, model, {"role": "assistant", "content": ""}))
+        while (item := await queue.get()) is not None:
+            if isinstance(item, Exception):
+                yield data(error_body(str(item), kind="server_error" if not isinstance(item, ChatError) else "invalid_request_error"))
+                continue
+            if item.kind == "thinking":
+                yield data(chunk(cid, model, {"reasoning_content": item.text}))
+            elif item.kind == "answer":
+                yield data(chunk(cid, model, {"content": item.text}))
+            elif item.kind == "done":
+                reason = "stop" if generation.stopped_by_string else finish_reason(item.reply.stop_reason)
+                yield data(chunk(cid, model, {}, reason))
+                if generation.req.include_usage:
+                    yield data(chunk(cid, model, {}, usage_=usage(item.reply)))
+        yield "data: [DONE]\n\n"
+    finally:
+        generation.cancel()  # a client that went away stops its generation
+        server.active -= 1
