@@ -10,6 +10,7 @@ from .bench_cmd import bench
 from .chat_cmd import chat, run
 from .info_cmd import info
 from .quantize_cmd import quantize
+from .serve_cmd import serve
 from .store_cmd import list_models, pull, rm
 
 app = typer.Typer(name="qwen3-edge", help="Run Qwen3 on a small machine.", no_args_is_help=True,
@@ -20,6 +21,7 @@ app.command()(pull)
 app.command("list")(list_models)
 app.command()(rm)
 app.command()(bench)
+app.command()(serve)
 app.command()(quantize)
 app.command()(info)
 

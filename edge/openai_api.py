@@ -130,6 +130,7 @@ def finish_reason(stop_reason: str) -> str:
 def usage(reply: Reply) -> dict[str, Any]:
     return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.generated_tokens,
             "total_tokens": reply.prompt_tokens + reply.generated_tokens,
+            "prompt_tokens_details": {"cached_tokens": reply.prompt_tokens - reply.evaluated_tokens},
             "completion_tokens_details": {"reasoning_tokens": reply.thinking_tokens}}
 
 

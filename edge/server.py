@@ -71,8 +71,13 @@ class _Generation:
 class _Server:
     def __init__(self, engine: Engine, api_key: str | None, model_name: str):
         self.engine, self.api_key, self.model_name = engine, api_key, model_name
-        self.lock = threading.Lock()
-        self.active = 0
+        self.lock = threading.Lock()      # one generation at a time on the one model
+        self._count_lock = threading.Lock()
+        self.active = 0                   # generations running or queued
+
+    def busy(self, delta: int) -> None:
+        with self._count_lock:
+            self.active += delta
 
     def authorized(self, request: Request) -> bool:
         if not self.api_key:
@@ -119,12 +124,12 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
             return StreamingResponse(_sse(generation, cid, model), media_type="text/event-stream")
         events: list[Event] = []
         try:
-            server.active += 1
+            server.busy(+1)
             await run_in_threadpool(generation.run, events.append)
         except ChatError as e:
             return _error(400, str(e))
         finally:
-            server.active -= 1
+            server.busy(-1)
         reply = events[-1].reply
         answer = "".join(e.text for e in events if e.kind == "answer")
         reason = "stop" if generation.stopped_by_string else finish_reason(reply.stop_reason)
@@ -151,9 +156,10 @@ async def _sse(generation: _Generation, cid: str, model: str) -> AsyncIterator[s
         except Exception as e:  # delivered to the client as an error event
             loop.call_soon_threadsafe(queue.put_nowait, e)
         finally:
+            server.busy(-1)  # the model is free only once the worker has stopped
             loop.call_soon_threadsafe(queue.put_nowait, None)
 
-    server.active += 1
+    server.busy(+1)
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
 
@@ -178,4 +184,3 @@ async def _sse(generation: _Generation, cid: str, model: str) -> AsyncIterator[s
         yield "data: [DONE]\n\n"
     finally:
         generation.cancel()  # a client that went away stops its generation
-        server.active -= 1
