@@ -16,6 +16,7 @@ from typing import Any
 import llama_cpp
 
 from quantize import QuantizeError
+from quantize.gguf_check import check_qwen3
 from quantize.gguf_header import read_header
 
 from .chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
@@ -47,13 +48,12 @@ class ModelInfo:
 
 
 def read_model_info(path: Path) -> ModelInfo:
+    """The header, checked as untrusted input before llama.cpp sees the file."""
     try:
         h = read_header(path)
+        check_qwen3(h)
     except QuantizeError as e:
         raise EngineError(str(e)) from None
-    arch = h.get("general.architecture")
-    if arch != "qwen3":
-        raise EngineError(f"{path}: architecture {arch!r} is not qwen3; qwen3-edge runs Qwen3 models only")
     heads = h.get("qwen3.attention.head_count")
     yarn = None
     if h.get("qwen3.rope.scaling.type") == "yarn":

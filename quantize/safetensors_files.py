@@ -60,6 +60,11 @@ def _open_shard(shard: Path) -> dict[str, LocalTensor]:
         end = t.data_range.offset + t.data_range.size
         if end > size:
             raise QuantizeError(shard, f"truncated safetensors file: tensor {name} ends at byte {end} but the file has {size}")
+    last_end, last_name = 0, None
+    for name, t in sorted(tensors.items(), key=lambda kv: kv[1].data_range.offset):
+        if t.data_range.offset < last_end:
+            raise QuantizeError(shard, f"corrupt safetensors header: tensors {last_name} and {name} overlap")
+        last_end, last_name = t.data_range.offset + t.data_range.size, name
     return tensors
 
 

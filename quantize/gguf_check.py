@@ -1,0 +1,70 @@
+"""Is a GGUF a well-formed Qwen3 model? Checked from the header alone, before llama.cpp opens it.
+
+A downloaded GGUF is untrusted: the header reader already refuses lengths past the end of the
+file, unknown value and tensor types, misaligned or overlapping tensor data; this adds the
+architecture, the hyperparameters llama.cpp needs, and every tensor Qwen3 needs with the shape
+its hyperparameters imply."""
+
+from __future__ import annotations
+
+from .errors import QuantizeError
+from .gguf_header import GGUFHeader
+
+MAX_DIM = 1 << 20  # no Qwen3 hyperparameter comes near this; crafted files do
+
+
+def _positive(h: GGUFHeader, key: str, default: int | None = None) -> int:
+    value = h.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_DIM:
+        raise QuantizeError(h.path, f"corrupt GGUF metadata: {key} is {value!r}")
+    return value
+
+
+def expected_tensors(h: GGUFHeader) -> dict[str, tuple[int, ...]]:
+    """llama.cpp tensor name -> shape (rows, columns) that the metadata implies."""
+    layers = _positive(h, "qwen3.block_count")
+    hidden = _positive(h, "qwen3.embedding_length")
+    ff = _positive(h, "qwen3.feed_forward_length")
+    heads = _positive(h, "qwen3.attention.head_count")
+    kv_heads = _positive(h, "qwen3.attention.head_count_kv", heads)
+    head_dim = _positive(h, "qwen3.attention.key_length", hidden // heads or None)
+    tokens = h.get("tokenizer.ggml.tokens")
+    if tokens is None or not len(tokens):
+        raise QuantizeError(h.path, "corrupt GGUF metadata: no tokenizer.ggml.tokens")
+    vocab = len(tokens)
+    if tokens.has_duplicates():
+        raise QuantizeError(h.path, "corrupt GGUF vocabulary: a token appears twice")
+    types = h.get("tokenizer.ggml.token_type")
+    if types is not None and len(types) != vocab:
+        raise QuantizeError(h.path, f"corrupt GGUF vocabulary: {len(types)} token types for {vocab} tokens")
+    shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"blk.{i}."
+        shapes.update({
+            p + "attn_norm.weight": (hidden,), p + "attn_q.weight": (heads * head_dim, hidden),
+            p + "attn_k.weight": (kv_heads * head_dim, hidden), p + "attn_v.weight": (kv_heads * head_dim, hidden),
+            p + "attn_output.weight": (hidden, heads * head_dim), p + "attn_q_norm.weight": (head_dim,),
+            p + "attn_k_norm.weight": (head_dim,), p + "ffn_norm.weight": (hidden,),
+            p + "ffn_gate.weight": (ff, hidden), p + "ffn_up.weight": (ff, hidden), p + "ffn_down.weight": (hidden, ff),
+        })
+    return shapes
+
+
+def check_qwen3(h: GGUFHeader) -> None:
+    """Raise QuantizeError unless `h` describes a complete, consistent Qwen3 model."""
+    arch = h.get("general.architecture")
+    if arch != "qwen3":
+        raise QuantizeError(h.path, f"architecture {arch!r} is not qwen3; qwen3-edge runs Qwen3 models only")
+    expected = expected_tensors(h)
+    found = {t.name: t.shape for t in h.tensors}
+    for name, shape in expected.items():
+        if name not in found:
+            raise QuantizeError(h.path, f"incomplete Qwen3 GGUF: tensor {name} is missing")
+        if found[name] != shape:
+            raise QuantizeError(h.path, f"tensor {name} has shape {list(found[name])}, the metadata implies {list(shape)}")
+    extra = set(found) - set(expected) - {"output.weight"}
+    if extra:
+        raise QuantizeError(h.path, f"unexpected tensor {sorted(extra)[0]} for qwen3")
+    if "output.weight" in found and found["output.weight"] != expected["token_embd.weight"]:
+        raise QuantizeError(h.path, f"tensor output.weight has shape {list(found['output.weight'])}, "
+                                    f"expected {list(expected['token_embd.weight'])}")
