@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,6 +39,19 @@ def friendly_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]; nothing was written")
         raise typer.Exit(130) from None
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, service managers) unwinds like Ctrl-C, so temporary files get removed."""
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def human_bytes(n: float) -> str:

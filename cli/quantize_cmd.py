@@ -10,7 +10,7 @@ import typer
 
 from quantize import DEFAULT_TYPE, QUANT_TYPES, quantize_model
 
-from .console import friendly_errors, human_bytes, out
+from .console import friendly_errors, human_bytes, out, terminate_as_interrupt
 from .progress_view import stage_bars
 
 
@@ -22,7 +22,7 @@ def quantize(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Convert a Qwen3 model to GGUF, quantizing it on the way."""
-    with friendly_errors():
+    with friendly_errors(), terminate_as_interrupt():
         if as_json:
             result = quantize_model(src, type_, output, threads)
         else:

@@ -1,10 +1,13 @@
 """Output that is either complete or absent: write to a hidden temporary name in the target
-folder, rename over the target only on success, remove the temporary on any failure."""
+folder, rename over the target only on success, remove the temporary on any failure. A run
+killed outright (SIGKILL, power cut) leaves its temporaries; they carry the writer's process id,
+and the next run for the same output removes those whose process is gone."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,12 +26,39 @@ def check_writable_folder(out: Path) -> None:
         raise QuantizeError(out, "is a folder; give a file name ending in .gguf")
 
 
+def _temp_prefix(out: Path) -> str:
+    return f".{out.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove temporaries that a killed run left beside `out`; return them."""
+    pattern = re.compile(re.escape(f".{out.name}.") + r"(\d+)\.[^/]*(\.partial|\.float\.gguf)$")
+    removed = []
+    if out.parent.is_dir():
+        for p in out.parent.iterdir():
+            m = pattern.match(p.name)
+            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
 @contextmanager
 def atomic_path(out: Path, suffix: str = ".partial") -> Iterator[Path]:
     """Yield a temporary path beside `out`; on success it becomes `out`."""
     check_writable_folder(out)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(out), suffix=suffix, dir=out.parent)
     except OSError as e:
         raise QuantizeError(out, f"cannot create the output file ({e.strerror})") from None
     os.close(fd)
@@ -45,7 +75,7 @@ def atomic_path(out: Path, suffix: str = ".partial") -> Iterator[Path]:
 @contextmanager
 def scratch_path(beside: Path, suffix: str) -> Iterator[Path]:
     """A temporary file beside the output (same disk), always removed afterwards."""
-    fd, name = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=suffix, dir=beside.parent)
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(beside), suffix=suffix, dir=beside.parent)
     os.close(fd)
     try:
         yield Path(name)

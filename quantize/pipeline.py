@@ -14,7 +14,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, check_writable_folder, scratch_path
+from .atomic import atomic_path, check_writable_folder, remove_stale_temporaries, scratch_path
 from .errors import QuantizeError
 from .gguf_header import read_header
 from .gguf_info import bits_per_weight, check_float_qwen3
@@ -61,6 +61,7 @@ def quantize_model(src: str | Path, type_name: str = DEFAULT_TYPE, out: str | Pa
     if out_path.exists() and src.exists() and out_path.resolve() == src.resolve():
         raise QuantizeError(out_path, "output would overwrite the input")
     check_writable_folder(out_path)
+    remove_stale_temporaries(out_path)
 
     if src.is_file():
         _from_gguf(src, qtype, out_path, threads, progress)
