@@ -141,7 +141,9 @@ class Engine:
 
     @property
     def n_ctx(self) -> int:
-        return self.llama.n_ctx()
+        """Usable context: llama.cpp may pad its cache past what was asked, but the bindings'
+        token buffer holds exactly the requested length."""
+        return min(self.llama.n_ctx(), len(self.llama.input_ids))
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a rendered prompt: special tokens parsed, no BOS (Qwen adds none)."""
