@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cli.chat_commands import CommandError, parse_budget, parse_command
 from cli.main import app
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
+from tests.tiny_gguf import write_foreign_gguf
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -132,13 +133,7 @@ def test_bad_model_references(args, fragment):
 
 
 def test_other_architecture_is_refused(tmp_path):
-    import gguf
-    path = tmp_path / "llama.gguf"
-    w = gguf.GGUFWriter(path, "llama")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
+    path = write_foreign_gguf(tmp_path / "llama.gguf")
     r = runner.invoke(app, ["chat", str(path)])
     assert r.exit_code == 1 and "is not qwen3" in r.stderr
 

@@ -7,7 +7,6 @@ import json
 import threading
 from pathlib import Path
 
-import gguf
 import llama_cpp
 import pytest
 from jinja2 import Environment
@@ -17,6 +16,7 @@ from edge.engine import Engine, EngineError
 from edge.modes import Mode
 from quantize import quantize_model
 from tests.model_factory import FIXTURES
+from tests.tiny_gguf import write_foreign_gguf
 from tests.scripted_model import (QWEN3_SCRIPT, SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_IDS, SCRIPT_THINKING_MODE_IDS,
                                   SCRIPT_THINKING_TEXT, build_scripted_model)
 
@@ -44,12 +44,7 @@ def test_engine_basics(engine):
 
 
 def test_refuses_a_gguf_that_is_not_qwen3(tmp_path):
-    path = tmp_path / "llama.gguf"
-    w = gguf.GGUFWriter(path, "llama")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
+    path = write_foreign_gguf(tmp_path / "llama.gguf")
     with pytest.raises(EngineError, match="'llama' is not qwen3"):
         Engine.load(path)
 

@@ -73,3 +73,13 @@ def write_tiny_qwen3(path: Path, seed: int = 0) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_foreign_gguf(path: Path, arch: str = "llama") -> Path:
+    """A valid, empty GGUF of another architecture: what the runtime must refuse."""
+    w = gguf.GGUFWriter(path, arch)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    return path
