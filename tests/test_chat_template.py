@@ -202,6 +202,12 @@ HOSTILE = [
     "{% extends 'base.html' %}",
     "{% for m in messages %}{{ m.content",  # syntax error
     "{% if %}",
+    # the payload of CVE-2024-34359 (llama-cpp-python's template RCE)
+    "{% for x in ().__class__.__base__.__subclasses__() %}{% if \"warning\" in x.__name__ %}"
+    "{{x()._module.__builtins__['__import__']('os').popen(\"touch /tmp/qwen3-edge-pwned\")}}{%endif%}{% endfor %}",
+    "{{ request.application.__globals__.__builtins__.__import__('os').popen('id').read() }}",
+    "{{ config.__class__.__init__.__globals__['os'].popen('id').read() }}",
+    "{{ get_flashed_messages.__globals__.__builtins__.open('/etc/passwd').read() }}",
 ]
 
 
