@@ -107,6 +107,7 @@ class Chat:
         llama = engine.llama
         self._vocab = llama._model.vocab
         self._think_ids = (self._single_token(THINK_OPEN), self._single_token(THINK_CLOSE))
+        self._budget_tokens = engine.tokenize(BUDGET_PHRASE)
 
     # ---- prompt -------------------------------------------------------------------------------
     def messages(self, history: list[Message] | None = None) -> list[dict[str, str]]:
@@ -181,6 +182,8 @@ class Chat:
             self._track(turn, token)
             yield from self._emit(turn, self._piece(token, decoder))
             if self._budget_reached(turn):
+                if llama.n_tokens + len(self._budget_tokens) >= self.engine.n_ctx:
+                    break  # no room left for the phrase and an answer: the context is full
                 yield from self._cut_thinking(turn)
         yield from self._emit(turn, None)
         ended = time.perf_counter()
@@ -238,7 +241,7 @@ class Chat:
         """Append Qwen's budget phrase to the KV cache (no prompt re-evaluation) and go on to the
         answer. The phrase closes the thinking; the ".\\n\\n" after </think> is not answer text."""
         turn.budget_hit, turn.in_think, turn.think_done = True, False, True
-        self.engine.llama.eval(self.engine.tokenize(BUDGET_PHRASE))
+        self.engine.llama.eval(self._budget_tokens)
         head = BUDGET_PHRASE[: BUDGET_PHRASE.index(THINK_CLOSE)]
         yield from self._emit(turn, head)
         yield from self._emit(turn, THINK_CLOSE)

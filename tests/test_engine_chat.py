@@ -221,3 +221,16 @@ def test_sampler_chain_is_qwens(engine):
     assert names == ["penalties", "top-k", "top-p", "temp", "dist"]  # min_p 0 is no filter at all
     assert chat.sampling_params(True).presence_penalty == 1.5
     assert chat.sampling_params(False).temperature == 0.7
+
+
+def test_budget_at_the_end_of_the_context_stops_cleanly(tmp_path):
+    """Thinking that reaches its budget with no room left for Qwen's phrase ends as "length"."""
+    from tests.test_tmux_chat import looping_script
+    folder = build_scripted_model(tmp_path / "looping", looping_script())
+    path = quantize_model(folder, "f16", tmp_path / "looping.gguf").output
+    with Engine.load(path, n_ctx=256) as e:
+        chat = Chat(e, budget=236, seed=1)
+        reply = chat.send("Hi")
+        assert reply.stop_reason == "length" and not reply.budget_hit
+        assert e.llama.n_tokens <= e.n_ctx
+        assert Chat(e, budget=8, seed=1).send("Again").budget_hit  # the engine is still usable
