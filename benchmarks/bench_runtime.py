@@ -1,6 +1,6 @@
 """Run-time benchmark: our Engine against llama.cpp's own llama-bench, same files, same run.
 
-    python benchmarks/bench_runtime.py [--types f16 q8_0 q4_k_m q4_0] [--reps 3] [--llama-bench PATH]
+    python benchmarks/bench_runtime.py [--shape 0.6b] [--types f16 q8_0 q4_k_m q4_0] [--reps 3] [--llama-bench PATH]
 
 Inputs: the full-size Qwen3-0.6B-shaped random model (built by bench_quantize.py into
 benchmarks/.cache), converted once per type. llama-bench is built from the llama.cpp that the
@@ -81,10 +81,11 @@ def main() -> None:
     ap.add_argument("--llama-bench", type=Path, default=DEFAULT_LLAMA_BENCH)
     ap.add_argument("-p", type=int, default=512)
     ap.add_argument("-n", type=int, default=128)
+    ap.add_argument("--shape", default="0.6b", help="0.6b, 1.7b or 4b (built by bench_quantize.py --shape)")
     args = ap.parse_args()
-    folder = CACHE / "Qwen3-0.6B-random"
+    folder = CACHE / f"Qwen3-{args.shape.upper()}-random"
     if not (folder / "config.json").exists():
-        raise SystemExit("run benchmarks/bench_quantize.py first: it builds the 0.6B-shaped model")
+        raise SystemExit(f"run benchmarks/bench_quantize.py --shape {args.shape} first: it builds the model")
     bw = memory_bandwidth_gbs()
     print(f"threads {args.threads}, reps {args.reps}, memory bandwidth {bw:.1f} GB/s (numpy copy)")
     print(f"{'type':7} {'pp ours':>8} {'pp l-b':>8} {'ratio':>6} {'tg ours':>8} {'tg l-b':>8} {'ratio':>6} "
