@@ -51,12 +51,13 @@ def turns() -> None:
             print(f"{i:4} {r.prompt_tokens:7} {r.evaluated_tokens:10} {r.ttft_s * 1000:21.1f} {r.tokens_per_s:6.1f}")
 
 
-def memory(kv: str) -> None:
+def memory(kv: str, use_mmap: bool) -> None:
     from edge.chat import Chat
     from edge.engine import Engine
-    with Engine.load(model(), n_ctx=4096, kv_cache_type=kv) as engine:
+    with Engine.load(model(), n_ctx=4096, kv_cache_type=kv, use_mmap=use_mmap) as engine:
         r = Chat(engine, max_tokens=64, seed=0).send(MESSAGE * 10)
-        print(f"kv {kv:5} 4096 ctx, {r.prompt_tokens}-token prompt, {r.generated_tokens} generated: {rss_status()}")
+        print(f"kv {kv:5} mmap {'on ' if use_mmap else 'off'} 4096 ctx, {r.prompt_tokens}-token prompt, "
+              f"{r.generated_tokens} generated at {r.tokens_per_s:.1f} tok/s: {rss_status()}")
 
 
 def long_context() -> None:
@@ -100,16 +101,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=["turns", "memory", "long", "profile", "all"], default="all")
     ap.add_argument("--kv", default=None)
+    ap.add_argument("--mmap", choices=["on", "off"], default="on")
     args = ap.parse_args()
     if args.part == "all":
         for part in ("turns", "profile", "long"):
             subprocess.run([sys.executable, __file__, "--part", part], check=True)
         for kv in ("f16", "q8_0", "q4_0"):
-            subprocess.run([sys.executable, __file__, "--part", "memory", "--kv", kv], check=True)
+            for mmap in ("on", "off"):
+                subprocess.run([sys.executable, __file__, "--part", "memory", "--kv", kv, "--mmap", mmap], check=True)
     elif args.part == "turns":
         turns()
     elif args.part == "memory":
-        memory(args.kv or "f16")
+        memory(args.kv or "f16", args.mmap == "on")
     elif args.part == "long":
         long_context()
     else:

@@ -14,7 +14,7 @@ from edge.store import ModelStore
 
 from .chat_repl import ChatRepl, make_reader
 from .console import err, friendly_errors, out
-from .session import CTX, GPU_LAYERS, KV_CACHE, MODEL_HELP, THREADS, load_engine, make_chat
+from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, THREADS, load_engine, make_chat
 
 THINK = typer.Option(None, "--think/--no-think", help="Thinking mode on (default) or off.")
 AUTO = typer.Option(False, "--auto", help="Think only when the message needs reasoning.")
@@ -35,10 +35,10 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int 
          threads: Optional[int] = THREADS, gpu_layers: Optional[int] = GPU_LAYERS, kv_cache: str = KV_CACHE,
          seed: Optional[int] = SEED, temperature: Optional[float] = TEMPERATURE, top_p: Optional[float] = TOP_P,
          top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P, presence_penalty: float = PRESENCE,
-         max_tokens: Optional[int] = MAX_TOKENS, show_thinking: bool = SHOW_THINKING) -> None:
+         max_tokens: Optional[int] = MAX_TOKENS, show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP) -> None:
     """Chat with a Qwen3 model in the terminal. /help lists the in-chat commands."""
     with friendly_errors():
-        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache)
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap)
         session = make_chat(engine, think=think, auto=auto, budget=budget, system=system, seed=seed,
                             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                             presence_penalty=presence_penalty, max_tokens=max_tokens)
@@ -58,13 +58,13 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         kv_cache: str = KV_CACHE, seed: Optional[int] = SEED, temperature: Optional[float] = TEMPERATURE,
         top_p: Optional[float] = TOP_P, top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P,
         presence_penalty: float = PRESENCE, max_tokens: Optional[int] = MAX_TOKENS,
-        show_thinking: bool = SHOW_THINKING) -> None:
+        show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP) -> None:
     """One message, one reply: the answer on stdout, the thinking on stderr (or hidden)."""
     text = sys.stdin.read() if prompt == "-" else prompt
     with friendly_errors():
         if not text.strip():
             raise typer.BadParameter("the prompt is empty")
-        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache)
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap)
         with engine:
             session = make_chat(engine, think=think, auto=auto, budget=budget, system=system, seed=seed,
                                 temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .console import err, friendly_errors
-from .session import CTX, GPU_LAYERS, KV_CACHE, MODEL_HELP, THREADS, load_engine
+from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, THREADS, load_engine
 
 
 def _is_loopback(host: str) -> bool:
@@ -26,7 +26,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QWEN3_EDGE_API_KEY",
                                                 help="Require 'Authorization: Bearer KEY'."),
           ctx: int = CTX, threads: Optional[int] = THREADS, gpu_layers: Optional[int] = GPU_LAYERS,
-          kv_cache: str = KV_CACHE) -> None:
+          kv_cache: str = KV_CACHE, mmap: bool = MMAP) -> None:
     """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     import uvicorn
 
@@ -35,7 +35,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     if not _is_loopback(host) and not api_key:
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
     with friendly_errors():
-        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache)
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap)
     err.print(f"serving {engine.info.path.name} on http://{host}:{port}/v1 ({engine.backend}, ctx {engine.n_ctx})",
               soft_wrap=True)
     with engine:

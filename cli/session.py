@@ -25,17 +25,18 @@ CTX = typer.Option(DEFAULT_CTX, "--ctx", help="Context length in tokens; above 3
 THREADS = typer.Option(None, "--threads", help="CPU threads (default: physical cores).")
 GPU_LAYERS = typer.Option(None, "--gpu-layers", help="Layers to offload (default: all when the bindings have a GPU backend; 0 = CPU).")
 KV_CACHE = typer.Option("f16", "--kv-cache", help="KV cache type: f16, q8_0 or q4_0.")
+MMAP = typer.Option(True, "--mmap/--no-mmap", help="Memory-map the weights (fastest load) or read them in (smallest footprint with Q4 weights).")
 
 
 def load_engine(model: Optional[str], ctx: int, threads: Optional[int], gpu_layers: Optional[int],
-                kv_cache: str) -> Engine:
+                kv_cache: str, mmap: bool = True) -> Engine:
     """Resolve MODEL (pulling or quantizing with progress bars) and open it; warnings go to stderr."""
     with stage_bars() as bars:
         path = resolve_model(model, ModelStore(), progress=bars)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine = Engine.load(Path(path), n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                             kv_cache_type=kv_cache)
+                             kv_cache_type=kv_cache, use_mmap=mmap)
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
     return engine

@@ -92,7 +92,8 @@ class Engine:
     @classmethod
     def load(cls, path: str | Path, *, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None,
              n_gpu_layers: int | None = None, kv_cache_type: str = "f16", flash_attn: bool | None = None,
-             available_bytes: int | None = None, n_batch: int = 512, verbose: bool = False) -> "Engine":
+             available_bytes: int | None = None, n_batch: int = 512, use_mmap: bool = True,
+             verbose: bool = False) -> "Engine":
         """Open a Qwen3 GGUF (memory-mapped).
 
         n_ctx above 32,768 turns YaRN on (factor ceil(n_ctx/32768), at most 4). n_gpu_layers
@@ -100,7 +101,9 @@ class Engine:
         kv_cache_type f16, q8_0 or q4_0; a quantized cache turns flash attention on (llama.cpp
         needs it for a quantized V cache); it is also on when layers are offloaded to a GPU, and off
         otherwise (on CPUs it slows generation at chat depths). n_threads defaults to the physical
-        core count. Weights are memory-mapped (mmap on, mlock off), as llama.cpp advises.
+        core count. Weights are memory-mapped by default (mlock off), which loads fastest;
+        use_mmap=False reads them into memory instead, which avoids holding both the file's pages
+        and llama.cpp's repacked copy of Q4 weights: the smaller footprint on small boards.
         """
         path = Path(path)
         info = read_model_info(path)
@@ -132,7 +135,7 @@ class Engine:
         try:
             llama = llama_cpp.Llama(
                 str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
-                n_gpu_layers=gpu_layers, use_mmap=True, use_mlock=False, flash_attn=flash_attn,
+                n_gpu_layers=gpu_layers, use_mmap=use_mmap, use_mlock=False, flash_attn=flash_attn,
                 type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
                 verbose=verbose, **rope.llama_kwargs())
         except (ValueError, RuntimeError) as e:

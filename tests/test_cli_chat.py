@@ -77,7 +77,8 @@ def test_chat_soft_switch_goes_to_the_model_with_the_message(scripted_gguf):
 def test_chat_options(scripted_gguf):
     r = chat(scripted_gguf, ["Hi"], "--auto", "--ctx", "1024", "--budget", "2", "--system", "S",
              "--threads", "1", "--gpu-layers", "0", "--kv-cache", "q8_0", "--temperature", "0.5", "--top-p", "0.9",
-             "--top-k", "10", "--min-p", "0.01", "--presence-penalty", "1.5", "--max-tokens", "50", "--hide-thinking")
+             "--top-k", "10", "--min-p", "0.01", "--presence-penalty", "1.5", "--max-tokens", "50", "--hide-thinking",
+             "--no-mmap")
     assert r.exit_code == 0, r.output
     assert "mode auto" in r.stdout and "ctx 1024" in r.stdout
     assert SCRIPT_ANSWER_TEXT in r.stdout and "no thinking" in r.stdout and "Thinking…" not in r.stdout
