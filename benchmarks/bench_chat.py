@@ -12,7 +12,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import resource
 import subprocess
 import sys
 from pathlib import Path

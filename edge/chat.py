@@ -77,7 +77,6 @@ class Event:
 @dataclass
 class _Turn:
     """Mutable state of one generation."""
-    thinking_enabled: bool
     parser: ThinkingParser
     thinking: list[str] = field(default_factory=list)
     answer: list[str] = field(default_factory=list)
@@ -162,7 +161,7 @@ class Chat:
             yield Event("notice", f"dropped the {dropped} oldest turn(s) to fit the {self.engine.n_ctx}-token context")
         started = time.perf_counter()
         evaluated = self._evaluate_prompt(prompt)
-        turn = _Turn(thinking, ThinkingParser())
+        turn = _Turn(ThinkingParser())
         stop, first_at = "length", None
         sampler = build_sampler(self.sampling_params(thinking), self.engine.llama.n_vocab())
         decoder = codecs.getincrementaldecoder("utf-8")("replace")

@@ -54,7 +54,7 @@ def test_chat_bad_commands_keep_the_chat_going(scripted_gguf, tmp_path):
     o = r.stdout
     assert "/budget takes a whole number" in o and "unknown command /frobnicate" in o
     assert "not a qwen3-edge transcript" in o and "nope.json: not found" in o and "/save needs an argument" in o
-    assert f"user: Hello" in o and f"assistant: {SCRIPT_ANSWER_TEXT}" in o  # history survived
+    assert "user: Hello" in o and f"assistant: {SCRIPT_ANSWER_TEXT}" in o  # history survived
 
 
 def test_chat_load_transcript_then_continue(scripted_gguf, tmp_path):
