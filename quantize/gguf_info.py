@@ -11,6 +11,7 @@ from typing import Any
 import gguf
 
 from .errors import QuantizeError
+from .gguf_check import check_qwen3
 from .gguf_header import GGUFHeader, read_header
 from .types import FLOAT_FILE_TYPES, file_type_name
 
@@ -70,11 +71,10 @@ def describe_gguf(path: Path) -> dict[str, Any]:
 
 
 def check_float_qwen3(path: Path) -> gguf.LlamaFileType:
-    """Refuse a GGUF that is not a Qwen3 model in F32/F16/BF16 (the only inputs worth quantizing)."""
+    """Refuse a GGUF that is not a well-formed Qwen3 model in F32/F16/BF16 (the only inputs worth
+    quantizing); llama.cpp's quantizer gets only files that pass the same check as the runtime's."""
     h = read_header(path)
-    arch = h.get("general.architecture")
-    if arch != "qwen3":
-        raise QuantizeError(path, f"architecture {arch!r} is not qwen3")
+    check_qwen3(h)
     ft = h.get("general.file_type")
     if ft is None or ft not in {int(t) for t in FLOAT_FILE_TYPES}:
         name = "missing" if ft is None else file_type_name(ft)

@@ -200,3 +200,17 @@ def test_library_error_names_file(tmp_path):
     with pytest.raises(QuantizeError) as e:
         quantize_model(folder, "f16", tmp_path / "o.gguf")
     assert e.value.path == str(folder) and "no tokenizer" in e.value.message
+
+
+def test_requantize_refuses_a_broken_float_gguf(converted, tmp_path):
+    """llama.cpp's quantizer only gets files that pass the runtime's Qwen3 check."""
+    from tests.tiny_gguf import write_foreign_gguf
+    foreign = write_foreign_gguf(tmp_path / "llama.gguf")
+    assert_one_line_error(run_cli(str(foreign), "-t", "q4_0", "-o", str(tmp_path / "o.gguf")), "'llama' is not qwen3")
+    data = bytearray(converted("tied", "f16").read_bytes())
+    idx = data.find(b"blk.1.ffn_down.weight")
+    data[idx:idx + 5] = b"blk.9"  # a tensor the metadata does not have
+    bad = tmp_path / "renamed.gguf"
+    bad.write_bytes(bytes(data))
+    assert_one_line_error(run_cli(str(bad), "-t", "q4_0", "-o", str(tmp_path / "o.gguf")), "renamed.gguf", "blk.1.ffn_down.weight")
+    assert not (tmp_path / "o.gguf").exists()
