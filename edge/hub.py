@@ -1,7 +1,8 @@
 """`pull`: fetch an official Qwen3 checkpoint from Hugging Face and quantize it into the store.
 
 Downloads go through huggingface_hub's own cache rather than ours, so its settings work as users
-know them (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN), interrupted files resume,
+know them (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN), interrupted files resume (the
+weights even after the process was killed, see _prefetch_weights),
 and pulling a second type of a model converts the cached files without downloading them again.
 huggingface_hub reads those variables once, when it is imported; `pull` reads the ones that matter
 (endpoint, cache folder, offline) at call time and passes them as arguments, so a process that sets
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from quantize import Progress, QuantizeError, quantize_model
 
@@ -82,12 +84,115 @@ def download(repo_id: str, *, revision: str | None = None, progress: PullCallbac
     endpoint, cache_dir, offline = _hub_settings(os.environ)
     meter = _DownloadMeter(progress or _ignore)
     try:
+        if not offline:   # offline, there is nothing to fetch: snapshot_download serves the cache alone
+            revision = _prefetch_weights(repo_id, revision, cache_dir, endpoint, meter) or revision
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS, cache_dir=cache_dir,
                                    endpoint=endpoint, local_files_only=offline, library_name="qwen3-edge",
                                    tqdm_class=meter.bar_class())  # type: ignore[arg-type]
     except _download_errors() as e:
         raise PullError(f"cannot download {repo_id}: {_reason(e, endpoint, offline)}; {HINT}") from e
     return Path(folder)
+
+
+PARTIAL_SUFFIX = ".qwen3-edge-partial"
+
+
+def _prefetch_weights(repo_id: str, revision: str | None, cache_dir: str | None, endpoint: str | None,
+                      meter: _DownloadMeter) -> str | None:
+    """Put the repo's *.safetensors blobs into huggingface_hub's cache, resuming what a killed pull left.
+
+    huggingface_hub 2.4 downloads every file into a temporary unique to the process, so the bytes a killed
+    process fetched are never reused. Here each missing weights blob is fetched into a partial file of a
+    fixed name next to it, `<cache>/models--<org>--<name>/blobs/<etag>.qwen3-edge-partial`, which the next
+    pull continues with a Range request (huggingface_hub's own `http_get`, with its retries), and is renamed
+    onto the blob's path once complete. snapshot_download then finds the blob and only links it into the
+    snapshot, as hf_hub_download does for any blob already cached.
+
+    Returns the revision resolved to its commit (a ResolvedRevision, so snapshot_download asks the Hub no
+    second time), or None when the Hub could not say what to fetch: then snapshot_download runs as it
+    always did, falling back on the cache or raising the error users know. Errors while fetching bytes
+    propagate (the partial file stays for the next pull).
+    """
+    try:  # internals of huggingface_hub 2.x; another version simply skips this step
+        from huggingface_hub import HfApi, constants
+        from huggingface_hub.errors import HfHubHTTPError, RevisionResolutionError
+        from huggingface_hub.file_download import (
+            get_hf_file_metadata,
+            hf_hub_url,
+            http_get,
+            repo_folder_name,
+        )
+        from huggingface_hub.utils import WeakFileLock, build_hf_headers
+        from huggingface_hub.utils._runtime import is_xet_available
+    except ImportError:
+        return None
+
+    cache = Path(cache_dir or constants.HF_HUB_CACHE).expanduser().resolve()   # as snapshot_download does
+    folder = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
+    api = HfApi(endpoint=endpoint, library_name="qwen3-edge")
+    metadata_errors = (OSError, HfHubHTTPError, RevisionResolutionError, *_http_errors())
+    try:
+        resolved = api.resolve_revision(repo_id, revision=revision or constants.DEFAULT_REVISION, cache_dir=cache)
+        commit = resolved.resolved
+        weights = [f for f in _repo_files(api, repo_id, commit, folder) if f.endswith(".safetensors")]
+    except metadata_errors:
+        return None
+    for filename in weights:
+        if (folder / "snapshots" / commit / filename).exists():
+            continue                                 # already in the snapshot: nothing to do
+        url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
+        headers = build_hf_headers(library_name="qwen3-edge")
+        try:
+            meta = get_hf_file_metadata(url, headers=headers, endpoint=endpoint)
+        except metadata_errors:
+            return None
+        if meta.etag is None or meta.commit_hash is None or (meta.xet_file_data is not None and is_xet_available()):
+            continue                                 # leave the odd cases (and Xet transfers) to hf_hub_download
+        location = meta.location
+        if location != url and urlsplit(location).netloc != urlsplit(url).netloc:
+            headers.pop("authorization", None)       # a signed CDN URL: never send the token there
+        blob = folder / "blobs" / meta.etag
+        lock = cache / ".locks" / repo_folder_name(repo_id=repo_id, repo_type="model") / f"{meta.etag}.lock"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with WeakFileLock(str(lock)):                # the lock hf_hub_download takes for this blob
+            if blob.exists():
+                continue
+            _fetch_resumably(http_get, location, blob, headers, meta.size, meter.bar_class(prefetch=True))
+    return resolved
+
+
+def _repo_files(api: Any, repo_id: str, commit: str, folder: Path) -> list[str]:
+    """The repo's file names at `commit`, from the tree listing snapshot_download caches, else from the Hub."""
+    from huggingface_hub.hf_api import RepoFile
+
+    try:
+        from huggingface_hub._tree_cache import read_tree_cache
+        cached = read_tree_cache(str(folder), commit)
+    except ImportError:
+        cached = None
+    if cached is not None:
+        return list(cached)
+    return [f.path for f in api.list_repo_tree(repo_id, recursive=True, revision=commit) if isinstance(f, RepoFile)]
+
+
+def _fetch_resumably(http_get: Callable[..., None], url: str, blob: Path, headers: dict[str, str],
+                     size: int | None, bar: type[_Bar]) -> None:
+    """Download `url` into `blob` through `<blob>.qwen3-edge-partial`, continuing the bytes already there."""
+    partial = blob.with_name(blob.name + PARTIAL_SUFFIX)
+    have = partial.stat().st_size if partial.exists() else 0
+    if size is not None and have > size:
+        have = 0                                     # not ours to continue: start over
+    with partial.open("r+b" if have else "wb") as f:
+        f.truncate(have)
+        f.seek(have)
+        http_get(url, f, resume_size=have, headers=headers, expected_size=size, tqdm_class=bar)
+        f.flush()
+        os.fsync(f.fileno())
+        got = f.tell()
+    if size is not None and got != size:
+        raise OSError(f"{blob.name}: got {got} bytes of {size}")
+    os.replace(partial, blob)
 
 
 def _ignore(_: PullProgress) -> None:
@@ -115,17 +220,23 @@ def _download_errors() -> tuple[type[BaseException], ...]:
         errors.append(XetDownloadError)
     except ImportError:
         pass
-    # huggingface_hub 2.x uses httpx2, 1.x httpx, 0.x requests (whose errors are OSErrors already).
-    for client in ("httpx2", "httpx"):
-        if client in sys.modules:
-            errors.append(sys.modules[client].HTTPError)
-    return tuple(errors)
+    return (*errors, *_http_errors())
+
+
+def _http_errors() -> tuple[type[BaseException], ...]:
+    """huggingface_hub 2.x uses httpx2, 1.x httpx, 0.x requests (whose errors are OSErrors already)."""
+    return tuple(sys.modules[client].HTTPError for client in ("httpx2", "httpx") if client in sys.modules)
 
 
 def _reason(error: BaseException, endpoint: str | None, offline: bool) -> str:
     """The cause of a failed download in a few words, from the innermost error that says something."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     host = endpoint or constants.ENDPOINT
     chain = list(_causes(error))
@@ -178,16 +289,21 @@ class _DownloadMeter:
         self.bars: list[_Bar] = []
         self.last: PullProgress | None = None
 
-    def bar_class(self) -> type[_Bar]:
-        """A tqdm stand-in bound to this meter; a class per download, so no state is shared."""
-        return type("_MeteredBar", (_Bar,), {"meter": self})
+    def bar_class(self, *, prefetch: bool = False) -> type[_Bar]:
+        """A tqdm stand-in bound to this meter; a class per download, so no state is shared.
+
+        `prefetch` bars count one weights file each (see _prefetch_weights) and add up; snapshot_download's
+        byte bars each count all of its files, so the largest of them is its share.
+        """
+        return type("_MeteredBar", (_Bar,), {"meter": self, "prefetch": prefetch})
 
     def changed(self) -> None:
         """Called with the lock held, after any bar moved."""
-        byte_bars = [b for b in self.bars if b.unit == "B"]
-        file_bars = [b for b in self.bars if b.unit != "B"]
-        done = max((b.n for b in byte_bars), default=0)
-        total = max((b.total or 0 for b in byte_bars), default=0)
+        own = [b for b in self.bars if b.prefetch]
+        byte_bars = [b for b in self.bars if b.unit == "B" and not b.prefetch]
+        file_bars = [b for b in self.bars if b.unit != "B" and not b.prefetch]
+        done = max((b.n for b in byte_bars), default=0) + sum(b.n for b in own)
+        total = max((b.total or 0 for b in byte_bars), default=0) + sum(b.total or 0 for b in own)
         detail = f"{file_bars[0].n}/{file_bars[0].total or 0} files" if file_bars else ""
         event = PullProgress("download", min(done, total) if total else done, total, detail)
         if event != self.last:
@@ -199,6 +315,7 @@ class _Bar:
     """Just enough of tqdm for snapshot_download: counts and reports, never draws."""
 
     meter: _DownloadMeter
+    prefetch: bool = False
 
     def __init__(self, *args: Any, total: float | None = None, initial: float = 0, unit: str = "it",
                  desc: str | None = None, **kwargs: Any):

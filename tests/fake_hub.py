@@ -11,7 +11,8 @@ model repos:
 No Xet headers or `xetHash` fields are sent, so the client always takes the plain HTTP path, and files
 are served directly rather than through a CDN redirect. Errors carry the `X-Error-Code` header the
 real Hub uses (RepoNotFound, RevisionNotFound, EntryNotFound), which huggingface_hub maps to its own
-exception types. Every request is recorded in `FakeHub.requests`, so a test can tell what a pull fetched.
+exception types. `drop_once` and `stall` cut or freeze a file's download part way. Every request
+is recorded in `FakeHub.requests`, so a test can tell what a pull fetched.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class FakeHub:
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._drops: dict[str, int] = {}
+        self._stalls: dict[str, int] = {}
+        self._closing = threading.Event()
         self._server = _Server(self)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -102,12 +105,24 @@ class FakeHub:
         with self._lock:
             self._drops[filename] = after_bytes
 
+    def stall(self, filename: str, after_bytes: int | None) -> None:
+        """Stop sending, `after_bytes` into every full download of `filename`, and hang until closed.
+
+        The connection stays open and silent, as for a client killed mid-download. None serves it whole again.
+        """
+        with self._lock:
+            if after_bytes is None:
+                self._stalls.pop(filename, None)
+            else:
+                self._stalls[filename] = after_bytes
+
     def file_requests(self, method: str | None = None) -> list[Request]:
         """The HEAD/GET requests for repo files (not API calls), optionally of one method."""
         with self._lock:
             return [r for r in self.requests if r.is_file and (method is None or r.method == method)]
 
     def close(self) -> None:
+        self._closing.set()                     # release stalled handlers, so that shutdown can join them
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
@@ -125,6 +140,10 @@ class FakeHub:
     def _take_drop(self, filename: str) -> int | None:
         with self._lock:
             return self._drops.pop(filename, None)
+
+    def _stall_at(self, filename: str) -> int | None:
+        with self._lock:
+            return self._stalls.get(filename)
 
 
 @contextmanager
@@ -230,6 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not body:
             return
         drop = self.hub._take_drop(filename) if status == 200 else None
+        stall = self.hub._stall_at(filename) if status == 200 and drop is None else None
+        if stall is not None:
+            drop = stall
         with f.path.open("rb") as src:
             src.seek(start)
             remaining = end - start + 1 if drop is None else min(drop, end - start + 1)
@@ -237,6 +259,10 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = src.read(min(1 << 20, remaining))
                 self.wfile.write(chunk)
                 remaining -= len(chunk)
+        if stall is not None:
+            self.wfile.flush()
+            self.hub._closing.wait()             # hang, silent, until the hub closes
+            return
         if drop is not None:
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)   # the client sees a body cut short

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,3 +204,45 @@ def test_a_checkpoint_that_does_not_convert_is_a_pull_error(checkpoint, tmp_path
         with pytest.raises(PullError, match=f"^cannot convert {REPO}: "):
             pull("qwen3-0.6b:q8_0", store())
     assert store().entries() == [] and not (tmp_path / "store" / "models" / "qwen3-0.6b").exists()
+
+
+def test_pull_killed_mid_download_resumes_in_the_next_pull(hub: FakeHub, tmp_path, monkeypatch):
+    hub.stall("model.safetensors", 12_000_000)   # past the client's first 10 MiB chunk, then silence
+    blobs = tmp_path / "hf" / "hub" / "models--Qwen--Qwen3-0.6B" / "blobs"
+    full = (hub.repos[REPO].files["model.safetensors"]).size
+    env = dict(os.environ, HF_HUB_DISABLE_TELEMETRY="1")
+    code = "from edge.hub import pull; from edge.store import ModelStore; pull('qwen3-0.6b:q8_0', ModelStore())"
+    child = subprocess.Popen([sys.executable, "-c", code],
+                             cwd=Path(__file__).resolve().parent.parent, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        partial: list[Path] = []
+        while time.monotonic() < deadline and child.poll() is None:
+            partial = list(blobs.glob("*.qwen3-edge-partial")) if blobs.is_dir() else []
+            if partial and partial[0].stat().st_size > 0:
+                break
+            time.sleep(0.05)
+        assert child.poll() is None, "the child pull ended before it was killed"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+    (part,) = partial
+    size = part.stat().st_size
+    assert 0 < size < full
+    assert store().entries() == []
+    assert not (blobs / part.name.removesuffix(".qwen3-edge-partial")).exists()
+
+    hub.stall("model.safetensors", None)
+    before = len(hub.requests)
+    events: list[PullProgress] = []
+    path = pull("qwen3-0.6b:q8_0", store(), progress=events.append)
+
+    assert describe_gguf(path)["architecture"] == "qwen3"
+    weights = [r for r in hub.requests[before:] if r.method == "GET" and r.path.endswith("/model.safetensors")]
+    assert [r.range for r in weights] == [f"bytes={size}-"]
+    assert not part.exists()
+    downloads = [e for e in events if e.stage == "download"]
+    assert downloads[0].done >= size                 # the bytes already there count as done
+    assert downloads[-1].done == downloads[-1].total
