@@ -200,12 +200,7 @@ class Chat:
     def _evaluate_prompt(self, prompt: list[int]) -> int:
         """Evaluate what the KV cache lacks of `prompt`; return how many tokens that was."""
         llama = self.engine.llama
-        cached = llama.input_ids[: llama.n_tokens].tolist()
-        keep = 0
-        for a, b in zip(cached, prompt):
-            if a != b:
-                break
-            keep += 1
+        keep = llama_cpp.Llama.longest_token_prefix(llama.input_ids[: llama.n_tokens].tolist(), prompt)
         keep = min(keep, len(prompt) - 1)  # the last prompt token is re-evaluated for its logits
         llama.n_tokens = keep
         llama.eval(prompt[keep:])

@@ -51,10 +51,9 @@ def read_model_info(path: Path) -> ModelInfo:
     """The header, checked as untrusted input before llama.cpp sees the file."""
     try:
         h = read_header(path)
-        check_qwen3(h)
+        dims = check_qwen3(h)
     except QuantizeError as e:
         raise EngineError(str(e)) from None
-    heads = h.get("qwen3.attention.head_count")
     yarn = None
     if h.get("qwen3.rope.scaling.type") == "yarn":
         yarn = {"factor": h.get("qwen3.rope.scaling.factor"),
@@ -62,8 +61,7 @@ def read_model_info(path: Path) -> ModelInfo:
     return ModelInfo(
         path=path, size_bytes=path.stat().st_size, name=h.get("general.name"),
         size_label=h.get("general.size_label"), file_type=h.get("general.file_type"),
-        n_layers=h.get("qwen3.block_count"), n_heads=heads, n_kv_heads=h.get("qwen3.attention.head_count_kv", heads),
-        head_dim=h.get("qwen3.attention.key_length") or h.get("qwen3.embedding_length") // heads,
+        n_layers=dims.layers, n_heads=dims.heads, n_kv_heads=dims.kv_heads, head_dim=dims.head_dim,
         n_ctx_train=h.get("qwen3.context_length"), yarn=yarn,
         chat_template=h.get("tokenizer.chat_template"),
     )

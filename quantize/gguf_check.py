@@ -7,6 +7,8 @@ its hyperparameters imply."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .errors import QuantizeError
 from .gguf_header import GGUFHeader
 
@@ -20,14 +22,28 @@ def _positive(h: GGUFHeader, key: str, default: int | None = None) -> int:
     return value
 
 
-def expected_tensors(h: GGUFHeader) -> dict[str, tuple[int, ...]]:
+@dataclass(frozen=True)
+class Qwen3Dims:
+    """The hyperparameters that fix every tensor's shape, as checked."""
+    layers: int
+    hidden: int
+    ff: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+
+def qwen3_dims(h: GGUFHeader) -> Qwen3Dims:
+    hidden, heads = _positive(h, "qwen3.embedding_length"), _positive(h, "qwen3.attention.head_count")
+    return Qwen3Dims(layers=_positive(h, "qwen3.block_count"), hidden=hidden,
+                     ff=_positive(h, "qwen3.feed_forward_length"), heads=heads,
+                     kv_heads=_positive(h, "qwen3.attention.head_count_kv", heads),
+                     head_dim=_positive(h, "qwen3.attention.key_length", hidden // heads or None))
+
+
+def expected_tensors(h: GGUFHeader, d: Qwen3Dims) -> dict[str, tuple[int, ...]]:
     """llama.cpp tensor name -> shape (rows, columns) that the metadata implies."""
-    layers = _positive(h, "qwen3.block_count")
-    hidden = _positive(h, "qwen3.embedding_length")
-    ff = _positive(h, "qwen3.feed_forward_length")
-    heads = _positive(h, "qwen3.attention.head_count")
-    kv_heads = _positive(h, "qwen3.attention.head_count_kv", heads)
-    head_dim = _positive(h, "qwen3.attention.key_length", hidden // heads or None)
+    layers, hidden, ff, heads, kv_heads, head_dim = d.layers, d.hidden, d.ff, d.heads, d.kv_heads, d.head_dim
     tokens = h.get("tokenizer.ggml.tokens")
     if tokens is None or not len(tokens):
         raise QuantizeError(h.path, "corrupt GGUF metadata: no tokenizer.ggml.tokens")
@@ -50,12 +66,13 @@ def expected_tensors(h: GGUFHeader) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_qwen3(h: GGUFHeader) -> None:
-    """Raise QuantizeError unless `h` describes a complete, consistent Qwen3 model."""
+def check_qwen3(h: GGUFHeader) -> Qwen3Dims:
+    """Raise QuantizeError unless `h` describes a complete, consistent Qwen3 model; return its dims."""
     arch = h.get("general.architecture")
     if arch != "qwen3":
         raise QuantizeError(h.path, f"architecture {arch!r} is not qwen3; qwen3-edge runs Qwen3 models only")
-    expected = expected_tensors(h)
+    dims = qwen3_dims(h)
+    expected = expected_tensors(h, dims)
     found = {t.name: t.shape for t in h.tensors}
     for name, shape in expected.items():
         if name not in found:
@@ -68,3 +85,4 @@ def check_qwen3(h: GGUFHeader) -> None:
     if "output.weight" in found and found["output.weight"] != expected["token_embd.weight"]:
         raise QuantizeError(h.path, f"tensor output.weight has shape {list(found['output.weight'])}, "
                                     f"expected {list(expected['token_embd.weight'])}")
+    return dims

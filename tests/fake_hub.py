@@ -156,12 +156,16 @@ def serve_repos(repos: Mapping[str, str | Path]) -> Iterator[FakeHub]:
         hub.close()
 
 
-def closed_port_url() -> str:
-    """A URL on 127.0.0.1 where nothing listens: connections are refused at once."""
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (at the time of asking)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+        return s.getsockname()[1]
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: connections are refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 class _Server(ThreadingHTTPServer):

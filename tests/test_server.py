@@ -18,16 +18,11 @@ import uvicorn
 from edge.engine import Engine
 from edge.server import create_app
 from quantize import quantize_model
+from tests.fake_hub import free_port
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT, build_scripted_model
 from tests.test_tmux_chat import looping_script
 
 KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
