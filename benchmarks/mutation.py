@@ -1,0 +1,307 @@
+"""Mutation testing of the core modules, run by hand (never in CI): which small breakages of the
+code do the unit tests fail to notice?
+
+    python benchmarks/mutation.py                          # every module below, from HEAD
+    python benchmarks/mutation.py edge/modes.py --list     # the mutants, without running them
+    python benchmarks/mutation.py edge/modes.py --only 12 40 --overlay tests/test_mutants_modes.py
+
+A self-contained runner rather than mutmut: mutmut 3 needs its own [tool.mutmut] table and
+writes a mutants/ copy inside the checkout, and this tree is edited by others while it runs. Here
+the committed tree (`git archive REV`) is unpacked into a temporary folder; each mutant is one
+AST edit of one module written over that copy, and only the fast test files that cover the
+module run against it (`pytest -x`, with a timeout). A mutant survives when those tests pass.
+
+Mutations (each applied alone): comparison swaps (== !=, < <=, > >=, in / not in, is / is not),
+arithmetic and bit swaps (+ -, * /, // /, % //, << >>, & |), and/or, dropping `not` and unary
+minus, integer and float constants n -> n + 1, True <-> False, string constants wrapped in "XX",
+`return x` -> `return None`, negated if/while/comprehension conditions, a call statement replaced
+by `pass`, += <-> -=, break <-> continue, min <-> max. Not mutated: docstrings, annotations,
+`__all__`, and message text (string parts of f-strings and of `raise` statements), whose mutants
+would only test wording. Results go to benchmarks/.cache/mutation/<module>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / ".cache" / "mutation"
+
+# module -> the fast tests (pytest files or node ids) that cover it. Any
+# tests/test_mutants_<stem>.py present in the snapshot is added.
+TARGETS: dict[str, list[str]] = {
+    "edge/thinking_parser.py": ["tests/test_thinking_parser.py"],
+    "edge/modes.py": ["tests/test_modes_and_sampling.py"],
+    "edge/context_plan.py": ["tests/test_context_plan.py"],
+    "quantize/gguf_header.py": ["tests/test_hostile_files.py::test_corpus_of_broken_ggufs",
+                                "tests/test_hostile_files.py::test_fuzz_gguf_checker"],
+    "edge/sampling.py": ["tests/test_modes_and_sampling.py", "tests/test_engine_chat.py::test_sampler_chain_is_qwens"],
+    "edge/openai_api.py": ["tests/test_server.py"],
+}
+
+_COMPARE = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE,
+            ast.GtE: ast.Gt, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+_BINARY = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
+           ast.Mod: ast.FloorDiv, ast.LShift: ast.RShift, ast.RShift: ast.LShift, ast.BitAnd: ast.BitOr,
+           ast.BitOr: ast.BitAnd, ast.Pow: ast.Mult}
+
+
+@dataclass
+class Mutant:
+    index: int
+    line: int
+    what: str            # "x < y  ->  x <= y"
+    status: str = ""     # killed | survived | timeout | error
+    seconds: float = 0.0
+
+
+def _op(node: ast.AST) -> str:
+    return ast.unparse(node)
+
+
+def _mutations(node: ast.AST, in_message: bool) -> list[ast.AST]:
+    """Replacements for `node` in its slot (each one a mutant)."""
+    out: list[ast.AST] = []
+    if isinstance(node, ast.Compare):
+        for i, op in enumerate(node.ops):
+            if type(op) in _COMPARE:
+                new = copy.deepcopy(node)
+                new.ops[i] = _COMPARE[type(op)]()
+                out.append(new)
+    elif isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        out.append(ast.BinOp(node.left, _BINARY[type(node.op)](), node.right))
+    elif isinstance(node, ast.BoolOp):
+        out.append(ast.BoolOp(ast.Or() if isinstance(node.op, ast.And) else ast.And(), node.values))
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
+        out.append(node.operand)
+    elif isinstance(node, ast.Constant):
+        v = node.value
+        if isinstance(v, bool):
+            out.append(ast.Constant(not v))
+        elif isinstance(v, (int, float)):
+            out.append(ast.Constant(v + 1))
+        elif isinstance(v, str) and not in_message:
+            out.append(ast.Constant(f"XX{v}XX"))
+    elif isinstance(node, ast.Return) and node.value is not None and not (
+            isinstance(node.value, ast.Constant) and node.value.value is None):
+        out.append(ast.Return(ast.Constant(None)))
+    elif isinstance(node, (ast.If, ast.While)) and not _swappable(node.test):
+        new = copy.copy(node)
+        new.test = ast.UnaryOp(ast.Not(), node.test)
+        out.append(new)
+    elif isinstance(node, ast.comprehension) and node.ifs:
+        new = copy.copy(node)
+        new.ifs = [ast.UnaryOp(ast.Not(), ast.BoolOp(ast.And(), node.ifs) if len(node.ifs) > 1 else node.ifs[0])]
+        out.append(new)
+    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        out.append(ast.Pass())
+    elif isinstance(node, ast.AugAssign) and isinstance(node.op, (ast.Add, ast.Sub)):
+        out.append(ast.AugAssign(node.target, ast.Sub() if isinstance(node.op, ast.Add) else ast.Add(), node.value))
+    elif isinstance(node, ast.Break):
+        out.append(ast.Continue())
+    elif isinstance(node, ast.Continue):
+        out.append(ast.Break())
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("min", "max"):
+        new = copy.copy(node)
+        new.func = ast.Name("max" if node.func.id == "min" else "min", ast.Load())
+        out.append(new)
+    return out
+
+
+def _swappable(test: ast.AST) -> bool:
+    """A condition whose own mutants already include its negation (one swapped comparison, `not`)."""
+    return ((isinstance(test, ast.Compare) and len(test.ops) == 1 and type(test.ops[0]) in _COMPARE)
+            or (isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)))
+
+
+def _slots(tree: ast.AST):
+    """Every (parent, field, index, node, in_message) in a fixed order, skipping what is not mutated."""
+    def walk(parent, in_message):
+        for name, value in ast.iter_fields(parent):
+            if name in ("annotation", "returns", "decorator_list", "type_comment"):
+                continue
+            items = value if isinstance(value, list) else [value]
+            for i, child in enumerate(items):
+                if not isinstance(child, ast.AST):
+                    continue
+                if _is_docstring(parent, name, i, child) or _is_dunder_all(child):
+                    continue
+                yield parent, name, (i if isinstance(value, list) else None), child, in_message
+                yield from walk(child, in_message or isinstance(child, (ast.JoinedStr, ast.Raise)))
+    yield from walk(tree, False)
+
+
+def _is_docstring(parent, name, i, child) -> bool:
+    return (name == "body" and i == 0 and isinstance(parent, (ast.Module, ast.ClassDef, ast.FunctionDef))
+            and isinstance(child, ast.Expr) and isinstance(child.value, ast.Constant)
+            and isinstance(child.value.value, str))
+
+
+def _is_dunder_all(child) -> bool:
+    return isinstance(child, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in child.targets)
+
+
+def _candidates(tree: ast.AST):
+    for parent, name, i, node, in_message in _slots(tree):
+        for new in _mutations(node, in_message):
+            yield parent, name, i, node, new
+
+
+def generate(source: str) -> list[tuple[Mutant, str]]:
+    """All distinct mutants of a module: (description, mutated source)."""
+    original = ast.unparse(ast.parse(source))
+    lines = source.splitlines()
+    seen, out = {original}, []
+    count = sum(1 for _ in _candidates(ast.parse(source)))
+    for k in range(count):
+        tree = ast.parse(source)
+        parent, name, i, node, new = next(c for j, c in enumerate(_candidates(tree)) if j == k)
+        before = _op(node) if not isinstance(node, ast.stmt) else lines[node.lineno - 1].strip()
+        if i is None:
+            setattr(parent, name, new)
+        else:
+            getattr(parent, name)[i] = new
+        ast.fix_missing_locations(tree)
+        try:
+            text = ast.unparse(tree)
+            compile(text, "<mutant>", "exec")
+        except (SyntaxError, ValueError):
+            continue
+        if text in seen:
+            continue
+        seen.add(text)
+        after = _op(new) if not isinstance(node, ast.stmt) else ast.unparse(new).splitlines()[0]
+        out.append((Mutant(len(out), getattr(node, "lineno", 0), f"{_short(before)}  ->  {_short(after)}"), text))
+    return out
+
+
+def _short(s: str, n: int = 70) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def snapshot(rev: str, dest: Path) -> None:
+    """The committed tree at rev, unpacked; the working tree is never read or written."""
+    blob = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev], check=True,
+                          capture_output=True).stdout
+    tar_path = dest.parent / "snapshot.tar"
+    tar_path.write_bytes(blob)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(dest, filter="data")
+    tar_path.unlink()
+
+
+def run_tests(tree: Path, args: list[str], timeout: float) -> tuple[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+           f"--basetemp={tree.parent / 'pytest-tmp'}", *args]
+    start = time.monotonic()
+    try:
+        rc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        return "timeout", time.monotonic() - start
+    status = {0: "survived", 1: "killed", 2: "killed"}.get(rc, f"error (pytest rc {rc})")
+    return status, time.monotonic() - start
+
+
+def check_isolation(tree: Path) -> None:
+    """The snapshot, not the editable install in the working tree, must be what the tests import."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    where = subprocess.run([sys.executable, "-c", "import edge, quantize; print(edge.__file__); print(quantize.__file__)"],
+                           cwd=tree, env=env, capture_output=True, text=True, check=True).stdout.split()
+    if not all(Path(p).resolve().is_relative_to(tree.resolve()) for p in where):
+        sys.exit(f"tests would import {where}, not the snapshot in {tree}")
+
+
+def test_args(tree: Path, module: str) -> list[str]:
+    extra = Path("tests") / f"test_mutants_{Path(module).stem}.py"
+    return [*TARGETS[module], *([str(extra)] if (tree / extra).exists() else [])]
+
+
+def mutate_module(tree: Path, module: str, max_mutants: int | None, only: list[int] | None) -> dict:
+    path = tree / module
+    source = path.read_text()
+    mutants = generate(source)
+    chosen = [m for m in mutants if only is None or m[0].index in only]
+    if max_mutants and len(chosen) > max_mutants:  # an even spread over the file, reported as capped
+        step = len(chosen) / max_mutants
+        chosen = [chosen[int(k * step)] for k in range(max_mutants)]
+    args = test_args(tree, module)
+    status, base = run_tests(tree, args, timeout=1800)
+    if status != "survived":
+        sys.exit(f"{module}: the tests fail on the unmutated code ({status}); fix that first")
+    timeout = max(30.0, 5 * base)
+    print(f"{module}: {len(mutants)} mutants, running {len(chosen)}; tests: {' '.join(args)} "
+          f"(baseline {base:.1f}s, timeout {timeout:.0f}s)", flush=True)
+    try:
+        for mutant, text in chosen:
+            path.write_text(text)
+            mutant.status, mutant.seconds = run_tests(tree, args, timeout)
+            mark = "SURVIVED" if mutant.status == "survived" else mutant.status
+            print(f"  #{mutant.index:<4} line {mutant.line:<4} {mark:<9} {mutant.what}", flush=True)
+    finally:
+        path.write_text(source)
+    counts = {s: sum(m.status == s for m, _ in chosen) for s in ("killed", "timeout", "survived")}
+    return {"module": module, "tests": args, "generated": len(mutants), "run": len(chosen),
+            **counts, "errors": len(chosen) - sum(counts.values()),
+            "mutants": [asdict(m) for m, _ in chosen]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("modules", nargs="*", default=list(TARGETS), help="module paths (default: all)")
+    ap.add_argument("--rev", default="HEAD", help="the commit to mutate and test (default HEAD)")
+    ap.add_argument("--max-mutants", type=int, default=None, help="cap per module (an even spread)")
+    ap.add_argument("--only", type=int, nargs="*", default=None, help="mutant indexes to run")
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--overlay", nargs="*", default=[], metavar="PATH",
+                    help="working-tree files copied over the snapshot (a new test not yet committed)")
+    opts = ap.parse_args()
+    for module in opts.modules:
+        if module not in TARGETS:
+            sys.exit(f"unknown module {module}; choose from {', '.join(TARGETS)}")
+    with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
+        snapshot(opts.rev, tree)
+        for rel in opts.overlay:
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ROOT / rel, tree / rel)
+        if opts.list:
+            for module in opts.modules:
+                for m, _ in generate((tree / module).read_text()):
+                    print(f"{module} #{m.index:<4} line {m.line:<4} {m.what}")
+            return
+        check_isolation(tree)
+        OUT.mkdir(parents=True, exist_ok=True)
+        summary = []
+        for module in opts.modules:
+            result = mutate_module(tree, module, opts.max_mutants, opts.only)
+            result["rev"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", opts.rev],
+                                           capture_output=True, text=True).stdout.strip()
+            (OUT / f"{Path(module).stem}.json").write_text(json.dumps(result, indent=1))
+            summary.append(result)
+    print("\n| module | generated | run | killed | timeout | survived | errors |\n|---|---|---|---|---|---|---|")
+    for r in summary:
+        print(f"| {r['module']} | {r['generated']} | {r['run']} | {r['killed']} | {r['timeout']} | "
+              f"{r['survived']} | {r['errors']} |")
+    for r in summary:
+        for m in r["mutants"]:
+            if m["status"] == "survived":
+                print(f"survived: {r['module']} #{m['index']} line {m['line']}: {m['what']}")
+
+
+if __name__ == "__main__":
+    main()
