@@ -3,6 +3,9 @@ transcripts are replaced atomically."""
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 import os
 import signal
@@ -65,7 +68,76 @@ def test_a_running_writers_temporary_is_left_alone(models, tmp_path):
     assert live.exists() and out.is_file()
 
 
-def test_transcript_save_is_atomic(scripted_gguf, tmp_path, monkeypatch):
+class DiskFillsUp:
+    """Files opened for writing under `folder` take `room` bytes, then fail with ENOSPC: part of the
+    transcript reaches the disk, as when a disk fills mid-write. Covers open() and os.write alike."""
+
+    def __init__(self, folder: Path, room: int):
+        self.folder, self.room, self.written = str(folder), room, 0
+        self.real_open, self.real_write = io.open, os.write
+
+    def take(self, n: int) -> int:
+        """How many of n bytes still fit."""
+        return min(n, self.room - self.written)
+
+    def full(self) -> OSError:
+        return OSError(errno.ENOSPC, "No space left on device")
+
+    def open(self, file, mode="r", *args, **kwargs):
+        f = self.real_open(file, mode, *args, **kwargs)
+        if isinstance(file, int) or not str(file).startswith(self.folder) or not set(mode) & set("wax+"):
+            return f
+        return _FillingFile(f, self)
+
+    def write(self, fd: int, data) -> int:
+        fits = self.take(len(data))
+        if fits < len(data):
+            self.written += self.real_write(fd, bytes(data[:fits])) if fits else 0
+            raise self.full()
+        self.written += fits
+        return self.real_write(fd, data)
+
+    def install(self, monkeypatch) -> None:
+        for module in (io, builtins):
+            monkeypatch.setattr(module, "open", self.open)
+        monkeypatch.setattr(os, "write", self.write)
+
+
+class _FillingFile:
+    def __init__(self, f, disk: DiskFillsUp):
+        self._f, self._disk = f, disk
+
+    def write(self, data):
+        fits = self._disk.take(len(data))
+        if fits < len(data):
+            if fits:
+                self._f.write(data[:fits])
+                self._f.flush()
+                self._disk.written += fits
+            raise self._disk.full()
+        self._disk.written += fits
+        return self._f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __iter__(self):
+        return iter(self._f)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def rename_fails(*args, **kwargs):
+    raise OSError(errno.EIO, "Input/output error")
+
+
+@pytest.mark.parametrize("fault", ["disk fills mid-write", "rename fails"])
+def test_transcript_save_is_atomic(scripted_gguf, tmp_path, monkeypatch, fault):
+    """A save that fails part way leaves the previous transcript whole and no temporary beside it."""
     from edge.engine import Engine
     with Engine.load(scripted_gguf, n_ctx=512) as engine:
         chat = Chat(engine, mode="no_think", seed=1)
@@ -75,13 +147,17 @@ def test_transcript_save_is_atomic(scripted_gguf, tmp_path, monkeypatch):
         before = path.read_text()
         chat.send("More")
 
-        def crash(*args, **kwargs):
-            raise OSError(28, "No space left on device")
-
-        monkeypatch.setattr(Path, "write_text", crash)
+        disk = DiskFillsUp(tmp_path, room=len(before) // 2)
+        if fault == "rename fails":
+            monkeypatch.setattr(os, "replace", rename_fails)
+            monkeypatch.setattr(os, "rename", rename_fails)
+        else:
+            disk.install(monkeypatch)
         with pytest.raises(ChatError, match="cannot write"):
             save_transcript(chat, path)
         monkeypatch.undo()
+        if fault != "rename fails":
+            assert disk.written == len(before) // 2      # the failure really came half way through
         assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["t.json"]
         load_transcript(chat, path)
         assert len(chat.history) == 2 and json.loads(before)["messages"][1]["content"] == chat.history[1].content
