@@ -1,14 +1,17 @@
 """An independent NumPy (float64) forward pass of Qwen3, straight from the Hugging Face files.
 
 It shares no code with the converter: its own safetensors parsing, its own math. Embedding,
-RMSNorm, per-head q/k RMSNorm, NeoX RoPE (rotate-half) with theta from config.json, grouped-query
-attention with a causal mask, SwiGLU MLP, final norm, lm_head or the tied embedding.
+RMSNorm, per-head q/k RMSNorm, NeoX RoPE (rotate-half) with theta from config.json, optionally
+YaRN as Qwen's config defines it, grouped-query attention with a causal mask, SwiGLU MLP, final
+norm, lm_head or the tied embedding.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +38,40 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope_neox(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
+@dataclass(frozen=True)
+class Yarn:
+    """Qwen's `"rope_scaling": {"rope_type": "yarn", "factor": f, "original_max_position_embeddings": n}`,
+    with the YaRN paper's beta_fast 32 and beta_slow 1 (the defaults of transformers and llama.cpp).
+    `mscale` overrides the attention scaling 0.1*ln(factor)+1 (for negative controls)."""
+    factor: float
+    original_ctx: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float | None = None
+
+    def inv_freq(self, d: int, theta: float) -> np.ndarray:
+        """Per-pair frequencies: pairs that turn many times within original_ctx keep theirs
+        (extrapolation), slow pairs are divided by factor (interpolation), a linear ramp between."""
+        def corr_dim(n_rot: float) -> float:      # the pair that turns n_rot times in original_ctx
+            return d * math.log(self.original_ctx / (n_rot * 2 * math.pi)) / (2 * math.log(theta))
+        low = max(math.floor(corr_dim(self.beta_fast)), 0)
+        high = min(math.ceil(corr_dim(self.beta_slow)), d - 1)
+        extrap = theta ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+        ramp = np.clip((np.arange(d // 2) - low) / max(high - low, 0.001), 0, 1)   # 0 fast .. 1 slow
+        return extrap / self.factor * ramp + extrap * (1 - ramp)
+
+    def attention_factor(self) -> float:
+        """Multiplies cos and sin, so q.k grows by its square."""
+        return self.mscale if self.mscale is not None else 0.1 * math.log(self.factor) + 1
+
+
+def rope_neox(x: np.ndarray, positions: np.ndarray, theta: float, yarn: Yarn | None = None) -> np.ndarray:
     """x: (T, heads, d). NeoX style: the two halves of each head form the rotated pairs."""
     d = x.shape[-1]
-    inv_freq = theta ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+    inv_freq = theta ** (-np.arange(0, d, 2, dtype=np.float64) / d) if yarn is None else yarn.inv_freq(d, theta)
+    scale = 1.0 if yarn is None else yarn.attention_factor()
     angles = positions[:, None].astype(np.float64) * inv_freq[None, :]        # (T, d/2)
-    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+    cos, sin = scale * np.cos(angles)[:, None, :], scale * np.sin(angles)[:, None, :]
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
@@ -56,12 +87,15 @@ class ReferenceQwen3:
         self.cfg = json.loads((folder / "config.json").read_text())
         self.w = load_safetensors(folder)
 
-    def logits(self, tokens: list[int]) -> np.ndarray:
+    def logits(self, tokens: list[int], *, start: int = 0, yarn: Yarn | None = None,
+               last: int | None = None) -> np.ndarray:
+        """Logits of every position, or of the `last` few; token i sits at position start + i."""
         c, w = self.cfg, self.w
         eps, theta = c["rms_norm_eps"], c["rope_theta"]
         nh, nkv, d = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
         T = len(tokens)
-        pos = np.arange(T)
+        pos = start + np.arange(T)
+        rope = {} if yarn is None else {"yarn": yarn}
         x = w["model.embed_tokens.weight"][tokens]
         mask = np.triu(np.full((T, T), -np.inf), k=1)
         for i in range(c["num_hidden_layers"]):
@@ -70,8 +104,8 @@ class ReferenceQwen3:
             q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, nh, d)
             k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, nkv, d)
             v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, nkv, d)
-            q = rope_neox(rms_norm(q, w[p + "self_attn.q_norm.weight"], eps), pos, theta)
-            k = rope_neox(rms_norm(k, w[p + "self_attn.k_norm.weight"], eps), pos, theta)
+            q = rope_neox(rms_norm(q, w[p + "self_attn.q_norm.weight"], eps), pos, theta, **rope)
+            k = rope_neox(rms_norm(k, w[p + "self_attn.k_norm.weight"], eps), pos, theta, **rope)
             group = nh // nkv
             out = np.empty((T, nh, d))
             for hh in range(nh):
@@ -83,7 +117,7 @@ class ReferenceQwen3:
             gate = h @ w[p + "mlp.gate_proj.weight"].T
             up = h @ w[p + "mlp.up_proj.weight"].T
             x = x + (gate / (1 + np.exp(-gate)) * up) @ w[p + "mlp.down_proj.weight"].T
-        x = rms_norm(x, w["model.norm.weight"], eps)
+        x = rms_norm(x[-(last or T):], w["model.norm.weight"], eps)
         head = w.get("lm_head.weight", w["model.embed_tokens.weight"]) if not c.get("tie_word_embeddings") \
             else w["model.embed_tokens.weight"]
         return x @ head.T
