@@ -7,17 +7,23 @@ import json
 import threading
 
 import llama_cpp
+import numpy as np
 import pytest
 from jinja2 import Environment
 
-from edge.chat import BUDGET_PHRASE, Chat, ChatError
+from edge.chat import Chat, ChatError
 from edge.engine import Engine, EngineError
 from edge.modes import Mode
 from quantize import quantize_model
+from tests.llama_probe import DecodeCount, apply_sampler, cached_ids, common_prefix, kv_tokens
 from tests.model_factory import FIXTURES
 from tests.tiny_gguf import write_foreign_gguf
-from tests.scripted_model import (QWEN3_SCRIPT, SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_IDS, SCRIPT_THINKING_MODE_IDS,
-                                  SCRIPT_THINKING_TEXT, build_scripted_model)
+from tests.scripted_model import (QWEN3_SCRIPT, SCRIPT_ANSWER_IDS, SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_IDS,
+                                  SCRIPT_THINKING_MODE_IDS, SCRIPT_THINKING_TEXT, THINK, build_scripted_model)
+
+# Qwen's thinking-budget phrase, written out here (not imported) so that a reworded phrase fails.
+QWEN_BUDGET_PHRASE = ("Considering the limited time by the user, I have to give the solution based on the "
+                      "thinking directly now.\n</think>.\n\n")
 
 QWEN_TEMPLATE = json.loads((FIXTURES / "tokenizer_config.json").read_text())["chat_template"]
 
@@ -140,12 +146,15 @@ def test_budget_cuts_thinking_at_exactly_n_tokens(engine, budget):
     chat = Chat(engine, budget=budget, seed=5)
     reply = chat.send("Count")
     assert reply.budget_hit and reply.thinking_tokens == budget
-    phrase = BUDGET_PHRASE[: BUDGET_PHRASE.index("</think>")].rstrip("\n")
+    phrase = "Considering the limited time by the user, I have to give the solution based on the thinking directly now."
     first_n = engine.llama.detokenize(SCRIPT_THINKING_IDS[:budget]).decode()
     assert reply.thinking == (first_n + phrase if budget else phrase)
     assert reply.answer == SCRIPT_ANSWER_TEXT and reply.stop_reason == "eos"
-    # The phrase went onto the KV cache after the thinking: the prompt was evaluated once.
-    assert engine.llama.n_tokens == reply.prompt_tokens + reply.generated_tokens + len(engine.tokenize(BUDGET_PHRASE))
+    # llama.cpp's cache holds the prompt once, the first N thinking tokens, exactly Qwen's phrase
+    # (appended, not re-rendered), then the answer.
+    prompt = engine.tokenize(reference_prompt([{"role": "user", "content": "Count"}], True))
+    assert cached_ids(engine.llama) == [*prompt, THINK, *SCRIPT_THINKING_IDS[:budget],
+                                        *engine.tokenize(QWEN_BUDGET_PHRASE), *SCRIPT_ANSWER_IDS]
 
 
 def test_budget_larger_than_thinking_is_not_hit(engine):
@@ -154,12 +163,23 @@ def test_budget_larger_than_thinking_is_not_hit(engine):
 
 
 def test_follow_up_turn_evaluates_only_new_tokens(engine):
+    """Counted by llama.cpp: turn 2 decodes only what its prompt does not share with the cache
+    (turn 1's prompt), then its own generation; the prompt's shared head is never decoded again."""
     chat = Chat(engine, seed=7)
-    first = chat.send("What is six times seven?")
-    second = chat.send("And six times eight?")
-    # Turn 1's prompt is a prefix of turn 2's: only the answer and the new message are evaluated.
-    assert second.evaluated_tokens == second.prompt_tokens - first.prompt_tokens
-    assert second.evaluated_tokens < second.prompt_tokens
+    q1 = [{"role": "user", "content": "What is six times seven?"}]
+    first = chat.send(q1[0]["content"])
+    cache = engine.tokenize(reference_prompt(q1, True)) + SCRIPT_THINKING_MODE_IDS[:-1]  # <|im_end|> is not fed back
+    assert kv_tokens(engine.llama) == len(cache)
+    q2 = q1 + [{"role": "assistant", "content": SCRIPT_ANSWER_TEXT}, {"role": "user", "content": "And six times eight?"}]
+    prompt2 = engine.tokenize(reference_prompt(q2, True))
+    kept = common_prefix(cache, prompt2)
+    assert kept == first.prompt_tokens  # turn 1's thinking is not in turn 2's prompt: the cache diverges there
+    with DecodeCount(engine.llama) as decoded:
+        second = chat.send(q2[-1]["content"])
+    generated = len(SCRIPT_THINKING_MODE_IDS) - 1
+    assert decoded.tokens == len(prompt2) - kept + generated
+    assert kv_tokens(engine.llama) == len(prompt2) + generated
+    assert second.evaluated_tokens == len(prompt2) - kept  # and the reported figure agrees with llama.cpp
 
 
 def test_cancel_from_another_thread_keeps_session_usable(engine):
@@ -188,12 +208,20 @@ def test_history_outgrowing_context_drops_oldest_turns(scripted_gguf):
                 if event.kind == "notice":
                     notices.append(event.text)
         assert notices and "dropped" in notices[0]
-        assert chat.messages()[0] == {"role": "system", "content": "Be brief."}
+        assert_system_prompt_leads_the_cache(small, "Be brief.", "Message number 0:")
         assert chat.history[-1].content == SCRIPT_ANSWER_TEXT
         assert len(chat.history) < 16
         with pytest.raises(ChatError, match="too long"):
             chat.send("word " * 400)
         assert chat.history[-1].content == SCRIPT_ANSWER_TEXT
+
+
+def assert_system_prompt_leads_the_cache(engine, system: str, dropped: str) -> None:
+    """After trimming, llama.cpp's cache starts with the system turn, and the oldest user turn is gone."""
+    head = engine.tokenize(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n")
+    ids = cached_ids(engine.llama)
+    assert ids[: len(head)] == head
+    assert dropped.encode() not in engine.llama.detokenize(ids)
 
 
 def test_hostile_template_in_gguf_is_rejected_not_executed(tmp_path):
@@ -218,8 +246,66 @@ def test_sampler_chain_is_qwens(engine):
     names = [llama_cpp.llama_sampler_name(llama_cpp.llama_sampler_chain_get(sampler.sampler, i)).decode()
              for i in range(n)]
     assert names == ["penalties", "top-k", "top-p", "temp", "dist"]  # min_p 0 is no filter at all
-    assert chat.sampling_params(True).presence_penalty == 1.5
-    assert chat.sampling_params(False).temperature == 0.7
+
+
+# 30 candidates whose logits fall by 0.04 per rank, in shuffled id order: flat enough that
+# top_k and top_p both decide how many survive.
+CANDIDATES = np.empty(30, dtype=np.float32)
+CANDIDATES[np.random.default_rng(0).permutation(30)] = 1.0 - 0.04 * np.arange(30)
+
+
+def expected_survivors(logits, *, top_k, top_p, temperature, min_p=0.0, penalized=(), presence=0.0) -> dict[int, float]:
+    """llama.cpp's chain (penalties, top_k, top_p, min_p, temperature) in NumPy: survivor -> logit."""
+    ls = logits.astype(np.float64)
+    ls[list(penalized)] -= presence
+    order = np.argsort(-ls, kind="stable")[:top_k]
+    probs = np.exp(ls[order] - ls[order].max())
+    cum = np.cumsum(probs / probs.sum())
+    assert np.min(np.abs(cum - top_p)) > 1e-3, "candidates too close to the top_p edge for float32"
+    order = order[: int(np.argmax(cum >= top_p)) + 1]
+    if min_p:
+        floor = ls[order].max() + np.log(min_p)
+        assert np.min(np.abs(ls[order] - floor)) > 1e-3
+        order = order[ls[order] >= floor]
+    return {int(i): ls[i] / temperature for i in order}
+
+
+def assert_chain_keeps(sampler, expected: dict[int, float], accepted=()) -> None:
+    logits, probs, selected = apply_sampler(sampler, CANDIDATES, list(accepted))
+    assert sorted(logits) == sorted(expected)
+    assert [logits[i] for i in sorted(logits)] == pytest.approx([expected[i] for i in sorted(expected)], abs=1e-5)
+    want = np.array([expected[i] for i in sorted(expected)])
+    want = np.exp(want - want.max())
+    assert [probs[i] for i in sorted(probs)] == pytest.approx(want / want.sum(), abs=1e-5)
+    assert selected in expected
+
+
+@pytest.mark.parametrize("thinking, top_p, temperature, survivors", [(True, 0.95, 0.6, 19), (False, 0.8, 0.7, 15)])
+def test_sampler_keeps_what_qwens_preset_keeps(engine, thinking, top_p, temperature, survivors):
+    """Qwen's settings (top_k 20; top_p 0.95 / 0.8; temperature 0.6 / 0.7; min_p 0), written out
+    here, against the chain the chat builds, run by llama.cpp on known candidates."""
+    from edge.sampling import build_sampler
+    expected = expected_survivors(CANDIDATES, top_k=20, top_p=top_p, temperature=temperature)
+    assert len(expected) == survivors
+    assert_chain_keeps(build_sampler(Chat(engine, seed=1).sampling_params(thinking), engine.llama.n_vocab()), expected)
+
+
+@pytest.mark.parametrize("override, survivors", [
+    ({"top_k": 4}, 4), ({"top_p": 0.5}, 9), ({"min_p": 0.8}, 6), ({"temperature": 1.3}, 19), ({"presence_penalty": 0.1}, 19),
+])
+def test_sampler_applies_each_override(engine, override, survivors):
+    """Each field of SamplingParams, changed alone from Qwen's thinking preset, changes what
+    llama.cpp keeps or how it scales it. The presence penalty hits two tokens already said (ranks
+    0 and 3), small enough that they survive, so its size shows in their logits."""
+    from edge.sampling import SamplingParams, build_sampler
+    base = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=0.0)
+    params = {**base, **override}
+    said = [int(np.argsort(-CANDIDATES)[r]) for r in (0, 3)]
+    expected = expected_survivors(CANDIDATES, top_k=params["top_k"], top_p=params["top_p"], min_p=params["min_p"],
+                                  temperature=params["temperature"], penalized=said, presence=params["presence_penalty"])
+    assert len(expected) == survivors and set(said) <= set(expected)
+    sampler = build_sampler(SamplingParams(**params, seed=3), engine.llama.n_vocab())
+    assert_chain_keeps(sampler, expected, accepted=said)
 
 
 def test_budget_at_the_end_of_the_context_stops_cleanly(tmp_path):
