@@ -9,6 +9,7 @@ writes through a temporary name, so a failure never leaves a file that looks fin
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -81,10 +82,50 @@ def _from_hf(model: HFModel, qtype: QuantType, out: Path, threads: int | None, p
     carrier, carrier_ftype = carrier_type(model)
     with scratch_path(out, ".float.gguf") as float_gguf, atomic_path(out) as tmp:
         write_gguf(model, float_gguf, carrier, carrier_ftype, progress)
-        llama_quantize(float_gguf, tmp, qtype.file_type, threads, progress)
+        _interruptible_quantize(float_gguf, tmp, qtype.file_type, threads, progress)
 
 
 def _from_gguf(src: Path, qtype: QuantType, out: Path, threads: int | None, progress: ProgressCallback) -> None:
     check_float_qwen3(src)
     with atomic_path(out) as tmp:
-        llama_quantize(src, tmp, qtype.file_type, threads, progress)
+        _interruptible_quantize(src, tmp, qtype.file_type, threads, progress)
+
+
+def _interruptible_quantize(src: Path, dst: Path, file_type: int, threads: int | None,
+                            progress: ProgressCallback) -> None:
+    """llama.cpp's quantizer in a worker thread, so that Ctrl-C and SIGTERM still reach this one.
+
+    Called on the main thread, the quantizer blocks Python signal handlers except inside its log
+    callback, where ctypes swallows the KeyboardInterrupt: the run went on to the end and exited 0.
+    Here the main thread only waits, so an interrupt (or an exception from `progress`, which runs
+    on the worker) unwinds through the temporaries' cleanup. The quantizer has no abort hook, so
+    the worker (a daemon) ends with the process, writing to files already unlinked, unreported."""
+    stopped = threading.Event()
+    failure: list[BaseException] = []
+
+    def report(p) -> None:
+        if stopped.is_set():
+            return
+        try:
+            progress(p)
+        except BaseException as e:  # ctypes would print and drop it: hand it to the waiting thread
+            failure.append(e)
+            stopped.set()
+
+    def work() -> None:
+        try:
+            llama_quantize(src, dst, file_type, threads, report)
+        except BaseException as e:
+            failure.append(e)
+        stopped.set()
+
+    worker = threading.Thread(target=work, name="llama-quantize", daemon=True)
+    worker.start()
+    try:
+        while not stopped.wait(0.1):
+            pass
+    except BaseException:
+        stopped.set()
+        raise
+    if failure:
+        raise failure[0]

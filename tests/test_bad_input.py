@@ -184,10 +184,11 @@ def test_failure_keeps_earlier_good_output(model, tmp_path):
     assert outputs_in(tmp_path) == ["o.gguf"]
 
 
-@pytest.mark.parametrize("qtype", ["f16", "q4_k_m"])
-def test_interrupt_leaves_nothing(model, tmp_path, qtype):
+@pytest.mark.parametrize("qtype, stage", [("f16", "convert"), ("q4_k_m", "convert"), ("q4_k_m", "quantize")])
+def test_interrupt_leaves_nothing(model, tmp_path, qtype, stage):
+    """A KeyboardInterrupt from the progress callback, in Python's writer or in llama.cpp's quantizer."""
     def interrupt(progress):
-        if progress.tensors_done == 3:
+        if progress.stage == stage and progress.tensors_done == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

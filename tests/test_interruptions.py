@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +58,70 @@ def test_sigterm_removes_its_temporary(models, tmp_path):
     assert proc.wait(60) == 130
     assert "interrupted" in proc.stderr.read()
     assert list(tmp_path.iterdir()) == []
+
+
+class KQuantRun:
+    """`quantize -t q4_k_m` in a child whose progress bars (forced on through a pipe) say when
+    llama.cpp's quantizer is at work: the "quantizing" bar is drawn from inside its log callback."""
+
+    def __init__(self, src: Path, out: Path):
+        env = dict(os.environ, FORCE_COLOR="1", COLUMNS="200")
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "quantize", str(src), "-t", "q4_k_m", "-o", str(out)],
+                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.err = bytearray()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for chunk in iter(lambda: self.proc.stderr.read1(1 << 16), b""):
+            self.err.extend(chunk)
+
+    def wait_for_quantizer(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while b"quantizing" not in self.err:
+            assert self.proc.poll() is None, f"ended before quantizing: {self.stderr()}"
+            assert time.monotonic() < deadline, "llama.cpp's quantizer never started"
+            time.sleep(0.02)
+
+    def stderr(self) -> str:
+        self.reader.join(10)
+        return self.err.decode(errors="replace")
+
+
+def temporaries(folder: Path) -> list[str]:
+    """The kinds of file in `folder`: "float" (the float GGUF llama.cpp reads), "partial" (its output)."""
+    kinds = {".float.gguf": "float", ".partial": "partial"}
+    return sorted(next((k for s, k in kinds.items() if p.name.endswith(s)), p.name) for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_inside_llama_quantizer_leaves_nothing(models, tmp_path, sig):
+    """Ctrl-C or SIGTERM while llama.cpp quantizes: exit 130 soon, the float file and the output
+    temporary both gone, nothing at the output name."""
+    out = tmp_path / "m.gguf"
+    run = KQuantRun(models["untied"], out)
+    try:
+        run.wait_for_quantizer()
+        assert temporaries(tmp_path) == ["float", "partial"]   # both exist when the signal lands
+        run.proc.send_signal(sig)
+        assert run.proc.wait(60) == 130
+    finally:
+        run.proc.kill()
+    assert "interrupted" in run.stderr()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigkill_inside_llama_quantizer_next_run_cleans_up(models, tmp_path):
+    out = tmp_path / "m.gguf"
+    run = KQuantRun(models["untied"], out)
+    try:
+        run.wait_for_quantizer()
+    finally:
+        run.proc.send_signal(signal.SIGKILL)
+        run.proc.wait()
+    assert temporaries(tmp_path) == ["float", "partial"] and not out.exists()
+    quantize_model(models["tied"], "f16", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
 
 
 def test_a_running_writers_temporary_is_left_alone(models, tmp_path):
