@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -70,6 +71,18 @@ def hub(checkpoint, monkeypatch):
 
 def store() -> ModelStore:
     return ModelStore()   # QWEN3_EDGE_HOME, as the CLI would
+
+
+def assert_cached_as_served(hub: FakeHub, hf_home: Path, filename: str) -> None:
+    """The snapshot's file is the blob named by the Hub's ETag (for LFS files, the sha256 of the
+    content), and its bytes hash to that ETag and equal the bytes the hub serves."""
+    served = hub.repos[REPO].files[filename]
+    (snapshot,) = (hf_home / SNAPSHOTS).iterdir()
+    blob = (snapshot / filename).resolve()
+    data = blob.read_bytes()
+    assert blob.name == served.etag
+    assert hashlib.sha256(data).hexdigest() == served.etag
+    assert data == served.path.read_bytes()
 
 
 def test_pull_downloads_then_converts_into_the_store(hub: FakeHub, tmp_path, capfd):
@@ -180,7 +193,7 @@ def test_bad_reference_is_a_pull_error():
         pull("qwen3-0.6b:q9_9", store())
 
 
-def test_download_cut_short_resumes_with_a_range_request(hub: FakeHub):
+def test_download_cut_short_resumes_with_a_range_request(hub: FakeHub, tmp_path):
     hub.drop_once("model.safetensors", 12_000_000)   # past the client's first 10 MiB chunk
 
     path = pull("qwen3-0.6b:q8_0", store())
@@ -189,6 +202,7 @@ def test_download_cut_short_resumes_with_a_range_request(hub: FakeHub):
     weights = [r for r in hub.file_requests("GET") if r.path.endswith("/model.safetensors")]
     assert [r.range is None for r in weights] == [True, False]
     assert weights[1].range.startswith("bytes=") and not weights[1].range.startswith("bytes=0-")
+    assert_cached_as_served(hub, tmp_path / "hf", "model.safetensors")
 
 
 def test_a_checkpoint_that_does_not_convert_is_a_pull_error(checkpoint, tmp_path, monkeypatch):
@@ -243,6 +257,7 @@ def test_pull_killed_mid_download_resumes_in_the_next_pull(hub: FakeHub, tmp_pat
     weights = [r for r in hub.requests[before:] if r.method == "GET" and r.path.endswith("/model.safetensors")]
     assert [r.range for r in weights] == [f"bytes={size}-"]
     assert not part.exists()
+    assert_cached_as_served(hub, tmp_path / "hf", "model.safetensors")
     downloads = [e for e in events if e.stage == "download"]
     assert downloads[0].done >= size                 # the bytes already there count as done
     assert downloads[-1].done == downloads[-1].total
