@@ -156,3 +156,92 @@ def build_model(folder: Path, shape: Shape, seed: int = 0, tokenizer: bool = Tru
         (folder / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     return folder
+
+
+GGUF_DIMS = {  # Shape field -> qwen3.* GGUF keys
+    "layers": ("block_count",), "hidden": ("embedding_length",), "intermediate": ("feed_forward_length",),
+    "heads": ("attention.head_count",), "kv_heads": ("attention.head_count_kv",),
+    "head_dim": ("attention.key_length", "attention.value_length"),
+}
+_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}   # type -> bytes
+_GGUF_STRING, _GGUF_ARRAY, _GGUF_UINT32, _GGML_F32, _GGML_Q4_0 = 8, 9, 4, 0, 2
+
+
+def _gguf_value_end(buf: bytes, off: int, vtype: int) -> int:
+    if vtype == _GGUF_STRING:
+        return off + 8 + struct.unpack_from("<Q", buf, off)[0]
+    if vtype == _GGUF_ARRAY:
+        sub, n = struct.unpack_from("<IQ", buf, off)
+        off += 12
+        if sub in _GGUF_SCALAR:
+            return off + n * _GGUF_SCALAR[sub]
+        for _ in range(n):
+            off = _gguf_value_end(buf, off, sub)
+        return off
+    return off + _GGUF_SCALAR[vtype]
+
+
+def _gguf_kvs(path: Path) -> list[tuple[str, int, bytes]]:
+    """(key, type, raw value bytes) of a GGUF v3 file's metadata."""
+    buf = path.read_bytes()
+    assert buf[:4] == b"GGUF" and struct.unpack_from("<I", buf, 4)[0] == 3
+    (n_kv,) = struct.unpack_from("<Q", buf, 16)
+    off, kvs = 24, []
+    for _ in range(n_kv):
+        (n,) = struct.unpack_from("<Q", buf, off)
+        key = buf[off + 8:off + 8 + n].decode()
+        (vtype,) = struct.unpack_from("<I", buf, off + 8 + n)
+        start = off + 12 + n
+        off = _gguf_value_end(buf, start, vtype)
+        kvs.append((key, vtype, buf[start:off]))
+    return kvs
+
+
+def _zero_gguf_tensors(s: Shape) -> list[tuple[str, tuple[int, ...], int]]:
+    """(llama.cpp name, (ne0, ne1, ...), ggml type) of a tied Qwen3: F32 norms, Q4_0 matrices."""
+    def vec(name: str, n: int):
+        return name, (n,), _GGML_F32
+
+    def mat(name: str, cols: int, rows: int):
+        return name, (cols, rows), _GGML_Q4_0
+
+    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    out = [mat("token_embd.weight", s.hidden, s.vocab), vec("output_norm.weight", s.hidden)]
+    for i in range(s.layers):
+        p = f"blk.{i}."
+        out += [vec(p + "attn_norm.weight", s.hidden), vec(p + "ffn_norm.weight", s.hidden),
+                vec(p + "attn_q_norm.weight", s.head_dim), vec(p + "attn_k_norm.weight", s.head_dim),
+                mat(p + "attn_q.weight", s.hidden, q), mat(p + "attn_k.weight", s.hidden, kv),
+                mat(p + "attn_v.weight", s.hidden, kv), mat(p + "attn_output.weight", q, s.hidden),
+                mat(p + "ffn_gate.weight", s.hidden, s.intermediate), mat(p + "ffn_up.weight", s.hidden, s.intermediate),
+                mat(p + "ffn_down.weight", s.intermediate, s.hidden)]
+    return out
+
+
+def write_zero_gguf(path: Path, shape: Shape, like: Path) -> Path:
+    """A tied Qwen3 GGUF of `shape` with all-zero Q4_0 matrices (a sparse file) and the metadata,
+    tokenizer and all, of the Qwen3 GGUF `like`: in well under a second even at the 0.6B shape,
+    for measuring what llama.cpp allocates, which depends on the shape, not on the weights."""
+    dims = {f"qwen3.{k}": getattr(shape, f) for f, ks in GGUF_DIMS.items() for k in ks}
+    dims["general.file_type"] = 2      # LLAMA_FTYPE_MOSTLY_Q4_0
+    tensors = _zero_gguf_tensors(shape)
+    kvs = [(k, t, struct.pack("<I", dims[k]) if k in dims else v) for k, t, v in _gguf_kvs(like)]
+    assert all(t == _GGUF_UINT32 for k, t, _ in kvs if k in dims), "dimension keys must be uint32"
+    head = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)))
+    for key, vtype, raw in kvs:
+        head += struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", vtype) + raw
+    offsets, offset = [], 0
+    for name, ne, ggml_type in tensors:
+        nbytes = math.prod(ne) * 4 if ggml_type == _GGML_F32 else math.prod(ne) // 32 * 18
+        head += struct.pack(f"<Q{len(name)}sI{len(ne)}QIQ", len(name), name.encode(), len(ne), *ne, ggml_type, offset)
+        offsets.append(offset)
+        offset += nbytes + (-nbytes % 32)
+    head += b"\0" * (-len(head) % 32)
+    with open(path, "wb") as f:
+        f.write(head)
+        for (name, ne, ggml_type), off in zip(tensors, offsets):
+            if ggml_type == _GGML_F32:          # norm weights 1; zero matrices stay holes
+                f.seek(len(head) + off)
+                f.write(np.ones(ne, np.float32).tobytes())
+        f.truncate(len(head) + offset)
+    return path
