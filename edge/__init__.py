@@ -1,2 +1,15 @@
 """The qwen3-edge runtime: Engine (engine.py), the Chat session and Qwen3's protocol (chat.py),
-the model store (store.py, hub.py) and the OpenAI-compatible server (server.py)."""
+tool calls (tool_calls.py) and grammars for tools and JSON schemas (grammar.py), the model store
+(store.py, hub.py) and the OpenAI-compatible server (server.py).
+
+An app imports from here: ``from edge import Engine, Chat``.
+"""
+
+from .chat import Chat, ChatError, Event, Message, Reply, load_transcript, save_transcript
+from .engine import Engine, EngineError
+from .grammar import GrammarError
+from .modes import Mode
+from .tool_calls import ToolCall
+
+__all__ = ["Chat", "ChatError", "Engine", "EngineError", "Event", "GrammarError", "Message", "Mode", "Reply",
+           "ToolCall", "load_transcript", "save_transcript"]

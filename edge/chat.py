@@ -28,12 +28,15 @@ import llama_cpp
 
 from .chat_template import TemplateError
 from .engine import Engine
+from .grammar import Constraints, GrammarError, plan_constraints
 from .modes import Mode, soft_switch, thinking_for
-from .sampling import SamplingParams, build_sampler, preset
+from .sampling import Grammar, GrammarCompileError, SamplingParams, TokenSampler, preset
 from .thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
+from .tool_calls import TOOL_OPEN, Content, InvalidCall, ToolCall, ToolCallParser
 
 BUDGET_PHRASE = ("Considering the limited time by the user, I have to give the solution based on the "
                  "thinking directly now.\n</think>.\n\n")
+CLOSE_THINKING = "\n</think>\n\n"  # how Qwen's template closes a think block
 DEFAULT_REPLY_RESERVE = 1024
 
 
@@ -43,19 +46,30 @@ class ChatError(Exception):
 
 @dataclass
 class Message:
-    role: str
+    role: str                 # "user", "assistant" or "tool"
     content: str
-    thinking: str = ""  # kept for the transcript; never rendered into a prompt
+    thinking: str = ""        # an assistant turn's reasoning: Qwen's template keeps it only for
+                              # the turns after the last user message (a tool chain in progress)
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None   # a tool message: the call it answers
 
-    def for_template(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def for_template(self) -> dict:
+        out: dict = {"role": self.role, "content": self.content}
+        if self.role == "assistant":
+            if self.thinking:
+                out["reasoning_content"] = self.thinking
+            if self.tool_calls:
+                out["tool_calls"] = [c.to_openai() for c in self.tool_calls]
+        elif self.role == "tool" and self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True)
 class Reply:
     thinking: str
     answer: str
-    stop_reason: str          # "eos", "length" or "cancelled"
+    stop_reason: str          # "eos", "tool_calls", "length" or "cancelled"
     budget_hit: bool          # thinking was cut by the budget (the answer still came)
     thinking_enabled: bool
     prompt_tokens: int
@@ -65,34 +79,56 @@ class Reply:
     ttft_s: float
     tokens_per_s: float
     seconds: float
+    tool_calls: tuple[ToolCall, ...] = ()
+    invalid_tool_calls: tuple[str, ...] = ()   # why each <tool_call> block that was not a call failed
+    grammar_rejections: int = 0                # tokens the grammar sent back for a full pass
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: str                 # "thinking", "answer", "notice" or "done"
+    kind: str                 # "thinking", "answer", "tool_call", "notice" or "done"
     text: str = ""
     reply: Reply | None = None
+    call: ToolCall | None = None
 
 
 @dataclass
 class _Turn:
-    """Mutable state of one generation."""
+    """Mutable state of one generation: the one loop's thinking, answer, tool-call and grammar
+    state (a grammar waits in answer_grammar / call_grammar until its moment comes)."""
     parser: ThinkingParser
+    sampler: TokenSampler
+    calls: ToolCallParser | None = None
+    answer_grammar: Grammar | None = None
+    call_grammar: Grammar | None = None
     thinking: list[str] = field(default_factory=list)
     answer: list[str] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
     generated: int = 0
     thinking_tokens: int = 0
     in_think: bool = False
     think_done: bool = False
     budget_hit: bool = False
 
+    def start_answer(self) -> None:
+        """The answer begins: its grammar (response format, required call) now applies."""
+        if self.answer_grammar is not None and self.sampler.grammar is None:
+            self.sampler.arm(self.answer_grammar)
+
 
 class Chat:
-    """One conversation. Not thread-safe, except cancel(), which any thread may call."""
+    """One conversation. Not thread-safe, except cancel(), which any thread may call.
+
+    Tools and a response format may be set for the whole chat (`tools=`) or per turn
+    (`stream(..., tools=, tool_choice=, response_format=)`). A reply that calls tools ends with
+    stop_reason "tool_calls"; add each result with add_tool_result() and call send() with no text
+    to let the model go on.
+    """
 
     def __init__(self, engine: Engine, *, system: str | None = None, mode: Mode | str = Mode.THINK,
                  budget: int | None = None, max_tokens: int | None = None, presence_penalty: float = 0.0,
-                 seed: int | None = None, sampling: dict | None = None):
+                 seed: int | None = None, sampling: dict | None = None, tools: list[dict] | None = None):
         self.engine = engine
         self.system = system
         self.mode = Mode(mode)
@@ -101,21 +137,33 @@ class Chat:
         self.presence_penalty = presence_penalty
         self.seed = seed
         self.sampling_overrides = dict(sampling or {})
+        self.tools = tools
         self.history: list[Message] = []
         self._cancel = threading.Event()
         llama = engine.llama
         self._vocab = llama._model.vocab
         self._think_ids = (self._single_token(THINK_OPEN), self._single_token(THINK_CLOSE))
+        self._tool_open_id = self._single_token(TOOL_OPEN)
         self._budget_tokens = engine.tokenize(BUDGET_PHRASE)
+        self._close_tokens = engine.tokenize(CLOSE_THINKING)
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: Mode | str) -> None:
+        self._mode = Mode(value)  # "think" and Mode.THINK alike
 
     # ---- prompt -------------------------------------------------------------------------------
-    def messages(self, history: list[Message] | None = None) -> list[dict[str, str]]:
+    def messages(self, history: list[Message] | None = None) -> list[dict]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
         return msgs + [m.for_template() for m in (self.history if history is None else history)]
 
-    def render(self, messages: list[dict[str, str]], thinking: bool) -> str:
+    def render(self, messages: list[dict], thinking: bool, tools: list[dict] | None = None) -> str:
         try:
-            return self.engine.template.render(messages, add_generation_prompt=True, enable_thinking=thinking)
+            return self.engine.template.render(messages, add_generation_prompt=True, enable_thinking=thinking,
+                                               tools=tools)
         except TemplateError as e:
             raise ChatError(f"chat template failed: {e}") from None
 
@@ -123,79 +171,168 @@ class Chat:
         return preset(thinking).with_overrides(presence_penalty=self.presence_penalty or None, seed=self.seed,
                                                **self.sampling_overrides)
 
-    def _fit(self, user: Message, thinking: bool) -> tuple[list[Message], list[int], int]:
+    def _fit(self, new: list[Message], thinking: bool, tools: list[dict] | None) -> tuple[list[Message], list[int], int]:
         """History trimmed (oldest turns first) so the prompt plus a reply reserve fits."""
         reserve = min(self.max_tokens or DEFAULT_REPLY_RESERVE, self.engine.n_ctx // 4)
         history, dropped = list(self.history), 0
         while True:
-            tokens = self.engine.tokenize(self.render(self.messages(history + [user]), thinking))
+            tokens = self.engine.tokenize(self.render(self.messages(history + new), thinking, tools))
             if len(tokens) + reserve <= self.engine.n_ctx:
                 return history, tokens, dropped
-            if not history:
+            cut = next((i for i in range(1, len(history)) if history[i].role == "user"), len(history))
+            if not history or (not new and cut == len(history)):
                 raise ChatError(f"message too long: the prompt needs {len(tokens)} tokens plus {reserve} for the "
                                 f"reply, the context holds {self.engine.n_ctx}")
-            cut = next((i for i in range(1, len(history)) if history[i].role == "user"), len(history))
             history, dropped = history[cut:], dropped + 1
+
+    # ---- tools --------------------------------------------------------------------------------
+    def add_tool_result(self, call_id: str, content: str) -> None:
+        """The result of one call of the last reply, as a tool message for the next send()."""
+        if not isinstance(content, str):
+            raise ChatError("a tool result must be a string (serialize it, e.g. with json.dumps)")
+        pending = self._open_calls()
+        if call_id not in pending:
+            raise ChatError(f"no call {call_id!r} awaits a result (open calls: {', '.join(pending) or 'none'})")
+        self.history.append(Message("tool", content, tool_call_id=call_id))
+
+    def _open_calls(self) -> list[str]:
+        """Ids of the last assistant message's calls that have no result yet."""
+        answered = []
+        for m in reversed(self.history):
+            if m.role == "tool":
+                answered.append(m.tool_call_id)
+            elif m.role == "assistant":
+                return [c.id for c in m.tool_calls if c.id not in answered]
+            else:
+                break
+        return []
+
+    def _constraints(self, tools, tool_choice, response_format, parallel_tool_calls) -> Constraints:
+        try:
+            return plan_constraints(self.tools if tools is None else tools, tool_choice, response_format,
+                                    parallel_tool_calls)
+        except GrammarError as e:
+            raise ChatError(e.message) from None
+
+    def _compile(self, gbnf: str | None) -> Grammar | None:
+        if gbnf is None:
+            return None
+        try:
+            return Grammar(self._vocab, gbnf)
+        except GrammarCompileError as e:
+            raise ChatError(str(e)) from None
 
     # ---- generation ---------------------------------------------------------------------------
     def cancel(self) -> None:
         """Stop the reply in progress within one token; the partial answer is kept."""
         self._cancel.set()
 
-    def send(self, text: str) -> Reply:
+    def send(self, text: str | None = None, **turn) -> Reply:
         reply = None
-        for event in self.stream(text):
+        for event in self.stream(text, **turn):
             reply = event.reply or reply
         assert reply is not None
         return reply
 
-    def stream(self, text: str) -> Iterator[Event]:
-        """Stream one turn: thinking and answer text as it is generated, then a done event."""
+    def stream(self, text: str | None = None, *, tools: list[dict] | None = None, tool_choice: str | dict = "auto",
+               response_format: dict | str | None = None, parallel_tool_calls: bool = True,
+               constrain_tool_calls: bool = True) -> Iterator[Event]:
+        """Stream one turn: thinking, answer and tool-call events as they come, then a done event.
+        `text` None continues after tool results (add_tool_result). tool_choice "auto", "none",
+        "required" or {"type": "function", "function": {"name": ...}}; response_format OpenAI's
+        {"type": "json_object"} / {"type": "json_schema", "json_schema": {"schema": ...}}, or a
+        bare JSON schema. With constrain_tool_calls (the default) a call the model starts is held to
+        the tools' schemas by a grammar."""
         self._cancel.clear()
-        if (switch := soft_switch(text)) is not None:
+        if text is None and (not self.history or self.history[-1].role != "tool"):
+            raise ChatError("nothing to answer: send a message, or add tool results first")
+        if text is not None and (switch := soft_switch(text)) is not None:
             self.mode = switch
-        thinking = thinking_for(self.mode, text)
-        user = Message("user", text)
-        history, prompt, dropped = self._fit(user, thinking)
-        if dropped:
-            yield Event("notice", f"dropped the {dropped} oldest turn(s) to fit the {self.engine.n_ctx}-token context")
+        last_user = text if text is not None else next((m.content for m in reversed(self.history) if m.role == "user"), "")
+        thinking = thinking_for(self.mode, last_user)
+        constraints = self._constraints(tools, tool_choice, response_format, parallel_tool_calls)
+        new = [Message("user", text)] if text is not None else []
+        history, prompt, dropped = self._fit(new, thinking, constraints.tools)
+        turn = _Turn(ThinkingParser(), TokenSampler(self.sampling_params(thinking), self.engine.llama.n_vocab()),
+                     ToolCallParser(set(constraints.tool_names)) if constraints.parse_calls else None)
+        try:
+            turn.answer_grammar = self._compile(constraints.answer_gbnf)
+            turn.call_grammar = self._compile(constraints.call_gbnf if constrain_tool_calls else None)
+            if dropped:
+                yield Event("notice", f"dropped the {dropped} oldest turn(s) to fit the {self.engine.n_ctx}-token context")
+            reply = yield from self._generate(turn, prompt, thinking)
+        finally:
+            for g in (turn.answer_grammar, turn.call_grammar):
+                if g is not None:
+                    g.close()
+        self.history = history + new + [Message("assistant", reply.answer, reply.thinking, reply.tool_calls)]
+        yield Event("done", reply=reply)
+
+    def _generate(self, turn: _Turn, prompt: list[int], thinking: bool):
+        """The generation loop: thinking, budget, tool calls and grammars are states of it."""
         started = time.perf_counter()
         evaluated = self._evaluate_prompt(prompt)
-        turn = _Turn(ThinkingParser())
         stop, first_at = "length", None
-        sampler = build_sampler(self.sampling_params(thinking), self.engine.llama.n_vocab())
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        llama = self.engine.llama
+        llama, sampler = self.engine.llama, turn.sampler
+        is_eog = lambda t: llama_cpp.llama_vocab_is_eog(self._vocab, t)  # noqa: E731
+        if not thinking:
+            turn.start_answer()  # the prompt already holds the empty think block
         while True:
             if self._cancel.is_set():
                 stop = "cancelled"
                 break
             if llama.n_tokens >= self.engine.n_ctx or (self.max_tokens and turn.generated >= self.max_tokens):
                 break
-            token = sampler.sample(llama._ctx, -1)
+            try:
+                token = sampler.sample(llama._ctx, is_eog)
+                if thinking and turn.generated == 0 and token != self._think_ids[0] and turn.answer_grammar \
+                        and sampler.grammar is None:
+                    turn.start_answer()  # no thinking after all: the answer starts here, constrained
+                    token = sampler.sample(llama._ctx, is_eog)
+            except GrammarCompileError as e:
+                yield Event("notice", f"generation stopped: {e}")
+                break
             first_at = first_at or time.perf_counter()
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            if is_eog(token):
+                if turn.in_think and turn.answer_grammar is not None and self._room_for(self._close_tokens):
+                    # ended inside the thinking, but an answer is owed: close it the template's way
+                    yield Event("notice", "the model ended inside its thinking; it was closed so the answer could follow")
+                    yield from self._close_thinking(turn, self._close_tokens, "")
+                    continue
                 stop = "eos"
                 break
+            if (token == self._tool_open_id and turn.call_grammar is not None and sampler.grammar is None
+                    and not turn.in_think):
+                sampler.arm(turn.call_grammar, trigger=token)  # the model starts a call: keep it well formed
             llama.eval([token])
             self._track(turn, token)
             yield from self._emit(turn, self._piece(token, decoder))
+            if token == self._think_ids[1] and turn.think_done:
+                turn.start_answer()
             if self._budget_reached(turn):
-                if llama.n_tokens + len(self._budget_tokens) >= self.engine.n_ctx:
+                if not self._room_for(self._budget_tokens):
                     break  # no room left for the phrase and an answer: the context is full
-                yield from self._cut_thinking(turn)
+                turn.budget_hit = True
+                yield from self._close_thinking(turn, self._budget_tokens, BUDGET_PHRASE[: BUDGET_PHRASE.index(THINK_CLOSE)])
         yield from self._emit(turn, None)
+        if stop == "eos":
+            yield from self._calls_in_open_thinking(turn)
         ended = time.perf_counter()
-        reply = Reply(
-            thinking="".join(turn.thinking), answer="".join(turn.answer), stop_reason=stop,
+        calls = tuple(turn.tool_calls)
+        return Reply(
+            thinking="".join(turn.thinking), answer="".join(turn.answer),
+            stop_reason="tool_calls" if calls and stop == "eos" else stop,
             budget_hit=turn.budget_hit, thinking_enabled=thinking, prompt_tokens=len(prompt),
             evaluated_tokens=evaluated, generated_tokens=turn.generated, thinking_tokens=turn.thinking_tokens,
             ttft_s=round((first_at or ended) - started, 4),
             tokens_per_s=round((turn.generated - 1) / (ended - first_at), 2) if first_at and turn.generated > 1 and ended > first_at else 0.0,
-            seconds=round(ended - started, 4),
+            seconds=round(ended - started, 4), tool_calls=calls, invalid_tool_calls=tuple(turn.invalid),
+            grammar_rejections=sampler.rejections,
         )
-        self.history = history + [user, Message("assistant", reply.answer, reply.thinking)]
-        yield Event("done", reply=reply)
+
+    def _room_for(self, tokens: list[int]) -> bool:
+        return self.engine.llama.n_tokens + len(tokens) < self.engine.n_ctx
 
     def _evaluate_prompt(self, prompt: list[int]) -> int:
         """Evaluate what the KV cache lacks of `prompt`; return how many tokens that was."""
@@ -222,23 +359,61 @@ class Chat:
             turn.thinking_tokens += 1
 
     def _emit(self, turn: _Turn, text: str | None) -> Iterator[Event]:
-        """Feed the parser (None closes it) and turn its pieces into events."""
+        """Feed the parsers (None closes them) and turn their pieces into events."""
         pieces = turn.parser.close() if text is None else turn.parser.feed(text)
         for p in pieces:
-            (turn.thinking if p.kind == "thinking" else turn.answer).append(p.text)
-            yield Event(p.kind, p.text)
+            if p.kind == "thinking":
+                turn.thinking.append(p.text)
+                yield Event("thinking", p.text)
+            elif turn.calls is None:
+                turn.answer.append(p.text)
+                yield Event("answer", p.text)
+            else:
+                yield from self._emit_calls(turn, turn.calls.feed(p.text))
+        if text is None and turn.calls is not None:
+            yield from self._emit_calls(turn, turn.calls.close())
+
+    def _emit_calls(self, turn: _Turn, items: list) -> Iterator[Event]:
+        for item in items:
+            if isinstance(item, ToolCall):
+                turn.tool_calls.append(item)
+                yield Event("tool_call", call=item)
+            elif isinstance(item, InvalidCall):
+                turn.invalid.append(item.reason)
+                turn.answer.append(item.text)
+                yield Event("answer", item.text)
+                yield Event("notice", f"not a valid tool call ({item.reason}); kept as text")
+            elif isinstance(item, Content):
+                turn.answer.append(item.text)
+                yield Event("answer", item.text)
+
+    def _calls_in_open_thinking(self, turn: _Turn) -> Iterator[Event]:
+        """Small models sometimes write their call inside a think block they never close. When the
+        reply ends that way, with no answer and no other call, those calls are the reply's calls
+        (and leave the recorded thinking; streamed thinking already showed them)."""
+        if turn.calls is None or not turn.in_think or turn.tool_calls or "".join(turn.answer).strip():
+            return
+        parser = ToolCallParser(turn.calls.known)
+        items = parser.feed("".join(turn.thinking)) + parser.close()
+        if not any(isinstance(i, ToolCall) for i in items):
+            return
+        turn.thinking = ["".join(i.text for i in items if isinstance(i, (Content, InvalidCall)))]
+        for call in (i for i in items if isinstance(i, ToolCall)):
+            turn.tool_calls.append(call)
+            yield Event("tool_call", call=call)
 
     def _budget_reached(self, turn: _Turn) -> bool:
         return self.budget is not None and turn.in_think and turn.thinking_tokens >= self.budget
 
-    def _cut_thinking(self, turn: _Turn) -> Iterator[Event]:
-        """Append Qwen's budget phrase to the KV cache (no prompt re-evaluation) and go on to the
-        answer. The phrase closes the thinking; the ".\\n\\n" after </think> is not answer text."""
-        turn.budget_hit, turn.in_think, turn.think_done = True, False, True
-        self.engine.llama.eval(self._budget_tokens)
-        head = BUDGET_PHRASE[: BUDGET_PHRASE.index(THINK_CLOSE)]
+    def _close_thinking(self, turn: _Turn, tokens: list[int], head: str) -> Iterator[Event]:
+        """Append tokens that close the thinking (Qwen's budget phrase, or the template's own
+        "\\n</think>\\n\\n") to the KV cache, without re-evaluating the prompt, and go on to the
+        answer. The text after </think> is not answer text."""
+        turn.in_think, turn.think_done = False, True
+        self.engine.llama.eval(tokens)
         yield from self._emit(turn, head)
         yield from self._emit(turn, THINK_CLOSE)
+        turn.start_answer()
 
     # ---- session ------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -259,7 +434,7 @@ TRANSCRIPT_VERSION = 1
 def save_transcript(chat: Chat, path: str | os.PathLike[str]) -> None:
     """Write the conversation as JSON (thinking included, for the reader; never re-sent)."""
     data = {"version": TRANSCRIPT_VERSION, "system": chat.system, "mode": chat.mode.value, "budget": chat.budget,
-            "messages": [{"role": m.role, "content": m.content, "thinking": m.thinking} for m in chat.history]}
+            "messages": [_transcript_message(m) for m in chat.history]}
     target = Path(path)
     tmp = target.with_name(f".{target.name}.partial")
     try:
@@ -270,12 +445,28 @@ def save_transcript(chat: Chat, path: str | os.PathLike[str]) -> None:
         raise ChatError(f"{path}: cannot write the transcript ({e.strerror or e})") from None
 
 
+def _transcript_message(m: Message) -> dict:
+    out = {"role": m.role, "content": m.content, "thinking": m.thinking}
+    if m.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in m.tool_calls]
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _message_from_transcript(m: dict) -> Message:
+    calls = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in m.get("tool_calls") or [])
+    if not all(isinstance(c.id, str) and isinstance(c.name, str) and isinstance(c.arguments, dict) for c in calls):
+        raise ValueError("malformed tool call")
+    return Message(m["role"], m["content"], m.get("thinking") or "", calls, m.get("tool_call_id"))
+
+
 def load_transcript(chat: Chat, path: str | os.PathLike[str]) -> None:
     """Replace the conversation with a saved one; a bad file changes nothing."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        messages = [Message(m["role"], m["content"], m.get("thinking") or "") for m in data["messages"]]
-        roles_ok = all(m.role in ("user", "assistant") and isinstance(m.content, str) for m in messages)
+        messages = [_message_from_transcript(m) for m in data["messages"]]
+        roles_ok = all(m.role in ("user", "assistant", "tool") and isinstance(m.content, str) for m in messages)
         system, mode, budget = data.get("system"), Mode(data.get("mode", chat.mode.value)), data.get("budget")
         if not roles_ok or not (system is None or isinstance(system, str)) or not (budget is None or isinstance(budget, int)):
             raise ValueError("unexpected roles or fields")

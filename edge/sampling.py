@@ -8,9 +8,13 @@ used: every field is set here, explicitly, on llama.cpp's C sampler chain.
 
 from __future__ import annotations
 
+import ctypes
+import math
 import random
 from dataclasses import dataclass, replace
 
+import llama_cpp
+import numpy as np
 from llama_cpp import _internals as internals
 
 PENALTY_LAST_N = 64
@@ -55,3 +59,91 @@ def build_sampler(params: SamplingParams, n_vocab: int) -> internals.LlamaSample
     sampler.add_temp(params.temperature)
     sampler.add_dist(params.seed if params.seed is not None else random.getrandbits(32))
     return sampler
+
+
+# ---- grammars: llama.cpp's grammar sampler, applied the way llama.cpp's own common_sampler does --------
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
+
+
+class GrammarCompileError(ValueError):
+    """llama.cpp refused a GBNF grammar (the reason went to its log)."""
+
+
+class Grammar:
+    """A compiled llama.cpp grammar sampler; close() frees it. Never fed a token it rejects
+    (llama.cpp would abort the process), and never an end-of-generation token."""
+
+    def __init__(self, vocab, gbnf: str):
+        self.ptr = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        if not self.ptr:
+            raise GrammarCompileError("llama.cpp could not compile the grammar")
+        self._one = (llama_cpp.llama_token_data * 1)()
+
+    def allows(self, token: int) -> bool:
+        """Whether the grammar accepts `token` next (a one-candidate pass: cheap)."""
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        arr = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self.ptr, ctypes.byref(arr))
+        return math.isfinite(self._one[0].logit)
+
+    def accept(self, token: int) -> None:
+        llama_cpp.llama_sampler_accept(self.ptr, token)
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+class TokenSampler:
+    """The sampler chain, plus at most one active grammar.
+
+    Without a grammar a token is drawn by llama.cpp's C chain in one call. With one, the chain
+    draws first and the grammar checks only the drawn token; only when it rejects it is the
+    grammar applied to the whole vocabulary and the chain run again on what survives (llama.cpp's
+    own order: a grammar pass over 151,936 tokens is the expensive part, so it runs only when
+    the model strays)."""
+
+    def __init__(self, params: SamplingParams, n_vocab: int):
+        self.chain = build_sampler(params, n_vocab)
+        self.grammar: Grammar | None = None
+        self.n_vocab = n_vocab
+        self._cand = np.zeros(n_vocab, dtype=TOKEN_DATA)
+        self.rejections = 0  # tokens the grammar sent back to the full pass
+
+    def arm(self, grammar: Grammar, trigger: int | None = None) -> None:
+        """Constrain every following token; `trigger` (already sampled) is fed to it first."""
+        self.grammar = grammar
+        if trigger is not None:
+            grammar.accept(trigger)
+
+    def sample(self, ctx, is_eog) -> int:
+        if self.grammar is None:
+            return self.chain.sample(ctx, -1)
+        token = self._draw(ctx, with_grammar=False)
+        if not self.grammar.allows(token):
+            self.rejections += 1
+            token = self._draw(ctx, with_grammar=True)
+        self.chain.accept(token)
+        if not is_eog(token):
+            self.grammar.accept(token)
+        return token
+
+    def _draw(self, ctx, with_grammar: bool) -> int:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(self.n_vocab,))
+        cand = self._cand
+        cand["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        cand["logit"] = logits
+        cand["p"] = 0.0
+        data = cand.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        arr = llama_cpp.llama_token_data_array(data=data, size=self.n_vocab, selected=-1, sorted=False)
+        if with_grammar:
+            llama_cpp.llama_sampler_apply(self.grammar.ptr, ctypes.byref(arr))
+            if not np.isfinite(cand["logit"]).any():
+                raise GrammarCompileError("the grammar allows no token here")
+        llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(arr))
+        chosen = arr.data[arr.selected]
+        if with_grammar and not math.isfinite(chosen.logit):
+            raise GrammarCompileError("the sampler chose a token the grammar forbids")
+        return int(chosen.id)
+

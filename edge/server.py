@@ -25,7 +25,7 @@ from starlette.routing import Route
 from .chat import Chat, ChatError, Event
 from .engine import Engine
 from .openai_api import (ChatRequest, RequestError, StopFilter, chunk, completion, completion_id, error_body,
-                         finish_reason, parse_request, usage)
+                         finish_reason, parse_request, tool_call_deltas, usage)
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -52,7 +52,7 @@ class _Generation:
             if self.cancelled.is_set():  # the client left while the request was queued
                 return
             stops = StopFilter(self.req.stop)
-            for event in self.chat.stream(self.req.user):
+            for event in self.chat.stream(self.req.user, **self.req.turn_options()):
                 if self.cancelled.is_set():
                     self.chat.cancel()
                 if event.kind == "answer" and self.req.stop:
@@ -166,6 +166,7 @@ async def _sse(generation: _Generation, cid: str, model: str) -> AsyncIterator[s
     def data(obj: dict) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+    calls = 0
     try:
         yield data(chunk(cid, model, {"role": "assistant", "content": ""}))
         while (item := await queue.get()) is not None:
@@ -176,6 +177,10 @@ async def _sse(generation: _Generation, cid: str, model: str) -> AsyncIterator[s
                 yield data(chunk(cid, model, {"reasoning_content": item.text}))
             elif item.kind == "answer":
                 yield data(chunk(cid, model, {"content": item.text}))
+            elif item.kind == "tool_call":
+                for delta in tool_call_deltas(calls, item.call):
+                    yield data(chunk(cid, model, delta))
+                calls += 1
             elif item.kind == "done":
                 reason = "stop" if generation.stopped_by_string else finish_reason(item.reply.stop_reason)
                 yield data(chunk(cid, model, {}, reason))

@@ -34,6 +34,17 @@ def scripted_gguf(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tool_ggufs(tmp_path_factory) -> dict[str, Path]:
+    """Scripted models that call a tool (tests/tool_scripts.py), by name."""
+    from tests import tool_scripts
+    root = tmp_path_factory.mktemp("tools")
+    scripts = {"think_then_call": tool_scripts.think_then_call(), "call_then_answer": tool_scripts.call_then_answer(),
+               "open_think": tool_scripts.call_in_open_thinking(), "broken": tool_scripts.broken_call()}
+    return {name: Path(quantize_model(build_scripted_model(root / name, script), "f16", root / f"{name}.gguf").output)
+            for name, script in scripts.items()}
+
+
+@pytest.fixture(scope="session")
 def converted(models, tmp_path_factory):
     """converted(model_key, type) -> GGUF path, each conversion done once per session."""
     out_dir = tmp_path_factory.mktemp("gguf")
