@@ -131,7 +131,9 @@ class ToolCallParser:
         if self._state == "block":
             # A </tool_call> inside an unterminated JSON string: the JSON before it is what failed.
             head, closed, tail = self._block.rpartition(TOOL_CLOSE)
-            item = parse_call((head if closed else self._block).strip(), self.known)
+            if not closed:
+                head, tail = self._block, ""
+            item = parse_call(head.strip(), self.known)
             if isinstance(item, ToolCall):
                 out.append(item)
                 if tail.strip():

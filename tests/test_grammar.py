@@ -1,0 +1,126 @@
+"""Tools, tool_choice and schemas checked and turned into GBNF, compiled by llama.cpp's own grammar
+sampler and walked token by token with the real Qwen3 vocabulary."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import llama_cpp
+import pytest
+
+from edge.grammar import MAX_ENUM, GrammarError, plan_constraints, response_schema
+from edge.sampling import Grammar
+from tests.tool_scripts import CALL_JSON, TIME_TOOL, WEATHER_TOOL
+
+
+@pytest.fixture(scope="module")
+def vocab(scripted_gguf):
+    llm = llama_cpp.Llama(str(scripted_gguf), vocab_only=True, verbose=False)
+    yield llm
+    llm.close()
+
+
+def walk(llm, gbnf: str, text: str) -> bool:
+    """Whether llama.cpp's grammar takes `text` tokenized as Qwen tokenizes it, token by token."""
+    g = Grammar(llm._model.vocab, gbnf)
+    try:
+        for token in llm.tokenize(text.encode(), add_bos=False, special=True):
+            if not g.allows(token):
+                return False
+            g.accept(token)
+        return g.allows(llm.token_eos())  # complete: only now may generation end
+    finally:
+        g.close()
+
+
+def test_auto_call_grammar_starts_at_the_tool_call_token(vocab):
+    gbnf = plan_constraints([WEATHER_TOOL], "auto").call_gbnf
+    assert walk(vocab, gbnf, f"<tool_call>{CALL_JSON}</tool_call>")
+    assert walk(vocab, gbnf, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>')
+    assert not walk(vocab, gbnf, '<tool_call>{"name":"get_weather","arguments":{"city": "Oslo"}}</tool_call>')
+    assert not walk(vocab, gbnf, '<tool_call>{"name":"get_time","arguments":{"city": "Paris"}}</tool_call>')
+    assert not walk(vocab, gbnf, f"<tool_call>{CALL_JSON}")  # not complete without </tool_call>
+
+
+def test_parallel_calls_only_when_allowed(vocab):
+    two = f"<tool_call>{CALL_JSON}</tool_call>\n<tool_call>{CALL_JSON}</tool_call>"
+    assert walk(vocab, plan_constraints([WEATHER_TOOL], "required").answer_gbnf, "\n\n" + two)
+    assert not walk(vocab, plan_constraints([WEATHER_TOOL], "required", parallel_tool_calls=False).answer_gbnf,
+                    "\n\n" + two)
+
+
+def test_named_choice_allows_only_that_tool(vocab):
+    choice = {"type": "function", "function": {"name": "get_time"}}
+    gbnf = plan_constraints([WEATHER_TOOL, TIME_TOOL], choice).answer_gbnf
+    assert walk(vocab, gbnf, '<tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call>')
+    assert not walk(vocab, gbnf, f"<tool_call>{CALL_JSON}</tool_call>")
+
+
+def test_schema_grammar_refuses_raw_control_characters_in_strings(vocab):
+    """The bindings' converter alone lets a raw newline into a JSON string; json.loads refuses it."""
+    gbnf = plan_constraints(response_format={"type": "object", "properties": {"a": {"type": "string"}}}).answer_gbnf
+    assert walk(vocab, gbnf, '\n\n{"a": "x\\ny"}')
+    assert not walk(vocab, gbnf, '{"a": "x\ny"}')
+
+
+def test_response_format_with_auto_tools_allows_either(vocab):
+    gbnf = plan_constraints([WEATHER_TOOL], "auto", {"type": "json_object"}).answer_gbnf
+    assert walk(vocab, gbnf, '{"k": [1, 2.5, "s", null, true]}')
+    assert walk(vocab, gbnf, f"<tool_call>{CALL_JSON}</tool_call>")
+    assert not walk(vocab, gbnf, "Sure! {}")
+
+
+def test_tool_choice_none_and_no_format_constrain_nothing():
+    c = plan_constraints([WEATHER_TOOL], "none")
+    assert c.tools is None and c.answer_gbnf is None and c.call_gbnf is None and not c.parse_calls
+    assert plan_constraints() == plan_constraints(None, "auto", None)
+
+
+@pytest.mark.parametrize("rf, schema", [
+    (None, None), ("text", None), ({"type": "text"}, None), ({"type": "json_object"}, {"type": "object"}),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer"}}}, {"type": "integer"}),
+    ({"type": "array"}, {"type": "array"}),
+])
+def test_response_format_forms(rf, schema):
+    assert response_schema(rf) == schema
+
+
+@pytest.mark.parametrize("args, param, message", [
+    (([{"function": {"name": "f"}, "type": "retrieval"}],), "tools[0]", "function"),
+    (([{"type": "function", "function": {"name": "bad name!"}}],), "tools[0]", "letters"),
+    (([WEATHER_TOOL, WEATHER_TOOL],), "tools[1]", "twice"),
+    (([{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}],), "tools[0]", "type object"),
+    ((None, "required"), "tool_choice", "needs tools"),
+    (([WEATHER_TOOL], "sometimes"), "tool_choice", "must be"),
+    ((None, "auto", {"type": "json_schema"}), "response_format.json_schema", "schema"),
+    ((None, "auto", {"type": "string", "format": "email"}), "response_format", "email"),
+    ((None, "auto", {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}), "response_format",
+     "minimum"),
+    ((None, "auto", {"type": "array", "uniqueItems": True}), "response_format", "uniqueItems"),
+    ((None, "auto", {"enum": list(range(MAX_ENUM + 1))}), "response_format", "enum"),
+    ((None, "auto", {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}), "response_format",
+     "grammar"),
+    ((None, "auto", {"type": "strnig"}), "response_format", "must be text, json_object or json_schema"),
+    ((None, "auto", {"type": "object", "properties": {"a": {"type": "strnig"}}}), "response_format",
+     "not a JSON schema type"),
+])
+def test_bad_input_names_the_field(args, param, message):
+    with pytest.raises(GrammarError, match=message) as err:
+        plan_constraints(*args)
+    assert err.value.param.startswith(param) and "\n" not in err.value.message
+
+
+def test_largest_accepted_schema_compiles_and_is_timed(vocab, capsys):
+    """Bounds keep conversion and compilation short: the biggest schema the bounds let through
+    (64 KB of enums) is converted and compiled here, and the time printed."""
+    props = {f"p{i}": {"enum": [f"value-{i}-{j}" for j in range(60)]} for i in range(40)}
+    schema = {"type": "object", "properties": props, "required": list(props)}
+    assert len(json.dumps(schema)) < 64 * 1024
+    started = time.perf_counter()
+    gbnf = plan_constraints(response_format=schema).answer_gbnf
+    g = Grammar(vocab._model.vocab, gbnf)
+    g.close()
+    with capsys.disabled():
+        print(f"\n[grammar] {len(json.dumps(schema))}-byte schema -> {len(gbnf)}-byte GBNF, "
+              f"converted and compiled in {time.perf_counter() - started:.3f}s")
