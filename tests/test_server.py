@@ -19,7 +19,10 @@ from edge.engine import Engine
 from edge.server import create_app
 from quantize import quantize_model
 from tests.fake_hub import free_port
-from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT, build_scripted_model
+from tests.llama_probe import DecodeCount, cached_ids, common_prefix, kv_tokens, record_sampling
+from tests.scripted_model import (SCRIPT_ANSWER_IDS, SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_IDS, SCRIPT_THINKING_MODE_IDS,
+                                  SCRIPT_THINKING_TEXT, THINK, build_scripted_model)
+from tests.test_engine_chat import QWEN_BUDGET_PHRASE, reference_prompt
 from tests.test_tmux_chat import looping_script
 
 KEY = "test-key"
@@ -44,8 +47,15 @@ def serving(engine: Engine, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def port(scripted_gguf):
-    with Engine.load(scripted_gguf, n_ctx=2048) as engine, serving(engine, api_key=KEY, model_name="scripted") as p:
+def engine(scripted_gguf):
+    """The served engine, so tests can ask its llama.cpp context what the server really did."""
+    with Engine.load(scripted_gguf, n_ctx=2048) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def port(engine):
+    with serving(engine, api_key=KEY, model_name="scripted") as p:
         yield p
 
 
@@ -97,11 +107,17 @@ def test_enable_thinking_false_and_soft_switch(client):
     assert not reasoning(r.choices[0].message)
 
 
-def test_thinking_budget(client):
+def test_thinking_budget(client, engine):
     r = ask(client, "Count", extra_body={"thinking_budget": 4})
     assert r.usage.completion_tokens_details.reasoning_tokens == 4
     assert r.choices[0].message.content == SCRIPT_ANSWER_TEXT
-    assert reasoning(r.choices[0].message).endswith("directly now.")
+    first_4 = engine.llama.detokenize(SCRIPT_THINKING_IDS[:4]).decode()
+    assert reasoning(r.choices[0].message) == (first_4 + "Considering the limited time by the user, I have to give "
+                                               "the solution based on the thinking directly now.")
+    # What llama.cpp's cache holds: the prompt, 4 thinking tokens, Qwen's phrase appended, the answer.
+    prompt = engine.tokenize(reference_prompt([{"role": "user", "content": "Count"}], True))
+    assert cached_ids(engine.llama) == [*prompt, THINK, *SCRIPT_THINKING_IDS[:4],
+                                        *engine.tokenize(QWEN_BUDGET_PHRASE), *SCRIPT_ANSWER_IDS]
 
 
 def test_max_tokens_and_stop(client):
@@ -111,13 +127,31 @@ def test_max_tokens_and_stop(client):
     assert r.choices[0].message.content == "The answer is" and r.choices[0].finish_reason == "stop"
 
 
-def test_conversation_reuses_the_kv_prefix(client):
+def test_conversation_reuses_the_kv_prefix(client, engine):
+    """Counted by llama.cpp: request 2 decodes only what its prompt does not share with the
+    cache left by request 1, plus its own generation."""
     first = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Question one"}]
     r1 = client.chat.completions.create(model="scripted", messages=first)
+    cache = engine.tokenize(reference_prompt(first, True)) + SCRIPT_THINKING_MODE_IDS[:-1]
+    assert kv_tokens(engine.llama) == len(cache)
     follow = first + [{"role": "assistant", "content": r1.choices[0].message.content},
                       {"role": "user", "content": "Question two"}]
-    r2 = client.chat.completions.create(model="scripted", messages=follow)
-    assert r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens
+    prompt2 = engine.tokenize(reference_prompt(follow, True))
+    kept = common_prefix(cache, prompt2)
+    assert kept == r1.usage.prompt_tokens
+    with DecodeCount(engine.llama) as decoded:
+        r2 = client.chat.completions.create(model="scripted", messages=follow)
+    assert decoded.tokens == len(prompt2) - kept + len(SCRIPT_THINKING_MODE_IDS) - 1
+    assert (r2.usage.prompt_tokens, r2.usage.prompt_tokens_details.cached_tokens) == (len(prompt2), kept)
+
+
+def test_request_sampling_reaches_the_sampler(client, monkeypatch):
+    """temperature, top_p, presence_penalty and seed from the body are what the sampler is built
+    with; the rest is the mode's Qwen preset (checked against llama.cpp in test_engine_chat)."""
+    built = record_sampling(monkeypatch)
+    ask(client, "Hi", temperature=0.3, top_p=0.7, presence_penalty=1.2)
+    ask(client, "Hi", extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert built == [(0.3, 0.7, 20, 0.0, 1.2, 1), (0.7, 0.8, 20, 0.0, 0.0, 1)]
 
 
 def test_models_and_key(client, port):
@@ -161,30 +195,50 @@ def test_concurrent_requests_all_complete(client):
     assert replies == [SCRIPT_ANSWER_TEXT] * 20
 
 
-def test_disconnect_mid_stream_cancels_generation(tmp_path):
+def test_disconnect_mid_stream_cancels_generation(tmp_path, monkeypatch, capsys):
+    """The model would think forever; once the client leaves, generation stops: at most one token
+    (the one in flight) after the server asks the chat to cancel, and a handful after the socket
+    closed. Tokens are counted in llama.cpp's cache."""
+    from edge.chat import Chat
     folder = build_scripted_model(tmp_path / "looping", looping_script())
     gguf = quantize_model(folder, "f16", tmp_path / "looping.gguf").output
     with Engine.load(gguf, n_ctx=8192) as engine, serving(engine) as p:
-        conn = http.client.HTTPConnection("127.0.0.1", p, timeout=30)
-        conn.request("POST", "/v1/chat/completions", body=json.dumps(
-            {"messages": [{"role": "user", "content": "Think forever"}], "stream": True}),
-            headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        for _ in range(10):
-            assert resp.fp.readline()  # thinking deltas arrive
-        conn.sock.shutdown(socket.SHUT_RDWR)
-        conn.close()
-        deadline = time.monotonic() + 20
-        while True:
-            health = http.client.HTTPConnection("127.0.0.1", p, timeout=5)
-            health.request("GET", "/health")
-            if json.loads(health.getresponse().read())["busy"] == 0:
-                break
-            assert time.monotonic() < deadline, "generation went on after the client left"
-            time.sleep(0.1)
-        generated_when_idle = engine.llama.n_tokens
-        time.sleep(0.5)
-        assert engine.llama.n_tokens == generated_when_idle < 8192
+        at_cancel, real_cancel = [], Chat.cancel
+
+        def cancel(chat):
+            real_cancel(chat)
+            at_cancel.append(engine.llama.n_tokens)
+
+        monkeypatch.setattr(Chat, "cancel", cancel)
+        after_close, after_cancel = [], []
+        for _ in range(5):
+            at_cancel.clear()
+            conn = http.client.HTTPConnection("127.0.0.1", p, timeout=30)
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(
+                {"messages": [{"role": "user", "content": "Think forever"}], "stream": True}),
+                headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            for _ in range(10):
+                assert resp.fp.readline()  # thinking deltas arrive
+            at_close = engine.llama.n_tokens
+            conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
+            deadline = time.monotonic() + 20
+            while True:
+                health = http.client.HTTPConnection("127.0.0.1", p, timeout=5)
+                health.request("GET", "/health")
+                if json.loads(health.getresponse().read())["busy"] == 0:
+                    break
+                assert time.monotonic() < deadline, "generation went on after the client left"
+                time.sleep(0.01)
+            final = len(cached_ids(engine.llama))
+            assert at_cancel, "the server never cancelled the chat"
+            after_close.append(final - at_close)
+            after_cancel.append(final - at_cancel[0])
+        with capsys.disabled():
+            print(f"\ntokens decoded after the socket closed: {after_close}; after cancel(): {after_cancel}")
+        assert max(after_cancel) <= 1
+        assert max(after_close) <= 8
         code, data = raw_post(p, json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
                                              "chat_template_kwargs": {"enable_thinking": False}}).encode())
         assert code == 200 and data["choices"][0]["message"]["content"]
