@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.markup import escape
 
-from edge.chat import Event
+from edge.chat import ChatError, Event
 from edge.store import ModelStore
 
 from .chat_repl import ChatRepl, make_reader
@@ -28,6 +30,21 @@ MIN_P = typer.Option(None, "--min-p", help="Override min_p (0).")
 PRESENCE = typer.Option(0.0, "--presence-penalty", help="0 to 2; Qwen suggests up to 1.5 against repetition in quantized models.")
 MAX_TOKENS = typer.Option(None, "--max-tokens", help="Stop a reply after N tokens.")
 SHOW_THINKING = typer.Option(True, "--show-thinking/--hide-thinking", help="Show the model's thinking (dimmed).")
+JSON_SCHEMA = typer.Option(None, "--json-schema", help="A JSON schema file: the answer (not the thinking) is held to it.")
+JSON_OBJECT = typer.Option(False, "--json-object", help="The answer is a JSON object (the thinking stays free).")
+
+
+def response_format(json_schema: Optional[Path], json_object: bool) -> Optional[dict]:
+    """--json-schema FILE or --json-object as a response format; a bad file is one line."""
+    if json_schema is None:
+        return {"type": "json_object"} if json_object else None
+    try:
+        schema = json.loads(json_schema.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ChatError(f"{json_schema}: not a readable JSON schema ({e})") from None
+    if not isinstance(schema, dict):
+        raise ChatError(f"{json_schema}: a JSON schema must be an object")
+    return {"type": "json_schema", "json_schema": {"name": json_schema.stem, "schema": schema}}
 
 
 def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int = CTX, think: Optional[bool] = THINK,
@@ -58,24 +75,27 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         kv_cache: str = KV_CACHE, seed: Optional[int] = SEED, temperature: Optional[float] = TEMPERATURE,
         top_p: Optional[float] = TOP_P, top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P,
         presence_penalty: float = PRESENCE, max_tokens: Optional[int] = MAX_TOKENS,
-        show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP) -> None:
-    """One message, one reply: the answer on stdout, the thinking on stderr (or hidden)."""
+        show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP, json_schema: Optional[Path] = JSON_SCHEMA,
+        json_object: bool = JSON_OBJECT) -> None:
+    """One message, one reply: the answer on stdout, the thinking on stderr (or hidden).
+    With --json-schema or --json-object the answer is JSON a script can parse."""
     text = sys.stdin.read() if prompt == "-" else prompt
     with friendly_errors():
         if not text.strip():
             raise typer.BadParameter("the prompt is empty")
+        fmt = response_format(json_schema, json_object)
         engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap)
         with engine:
             session = make_chat(engine, think=think, auto=auto, budget=budget, system=system, seed=seed,
                                 temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                                 presence_penalty=presence_penalty, max_tokens=max_tokens)
             reply, printer = None, _RunPrinter(show_thinking)
-            for event in session.stream(text):
+            for event in session.stream(text, response_format=fmt):
                 reply = event.reply or reply
                 if not as_json:
                     printer(event)
     if as_json:
-        out.print_json(json.dumps({"model": str(engine.info.path), **reply.__dict__}))
+        out.print_json(json.dumps({"model": str(engine.info.path), **dataclasses.asdict(reply)}))
     else:
         sys.stdout.write("\n")
 
