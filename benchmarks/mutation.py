@@ -17,7 +17,7 @@ minus, integer and float constants n -> n + 1, True <-> False, string constants 
 `return x` -> `return None`, negated if/while/comprehension conditions, a call statement replaced
 by `pass`, += <-> -=, break <-> continue, min <-> max. Not mutated: docstrings, annotations,
 `__all__`, and message text (string parts of f-strings and of `raise` statements), whose mutants
-would only test wording. Results go to benchmarks/.cache/mutation/<module>.json.
+would only test wording. Results go to benchmarks/.cache/mutation/<module>-<rev>.json.
 """
 
 from __future__ import annotations
@@ -230,7 +230,8 @@ def test_args(tree: Path, module: str) -> list[str]:
     return [*TARGETS[module], *([str(extra)] if (tree / extra).exists() else [])]
 
 
-def mutate_module(tree: Path, module: str, max_mutants: int | None, only: list[int] | None) -> dict:
+def mutate_module(tree: Path, module: str, max_mutants: int | None, only: list[int] | None,
+                  tests: list[str] | None) -> dict:
     path = tree / module
     source = path.read_text()
     mutants = generate(source)
@@ -238,7 +239,7 @@ def mutate_module(tree: Path, module: str, max_mutants: int | None, only: list[i
     if max_mutants and len(chosen) > max_mutants:  # an even spread over the file, reported as capped
         step = len(chosen) / max_mutants
         chosen = [chosen[int(k * step)] for k in range(max_mutants)]
-    args = test_args(tree, module)
+    args = tests if tests is not None else test_args(tree, module)
     status, base = run_tests(tree, args, timeout=1800)
     if status != "survived":
         sys.exit(f"{module}: the tests fail on the unmutated code ({status}); fix that first")
@@ -266,6 +267,8 @@ def main() -> None:
     ap.add_argument("--max-mutants", type=int, default=None, help="cap per module (an even spread)")
     ap.add_argument("--only", type=int, nargs="*", default=None, help="mutant indexes to run")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--tests", nargs="*", default=None, metavar="TEST",
+                    help="run these tests instead of the module's own (e.g. slower ones on the survivors)")
     ap.add_argument("--overlay", nargs="*", default=[], metavar="PATH",
                     help="working-tree files copied over the snapshot (a new test not yet committed)")
     opts = ap.parse_args()
@@ -275,7 +278,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
         tree = Path(tmp) / "tree"
         tree.mkdir()
-        snapshot(opts.rev, tree)
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", opts.rev], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        snapshot(rev, tree)
         for rel in opts.overlay:
             (tree / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ROOT / rel, tree / rel)
@@ -285,13 +290,13 @@ def main() -> None:
                     print(f"{module} #{m.index:<4} line {m.line:<4} {m.what}")
             return
         check_isolation(tree)
+        print(f"snapshot of {rev} in {tree}", flush=True)
         OUT.mkdir(parents=True, exist_ok=True)
         summary = []
         for module in opts.modules:
-            result = mutate_module(tree, module, opts.max_mutants, opts.only)
-            result["rev"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", opts.rev],
-                                           capture_output=True, text=True).stdout.strip()
-            (OUT / f"{Path(module).stem}.json").write_text(json.dumps(result, indent=1))
+            result = mutate_module(tree, module, opts.max_mutants, opts.only, opts.tests)
+            result["rev"] = rev
+            (OUT / f"{Path(module).stem}-{rev}.json").write_text(json.dumps(result, indent=1))
             summary.append(result)
     print("\n| module | generated | run | killed | timeout | survived | errors |\n|---|---|---|---|---|---|---|")
     for r in summary:
