@@ -6,11 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
+import llama_cpp
 import pytest
 from typer.testing import CliRunner
 
 from cli.chat_commands import CommandError, parse_budget, parse_command
 from cli.main import app
+from tests.llama_probe import LoadSettings, load_settings, record_sampling
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 from tests.tiny_gguf import write_foreign_gguf
 
@@ -74,14 +76,48 @@ def test_chat_soft_switch_goes_to_the_model_with_the_message(scripted_gguf):
     assert "user: Quick one /no_think" in r.stdout and "no thinking" in r.stdout
 
 
-def test_chat_options(scripted_gguf):
+def record_loads(monkeypatch) -> list[LoadSettings]:
+    """What llama.cpp was given for each model the CLI opens, read while the model is open.
+    Coupling: the CLI opens models through Engine.load."""
+    from edge.engine import Engine
+    real, seen = Engine.load.__func__, []
+
+    def load(cls, path, *args, **kwargs):
+        engine = real(cls, path, *args, **kwargs)
+        seen.append(load_settings(engine.llama, path))
+        return engine
+
+    monkeypatch.setattr(Engine, "load", classmethod(load))
+    return seen
+
+
+def test_chat_options(scripted_gguf, monkeypatch):
+    loads, samplers = record_loads(monkeypatch), record_sampling(monkeypatch)
     r = chat(scripted_gguf, ["Hi"], "--auto", "--ctx", "1024", "--budget", "2", "--system", "S",
-             "--threads", "1", "--gpu-layers", "0", "--kv-cache", "q8_0", "--temperature", "0.5", "--top-p", "0.9",
+             "--threads", "3", "--gpu-layers", "0", "--kv-cache", "q8_0", "--temperature", "0.5", "--top-p", "0.9",
              "--top-k", "10", "--min-p", "0.01", "--presence-penalty", "1.5", "--max-tokens", "50", "--hide-thinking",
              "--no-mmap")
     assert r.exit_code == 0, r.output
     assert "mode auto" in r.stdout and "ctx 1024" in r.stdout
     assert SCRIPT_ANSWER_TEXT in r.stdout and "no thinking" in r.stdout and "Thinking…" not in r.stdout
+    # llama.cpp got a q8_0 KV cache (with flash attention, which a quantized V cache needs), 3
+    # threads, and weights read in rather than mapped; the sampler got every override.
+    assert loads == [LoadSettings(n_ctx=1024, n_threads=3, n_threads_batch=3, type_k=llama_cpp.GGML_TYPE_Q8_0,
+                                  type_v=llama_cpp.GGML_TYPE_Q8_0, flash_attn_type=llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                  load_mode=llama_cpp.LLAMA_LOAD_MODE_NONE, file_mapped=False)]
+    assert samplers == [(0.5, 0.9, 10, 0.01, 1.5, 1)]
+
+
+def test_chat_defaults_reach_llama_cpp(scripted_gguf, monkeypatch):
+    """Without options: an F16 KV cache, flash attention off on the CPU, the GGUF memory-mapped,
+    Qwen's thinking preset."""
+    loads, samplers = record_loads(monkeypatch), record_sampling(monkeypatch)
+    r = chat(scripted_gguf, ["Hi"], "--ctx", "1024", "--threads", "1", "--hide-thinking")
+    assert r.exit_code == 0, r.output
+    assert loads == [LoadSettings(n_ctx=1024, n_threads=1, n_threads_batch=1, type_k=llama_cpp.GGML_TYPE_F16,
+                                  type_v=llama_cpp.GGML_TYPE_F16, flash_attn_type=llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                                  load_mode=llama_cpp.LLAMA_LOAD_MODE_MMAP, file_mapped=True)]
+    assert samplers == [(0.6, 0.95, 20, 0.0, 0.0, 1)]
 
 
 def test_run_streams_answer_and_json(scripted_gguf):
