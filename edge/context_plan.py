@@ -1,10 +1,13 @@
 """Context length, RoPE scaling and memory planning for Qwen3 on llama.cpp.
 
-Qwen3 is trained for 32,768 tokens; longer contexts need YaRN, which Qwen says to turn on only
-when needed because static YaRN hurts short texts. llama.cpp would take YaRN's original context
-from the GGUF's context_length (40,960 for Qwen3), which is wrong, so the plan sets it. Memory
-planning refuses a context that cannot fit before llama.cpp tries to allocate it. Everything
-here is pure except `physical_cores` and `available_memory_bytes`, which read /proc.
+Each model has a native context, the length it was trained for; longer contexts need YaRN,
+which Qwen says to turn on only when needed because static YaRN hurts short texts. The native
+context comes from the GGUF's metadata (`model_rope`): the original Qwen3 models (April 2025)
+say context_length 40,960 but are native to 32,768 (Qwen's model cards: YaRN beyond 32,768);
+the 2507 models say 262,144 and are native to all of it. llama.cpp would take YaRN's original
+context from context_length, which is wrong for the original models, so the plan sets it.
+Memory planning refuses a context that cannot fit before llama.cpp tries to allocate it.
+Everything here is pure except `physical_cores` and `available_memory_bytes`, which read /proc.
 """
 
 from __future__ import annotations
@@ -12,17 +15,85 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
 
-NATIVE_CTX = 32768
+NATIVE_CTX = 32768                        # the original Qwen3 models' native context
+ORIGINAL_CONTEXT_LENGTH = 40960           # what their GGUFs say (config max_position_embeddings)
+ORIGINAL_FREQ_BASE = 1e6                  # their rope_theta (the 2507 models: 5e6)
 MAX_YARN_FACTOR = 4
-MAX_CTX = NATIVE_CTX * MAX_YARN_FACTOR   # 131072
+MAX_CTX = NATIVE_CTX * MAX_YARN_FACTOR   # 131072: the original models' longest context
 CTX_STEP = 256                            # llama.cpp pads its KV cache to multiples of 256
 SMALL_MODEL_PARAMS = 3e9                  # below this, Qwen did not validate 128K context
 MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelRope:
+    """What a GGUF says about positions, checked for agreement (see `model_rope`)."""
+    context_length: int
+    native_ctx: int
+    yarn: dict[str, Any] | None     # {"factor", "original_context_length"} when the GGUF carries YaRN
+    original_family: bool          # Qwen3 of April 2025: 128K validated on the 4B only
+
+    @property
+    def max_ctx(self) -> int:
+        """The longest context: the GGUF's own YaRN reach, else YaRN factor 4 over native."""
+        if self.yarn is not None:
+            return int(self.yarn["factor"] * self.yarn["original_context_length"])
+        return self.native_ctx * MAX_YARN_FACTOR
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def model_rope(context_length: Any, freq_base: Any = None, scaling_type: Any = None, factor: Any = None,
+               original_context_length: Any = None) -> ModelRope:
+    """The native context from a GGUF's qwen3.* metadata, by this rule:
+
+    1. A GGUF that carries YaRN (rope.scaling.type "yarn") names its native context itself:
+       rope.scaling.original_context_length (Qwen's original_max_position_embeddings).
+    2. context_length 40,960 with rope freq_base 1e6 is the original Qwen3 family: native 32,768
+       (Qwen's cards: 32,768 native, YaRN beyond; the 40,960 leaves room for a long output).
+    3. Anything else (the 2507 models: 262,144 with freq_base 5e6) is native to its context_length.
+
+    Metadata that disagrees with itself is refused with a ValueError (one line): a context_length
+    that is not a positive integer; a non-positive freq_base; a scaling type other than none or
+    yarn (Qwen3 uses YaRN only, and llama.cpp would apply e.g. linear scaling behind the plan's
+    back); YaRN without a factor >= 1 or without a positive original context, or with an original
+    context beyond context_length; a factor other than 1, or an original context, without YaRN
+    (llama.cpp applies a bare factor as linear scaling)."""
+    if not isinstance(context_length, int) or isinstance(context_length, bool) or context_length <= 0:
+        raise ValueError(f"context_length must be a positive integer, got {context_length!r}")
+    if freq_base is not None and (not _is_number(freq_base) or freq_base <= 0):
+        raise ValueError(f"rope freq_base must be a positive number, got {freq_base!r}")
+    if scaling_type not in (None, "none", "yarn"):
+        raise ValueError(f"rope scaling type {scaling_type!r} is not supported: Qwen3 uses YaRN only")
+    original = context_length == ORIGINAL_CONTEXT_LENGTH and freq_base == ORIGINAL_FREQ_BASE
+    if scaling_type != "yarn":
+        if factor is not None and factor != 1:
+            raise ValueError(f"rope scaling factor {factor!r} without rope scaling type yarn")
+        if original_context_length is not None:
+            raise ValueError(f"rope original context {original_context_length!r} without rope scaling type yarn")
+        return ModelRope(context_length, NATIVE_CTX if original else context_length, None, original)
+    factor, orig = _check_yarn_metadata({"factor": factor, "original_context_length": original_context_length})
+    if orig > context_length:
+        raise ValueError(f"YaRN original context {orig} is larger than context_length {context_length}")
+    original = original or (orig == NATIVE_CTX and freq_base == ORIGINAL_FREQ_BASE)
+    return ModelRope(context_length, orig, {"factor": factor, "original_context_length": orig}, original)
+
+
+def model_rope_from_metadata(fields: Mapping[str, Any], arch: str = "qwen3") -> ModelRope:
+    """`model_rope` on a GGUF header's fields. A factor may also sit in llama.cpp's older
+    rope.scale_linear key, which llama.cpp still reads."""
+    p = f"{arch}.rope."
+    factor = fields.get(p + "scaling.factor", fields.get(p + "scale_linear"))
+    return model_rope(fields.get(f"{arch}.context_length"), fields.get(p + "freq_base"),
+                      fields.get(p + "scaling.type"), factor, fields.get(p + "scaling.original_context_length"))
 
 
 @dataclass(frozen=True)
@@ -68,21 +139,27 @@ def _small_model_warning(size_label: str | None) -> str | None:
 
 def _check_yarn_metadata(gguf_yarn: dict) -> tuple[float, int]:
     factor, orig = gguf_yarn.get("factor"), gguf_yarn.get("original_context_length")
-    if not isinstance(factor, (int, float)) or factor < 1:
+    if not _is_number(factor) or factor < 1:
         raise ValueError(f"GGUF YaRN factor must be a number >= 1, got {factor!r}")
-    if not isinstance(orig, int) or orig <= 0:
+    if not isinstance(orig, int) or isinstance(orig, bool) or orig <= 0:
         raise ValueError(f"GGUF YaRN original_context_length must be a positive integer, got {orig!r}")
     return float(factor), orig
 
 
-def plan_rope(n_ctx: int, *, gguf_yarn: dict | None = None, size_label: str | None = None) -> RopePlan:
+def plan_rope(n_ctx: int, *, native_ctx: int = NATIVE_CTX, gguf_yarn: dict | None = None,
+              size_label: str | None = None, original_family: bool = True) -> RopePlan:
     """RoPE settings for a context of `n_ctx` tokens, following Qwen's guidance.
 
-    Up to 32,768: no scaling. Above: YaRN with factor ceil(n_ctx / 32768), at most 4. A GGUF that
-    carries YaRN metadata (`{"factor", "original_context_length"}` from qwen3.rope.scaling.*)
-    gets it applied by llama.cpp whatever n_ctx is, so the plan honours it instead."""
+    Up to the model's native context (`ModelRope.native_ctx`; the defaults describe the original
+    Qwen3 models, 32,768): no scaling. Above: YaRN over the native context with factor
+    ceil(n_ctx / native), at most 4. A GGUF that carries YaRN metadata (`{"factor",
+    "original_context_length"}` from qwen3.rope.scaling.*) gets it applied by llama.cpp whatever
+    n_ctx is, so the plan honours it instead. The warning that Qwen validated 128K only on the 4B
+    concerns the original family; other models past their native context get a plainer one."""
     if not isinstance(n_ctx, int) or n_ctx <= 0:
         raise ValueError(f"context length must be a positive integer, got {n_ctx!r}")
+    if not isinstance(native_ctx, int) or native_ctx <= 0:
+        raise ValueError(f"native context must be a positive integer, got {native_ctx!r}")
     notes: list[str] = []
     if gguf_yarn is not None:
         factor, orig = _check_yarn_metadata(gguf_yarn)
@@ -94,13 +171,17 @@ def plan_rope(n_ctx: int, *, gguf_yarn: dict | None = None, size_label: str | No
             notes.append(f"this GGUF carries YaRN (factor {factor:g}), which llama.cpp applies even to "
                          f"short texts, where static YaRN can hurt quality")
     else:
-        if n_ctx <= NATIVE_CTX:
+        if n_ctx <= native_ctx:
             return RopePlan(n_ctx, False, 1.0, 1.0, 0, llama_cpp.LLAMA_ROPE_SCALING_TYPE_NONE, None)
-        factor, orig = float(math.ceil(n_ctx / NATIVE_CTX)), NATIVE_CTX
+        factor, orig = float(math.ceil(n_ctx / native_ctx)), native_ctx
         if factor > MAX_YARN_FACTOR:
-            raise ValueError(f"context {n_ctx} is too long: Qwen3 supports at most {MAX_CTX} tokens "
-                             f"(YaRN factor {MAX_YARN_FACTOR} over {NATIVE_CTX})")
-    if (small := _small_model_warning(size_label)) is not None:
+            raise ValueError(f"context {n_ctx} is too long: this model supports at most "
+                             f"{native_ctx * MAX_YARN_FACTOR} tokens (YaRN factor {MAX_YARN_FACTOR} over "
+                             f"its native {native_ctx})")
+        if not original_family:
+            notes.append(f"context {n_ctx} is beyond this model's native {native_ctx} tokens: YaRN "
+                         f"(factor {factor:g}) stretches it and may cost quality")
+    if original_family and (small := _small_model_warning(size_label)) is not None:
         notes.append(small)
     return RopePlan(n_ctx, True, factor, 1.0 / factor, orig, llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
                     "; ".join(notes) or None)
@@ -154,7 +235,7 @@ class MemoryPlan:
     total_bytes: int
     available_bytes: int
     fits: bool
-    max_ctx: int        # largest multiple of 256 (<= 131072) that fits; 0 if even 256 does not
+    max_ctx: int        # largest multiple of 256 (<= ctx_limit) that fits; 0 if even 256 does not
     n_ctx: int = 0
 
     def describe(self) -> str:
@@ -190,10 +271,12 @@ def overhead_bytes(n_ctx: int, n_vocab: int = 151936, n_batch: int = 512, *,
 
 def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, head_dim: int,
                 available_bytes: int, type_k: str = "f16", type_v: str = "f16", n_vocab: int = 151936,
-                n_batch: int = 512, *, n_heads: int = 0, flash_attn: bool = False) -> MemoryPlan:
+                n_batch: int = 512, *, n_heads: int = 0, flash_attn: bool = False,
+                ctx_limit: int = MAX_CTX) -> MemoryPlan:
     """Whether weights + KV cache + compute buffers for `n_ctx` fit in `available_bytes`, and
-    the largest context that would. Pass n_heads (query heads) for the attention-score buffer,
-    which outgrows the logits buffer beyond ~9K tokens for 16 heads without flash attention."""
+    the largest context up to `ctx_limit` (the model's `ModelRope.max_ctx`) that would. Pass
+    n_heads (query heads) for the attention-score buffer, which outgrows the logits buffer
+    beyond ~9K tokens for 16 heads without flash attention."""
     def total(ctx: int) -> tuple[int, int, int]:
         kv = kv_cache_bytes(ctx, n_layers, n_kv_heads, head_dim, type_k, type_v)
         extra = overhead_bytes(ctx, n_vocab, n_batch, n_heads=n_heads, flash_attn=flash_attn)
@@ -201,7 +284,7 @@ def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, he
 
     kv, extra, need = total(n_ctx)
     # Total grows with the context, so binary-search the largest fitting multiple of CTX_STEP.
-    lo, hi = 0, MAX_CTX // CTX_STEP
+    lo, hi = 0, ctx_limit // CTX_STEP
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if total(mid * CTX_STEP)[2] <= available_bytes:

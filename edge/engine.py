@@ -20,8 +20,9 @@ from quantize.gguf_check import check_qwen3
 from quantize.gguf_header import read_header
 
 from .chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
-from .context_plan import (KV_TYPES, MemoryPlan, RopePlan, available_memory_bytes, check_kv_types,
-                           physical_cores, plan_memory, plan_rope)
+from .context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, check_kv_types,
+                           model_rope_from_metadata, physical_cores, plan_memory, plan_rope)
+from .model_kind import ModelKind, detect_kind
 
 DEFAULT_CTX = 8192
 
@@ -45,6 +46,12 @@ class ModelInfo:
     n_ctx_train: int
     yarn: dict[str, Any] | None
     chat_template: str | None
+    rope: ModelRope
+
+    @property
+    def native_ctx(self) -> int:
+        """The context the model was trained for; YaRN only beyond it (context_plan.model_rope)."""
+        return self.rope.native_ctx
 
 
 def read_model_info(path: Path) -> ModelInfo:
@@ -54,16 +61,16 @@ def read_model_info(path: Path) -> ModelInfo:
         dims = check_qwen3(h)
     except QuantizeError as e:
         raise EngineError(str(e)) from None
-    yarn = None
-    if h.get("qwen3.rope.scaling.type") == "yarn":
-        yarn = {"factor": h.get("qwen3.rope.scaling.factor"),
-                "original_context_length": h.get("qwen3.rope.scaling.original_context_length")}
+    try:
+        rope = model_rope_from_metadata(h.fields)
+    except ValueError as e:
+        raise EngineError(f"{path}: corrupt GGUF metadata: {e}") from None
     return ModelInfo(
         path=path, size_bytes=path.stat().st_size, name=h.get("general.name"),
         size_label=h.get("general.size_label"), file_type=h.get("general.file_type"),
         n_layers=dims.layers, n_heads=dims.heads, n_kv_heads=dims.kv_heads, head_dim=dims.head_dim,
-        n_ctx_train=h.get("qwen3.context_length"), yarn=yarn,
-        chat_template=h.get("tokenizer.chat_template"),
+        n_ctx_train=rope.context_length, yarn=rope.yarn,
+        chat_template=h.get("tokenizer.chat_template"), rope=rope,
     )
 
 
@@ -79,13 +86,18 @@ def detect_backend(n_gpu_layers: int) -> str:
 
 
 class Engine:
-    """One loaded model. `engine.llama` is the raw llama_cpp.Llama for apps that need it."""
+    """One loaded model. `engine.llama` is the raw llama_cpp.Llama for apps that need it.
+
+    `kind` (hybrid, thinking-only, non-thinking-only) is read from what the chat template renders
+    (model_kind.detect_kind), once, at load; `native_ctx` is the context the model was trained for."""
 
     def __init__(self, llama: llama_cpp.Llama, info: ModelInfo, template: ChatTemplate, backend: str,
                  rope_plan: RopePlan, memory_plan: MemoryPlan, n_threads: int, kv_cache_type: str):
         self.llama, self.info, self.template, self.backend = llama, info, template, backend
         self.rope_plan, self.memory_plan = rope_plan, memory_plan
         self.n_threads, self.kv_cache_type = n_threads, kv_cache_type
+        self.kind: ModelKind = detect_kind(template)
+        self.native_ctx: int = info.native_ctx
 
     @classmethod
     def load(cls, path: str | Path, *, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None,
@@ -94,7 +106,8 @@ class Engine:
              verbose: bool = False) -> "Engine":
         """Open a Qwen3 GGUF (memory-mapped).
 
-        n_ctx above 32,768 turns YaRN on (factor ceil(n_ctx/32768), at most 4). n_gpu_layers
+        n_ctx above the model's native context (32,768 for the original Qwen3 models, 262,144 for
+        the 2507 ones) turns YaRN on (factor ceil(n_ctx/native), at most 4). n_gpu_layers
         None offloads every layer when the bindings support a GPU, else runs on the CPU.
         kv_cache_type f16, q8_0 or q4_0; a quantized cache turns flash attention on (llama.cpp
         needs it for a quantized V cache); it is also on when layers are offloaded to a GPU, and off
@@ -114,7 +127,8 @@ class Engine:
             flash_attn = kv_cache_type != "f16" or backend != "cpu"
         try:
             check_kv_types(kv_cache_type, kv_cache_type, flash_attn)
-            rope = plan_rope(n_ctx, gguf_yarn=info.yarn, size_label=info.size_label)
+            rope = plan_rope(n_ctx, native_ctx=info.native_ctx, gguf_yarn=info.yarn, size_label=info.size_label,
+                             original_family=info.rope.original_family)
         except ValueError as e:
             raise EngineError(str(e)) from None
         if rope.warning:
@@ -122,7 +136,7 @@ class Engine:
         memory = plan_memory(info.size_bytes, n_ctx, info.n_layers, info.n_kv_heads, info.head_dim,
                              available_bytes if available_bytes is not None else available_memory_bytes(),
                              type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch,
-                             n_heads=info.n_heads, flash_attn=flash_attn)
+                             n_heads=info.n_heads, flash_attn=flash_attn, ctx_limit=info.rope.max_ctx)
         if not memory.fits:
             raise EngineError(f"{path}: context {n_ctx} does not fit in memory ({memory.describe()}); "
                               f"the largest that fits is {memory.max_ctx}")

@@ -245,3 +245,90 @@ def write_zero_gguf(path: Path, shape: Shape, like: Path) -> Path:
                 f.write(np.ones(ne, np.float32).tobytes())
         f.truncate(len(head) + offset)
     return path
+
+
+# ---- the July 2025 ("2507") models: Qwen3-4B-Instruct-2507 and Qwen3-4B-Thinking-2507 ----------------
+# Their config.json: the 4B's shapes with max_position_embeddings 262144, rope_theta 5e6 and no
+# rope_scaling (a native context of 262,144 tokens). Their generation_config.json carries Qwen's
+# preset for each. Templates: tests/fixtures/templates (see its README).
+TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
+QWEN3_2507_CONTEXT = 262144
+QWEN3_2507_ROPE_THETA = 5_000_000.0
+QWEN3_2507 = {
+    "instruct-2507": {"template": "qwen3-instruct-2507.jinja",
+                      "sampling": {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}},
+    "thinking-2507": {"template": "qwen3-thinking-2507.jinja",
+                      "sampling": {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0}},
+}
+
+
+def set_chat_template(folder: Path, source: str) -> None:
+    """Replace the chat template in folder/tokenizer_config.json."""
+    path = folder / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["chat_template"] = source
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+
+
+def write_generation_config(folder: Path, values: dict | None) -> None:
+    """Write generation_config.json with `values` (Qwen's other fields kept), or remove it (None)."""
+    path = folder / "generation_config.json"
+    if values is None:
+        path.unlink(missing_ok=True)
+        return
+    base = json.loads((FIXTURES / "generation_config.json").read_text())
+    for key in ("temperature", "top_p", "top_k", "min_p"):
+        base.pop(key, None)
+    path.write_text(json.dumps({**base, **values}, indent=2))
+
+
+def make_2507(folder: Path, variant: str) -> Path:
+    """Turn a built Qwen3 folder (build_model, build_scripted_model) into a 2507 variant
+    ("instruct-2507" or "thinking-2507"): config values, template and sampling preset."""
+    spec = QWEN3_2507[variant]
+    config = json.loads((folder / "config.json").read_text())
+    config.update(rope_theta=QWEN3_2507_ROPE_THETA, rope_scaling=None, max_position_embeddings=QWEN3_2507_CONTEXT)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    set_chat_template(folder, (TEMPLATES / spec["template"]).read_text())
+    write_generation_config(folder, spec["sampling"])
+    return folder
+
+
+_GGUF_PACK = {4: "<I", 5: "<i", 6: "<f", 7: "<?"}   # uint32, int32, float32, bool
+
+
+def gguf_kv_bytes(key: str, vtype: int, value) -> tuple[str, int, bytes]:
+    """One metadata entry for rewrite_gguf_metadata: vtype 4 uint32, 5 int32, 6 float32, 7 bool, 8 string."""
+    if vtype == _GGUF_STRING:
+        raw = value.encode()
+        return key, vtype, struct.pack("<Q", len(raw)) + raw
+    return key, vtype, struct.pack(_GGUF_PACK[vtype], value)
+
+
+def rewrite_gguf_metadata(src: Path, dst: Path, set_: list[tuple[str, int, bytes]] = (),
+                          drop: tuple[str, ...] = ()) -> Path:
+    """Copy a GGUF v3 with metadata entries replaced or added (`set_`, from gguf_kv_bytes) and
+    removed (`drop`); tensor infos and data are copied as they are, re-aligned behind the header."""
+    buf = src.read_bytes()
+    (n_tensors,) = struct.unpack_from("<Q", buf, 8)
+    kvs = _gguf_kvs(src)
+    off = 24
+    for key, vtype, raw in kvs:          # skip the metadata to find the tensor infos
+        off += 8 + len(key.encode()) + 4 + len(raw)
+    infos_start = off
+    for _ in range(n_tensors):
+        (n,) = struct.unpack_from("<Q", buf, off)
+        off += 8 + n
+        (n_dims,) = struct.unpack_from("<I", buf, off)
+        off += 4 + 8 * n_dims + 4 + 8
+    align = 32
+    data_start = off + (-off % align)
+    new = {k: (k, t, r) for k, t, r in set_}
+    out = [new.pop(k, (k, t, r)) for k, t, r in kvs if k not in drop] + list(new.values())
+    head = bytearray(b"GGUF" + struct.pack("<IQQ", 3, n_tensors, len(out)))
+    for key, vtype, raw in out:
+        head += struct.pack("<Q", len(key.encode())) + key.encode() + struct.pack("<I", vtype) + raw
+    head += buf[infos_start:off]
+    head += b"\0" * (-len(head) % align)
+    dst.write_bytes(bytes(head) + buf[data_start:])
+    return dst

@@ -9,8 +9,8 @@ import pytest
 
 from edge.context_plan import (
     KV_TYPES, MAX_CTX, NATIVE_CTX, available_memory_bytes, check_kv_types, count_physical_cores,
-    kv_bytes_per_element, kv_cache_bytes, parse_meminfo_available, parse_size_label,
-    physical_cores, plan_memory, plan_rope,
+    kv_bytes_per_element, kv_cache_bytes, model_rope, model_rope_from_metadata, parse_meminfo_available,
+    parse_size_label, physical_cores, plan_memory, plan_rope,
 )
 
 GIB = 1 << 30
@@ -163,6 +163,15 @@ def test_plan_memory_when_nothing_fits():
     assert not plan.fits and plan.max_ctx == 0 and "not even" in plan.describe()
 
 
+def test_plan_memory_searches_up_to_the_models_limit():
+    """A 2507 model's largest fitting context may pass the original models' 131072."""
+    args = dict(model_bytes=GIB, n_ctx=1 << 20, **QWEN3_0_6B, available_bytes=64 * GIB, n_heads=16, flash_attn=True)
+    capped, free = plan_memory(**args), plan_memory(**args, ctx_limit=4 * 262144)
+    assert capped.max_ctx == MAX_CTX and MAX_CTX < free.max_ctx < 1 << 20
+    assert plan_memory(**{**args, "n_ctx": free.max_ctx}, ctx_limit=4 * 262144).fits
+    assert not plan_memory(**{**args, "n_ctx": free.max_ctx + 256}, ctx_limit=4 * 262144).fits
+
+
 # overhead_bytes against llama.cpp's own compute buffer sizes: tests/test_memory_plan_llama.py.
 
 
@@ -182,3 +191,83 @@ def test_available_memory():
     assert parse_meminfo_available("MemTotal:  100 kB\nMemAvailable:    2048 kB\n") == 2048 * 1024
     assert parse_meminfo_available("MemTotal:  100 kB\n") is None
     assert available_memory_bytes() > 0
+
+
+# ---- the native context from the metadata --------------------------------------------------------
+
+@pytest.mark.parametrize("meta, native, original, limit", [
+    (dict(context_length=40960, freq_base=1e6), 32768, True, 131072),            # Qwen3 0.6B/1.7B/4B
+    (dict(context_length=262144, freq_base=5e6), 262144, False, 1048576),        # the 2507 models
+    (dict(context_length=40960, freq_base=5e6), 40960, False, 163840),
+    (dict(context_length=32768, freq_base=1e6), 32768, False, 131072),
+    (dict(context_length=40960), 40960, False, 163840),                          # no freq_base: llama.cpp's 10000
+    (dict(context_length=40960, freq_base=1e6, scaling_type="none", factor=1.0), 32768, True, 131072),
+    (dict(context_length=40960, freq_base=1e6, scaling_type="yarn", factor=4.0, original_context_length=32768),
+     32768, True, 131072),                                                       # Qwen's YaRN recipe
+    (dict(context_length=131072, freq_base=1e6, scaling_type="yarn", factor=4, original_context_length=32768),
+     32768, True, 131072),
+    (dict(context_length=262144, freq_base=5e6, scaling_type="yarn", factor=2.0, original_context_length=262144),
+     262144, False, 524288),
+])
+def test_native_context_rule(meta, native, original, limit):
+    rope = model_rope(**meta)
+    assert rope.native_ctx == native and rope.original_family is original and rope.max_ctx == limit
+    assert rope.context_length == meta["context_length"]
+    assert (rope.yarn is not None) == (meta.get("scaling_type") == "yarn")
+
+
+@pytest.mark.parametrize("meta, words", [
+    (dict(context_length=None), "context_length"),
+    (dict(context_length=0), "context_length"),
+    (dict(context_length=True), "context_length"),
+    (dict(context_length=40960.0), "context_length"),
+    (dict(context_length=40960, freq_base=-1.0), "freq_base"),
+    (dict(context_length=40960, freq_base=float("nan")), "freq_base"),
+    (dict(context_length=40960, freq_base="1e6"), "freq_base"),
+    (dict(context_length=40960, scaling_type="linear", factor=2.0), "linear"),
+    (dict(context_length=40960, scaling_type="longrope"), "longrope"),
+    (dict(context_length=40960, factor=4.0), "without rope scaling type yarn"),
+    (dict(context_length=40960, scaling_type="none", factor=0.5), "without rope scaling type yarn"),
+    (dict(context_length=40960, original_context_length=32768), "without rope scaling type yarn"),
+    (dict(context_length=40960, scaling_type="yarn", factor=4.0), "original_context_length"),
+    (dict(context_length=40960, scaling_type="yarn", original_context_length=32768), "factor"),
+    (dict(context_length=40960, scaling_type="yarn", factor=0.5, original_context_length=32768), "factor"),
+    (dict(context_length=40960, scaling_type="yarn", factor=float("inf"), original_context_length=32768), "factor"),
+    (dict(context_length=40960, scaling_type="yarn", factor=4.0, original_context_length=0), "original_context_length"),
+    (dict(context_length=40960, scaling_type="yarn", factor=4.0, original_context_length=65536), "larger than"),
+])
+def test_metadata_that_disagrees_with_itself_is_refused(meta, words):
+    with pytest.raises(ValueError, match=words) as err:
+        model_rope(**meta)
+    assert "\n" not in str(err.value)
+
+
+def test_model_rope_from_header_fields():
+    fields = {"qwen3.context_length": 262144, "qwen3.rope.freq_base": 5e6}
+    assert model_rope_from_metadata(fields).native_ctx == 262144
+    assert model_rope_from_metadata({**fields, "qwen3.rope.scaling.type": "yarn", "qwen3.rope.scaling.factor": 2.0,
+                                     "qwen3.rope.scaling.original_context_length": 131072}).native_ctx == 131072
+    with pytest.raises(ValueError, match="without"):   # llama.cpp's older key for the factor counts too
+        model_rope_from_metadata({**fields, "qwen3.rope.scale_linear": 2.0})
+
+
+@pytest.mark.parametrize("n_ctx", [8192, 40960, 131072, 262144])
+def test_no_yarn_up_to_a_2507_models_native_context(n_ctx):
+    plan = plan_rope(n_ctx, native_ctx=262144, original_family=False, size_label="4.0B")
+    assert not plan.yarn and plan.warning is None
+    assert plan.llama_kwargs() == {"rope_scaling_type": llama_cpp.LLAMA_ROPE_SCALING_TYPE_NONE}
+
+
+@pytest.mark.parametrize("n_ctx, factor", [(262145, 2), (524288, 2), (524289, 3), (1048576, 4)])
+def test_yarn_beyond_a_2507_models_native_context(n_ctx, factor):
+    plan = plan_rope(n_ctx, native_ctx=262144, original_family=False, size_label="0.6B")
+    assert plan.yarn and plan.factor == factor and plan.yarn_orig_ctx == 262144
+    assert plan.rope_freq_scale == pytest.approx(1 / factor)
+    assert "262144" in plan.warning and "4B" not in plan.warning      # the 4B caveat is the original family's
+
+
+def test_past_four_times_native_is_refused():
+    with pytest.raises(ValueError, match="1048576"):
+        plan_rope(1048577, native_ctx=262144, original_family=False)
+    with pytest.raises(ValueError, match="native"):
+        plan_rope(8192, native_ctx=0)
