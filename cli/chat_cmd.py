@@ -20,7 +20,9 @@ from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, THREADS, load_
 
 THINK = typer.Option(None, "--think/--no-think", help="Thinking mode on (default) or off.")
 AUTO = typer.Option(False, "--auto", help="Think only when the message needs reasoning.")
-BUDGET = typer.Option(None, "--budget", help="Cap thinking at N tokens (0: no cap).")
+BUDGET = typer.Option(None, "--budget", help="Cap thinking at N tokens, or 'auto' to size it per message from its "
+                                              "difficulty and this machine's speed (0: no cap).")
+THINK_TIME = typer.Option(None, "--think-time", help="Cap thinking at about SECONDS (a token budget from the measured speed).")
 SYSTEM = typer.Option(None, "--system", help="System prompt.")
 SEED = typer.Option(None, "--seed", help="Sampling seed, for repeatable replies.")
 TEMPERATURE = typer.Option(None, "--temperature", help="Override the mode's temperature (thinking 0.6, else 0.7).")
@@ -48,7 +50,7 @@ def response_format(json_schema: Optional[Path], json_object: bool) -> Optional[
 
 
 def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int = CTX, think: Optional[bool] = THINK,
-         auto: bool = AUTO, budget: Optional[int] = BUDGET, system: Optional[str] = SYSTEM,
+         auto: bool = AUTO, budget: Optional[str] = BUDGET, think_time: Optional[float] = THINK_TIME, system: Optional[str] = SYSTEM,
          threads: Optional[int] = THREADS, gpu_layers: Optional[int] = GPU_LAYERS, kv_cache: str = KV_CACHE,
          seed: Optional[int] = SEED, temperature: Optional[float] = TEMPERATURE, top_p: Optional[float] = TOP_P,
          top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P, presence_penalty: float = PRESENCE,
@@ -56,7 +58,7 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int 
     """Chat with a Qwen3 model in the terminal. /help lists the in-chat commands."""
     with friendly_errors():
         engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap)
-        session = make_chat(engine, think=think, auto=auto, budget=budget, system=system, seed=seed,
+        session = make_chat(engine, think=think, auto=auto, budget=budget, think_time=think_time, system=system, seed=seed,
                             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                             presence_penalty=presence_penalty, max_tokens=max_tokens)
     out.print(f"[bold]qwen3-edge[/] · {escape(engine.info.name or engine.info.path.name)} · {engine.backend} · "
@@ -70,7 +72,7 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int 
 def run(model: str = typer.Argument(..., help=MODEL_HELP),
         prompt: str = typer.Argument(..., help="The message; '-' reads it from stdin."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object: thinking, answer, stats."),
-        ctx: int = CTX, think: Optional[bool] = THINK, auto: bool = AUTO, budget: Optional[int] = BUDGET,
+        ctx: int = CTX, think: Optional[bool] = THINK, auto: bool = AUTO, budget: Optional[str] = BUDGET, think_time: Optional[float] = THINK_TIME,
         system: Optional[str] = SYSTEM, threads: Optional[int] = THREADS, gpu_layers: Optional[int] = GPU_LAYERS,
         kv_cache: str = KV_CACHE, seed: Optional[int] = SEED, temperature: Optional[float] = TEMPERATURE,
         top_p: Optional[float] = TOP_P, top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P,
@@ -86,7 +88,7 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         fmt = response_format(json_schema, json_object)
         engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap)
         with engine:
-            session = make_chat(engine, think=think, auto=auto, budget=budget, system=system, seed=seed,
+            session = make_chat(engine, think=think, auto=auto, budget=budget, think_time=think_time, system=system, seed=seed,
                                 temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                                 presence_penalty=presence_penalty, max_tokens=max_tokens)
             reply, printer = None, _RunPrinter(show_thinking)

@@ -12,7 +12,7 @@ COMMANDS = {
     "/think": "thinking on for the following turns",
     "/no_think": "thinking off for the following turns",
     "/auto": "think only when the message needs reasoning (math, code, several steps)",
-    "/budget": "/budget N caps thinking at N tokens; /budget 0 or off removes the cap",
+    "/budget": "/budget N caps thinking at N tokens; /budget auto sizes it per message; /budget 0 or off removes the cap",
     "/system": "/system TEXT sets the system prompt (empty removes it)",
     "/reset": "start a new conversation (system prompt and settings stay)",
     "/history": "show the conversation so far",
@@ -51,15 +51,18 @@ def parse_command(line: str) -> Command | None:
     return Command(name, argument.strip())
 
 
-def parse_budget(argument: str) -> int | None:
-    """`/budget 256` -> 256; `0` or `off` -> None (no cap)."""
+def parse_budget(argument: str) -> int | str | None:
+    """`/budget 256` -> 256; `auto` -> "auto" (sized per message, edge/budget.py); `0` or `off` ->
+    None (no cap)."""
     value = argument.strip().lower()
     if value in ("0", "off", "none"):
         return None
+    if value == "auto":
+        return "auto"
     try:
         budget = int(value)
     except ValueError:
-        raise CommandError(f"/budget takes a whole number of tokens or 'off', not {argument!r}") from None
+        raise CommandError(f"/budget takes a whole number of tokens or 'auto' or 'off', not {argument!r}") from None
     if budget < 0:
         raise CommandError("/budget cannot be negative")
     return budget

@@ -89,7 +89,7 @@ class ChatRepl:
             self.console.print(f"[dim]{escape(self.footer(self.last))}[/]")
 
     def footer(self, r: Reply) -> str:
-        budget = self.chat.budget if self.chat.budget is not None else "∞"
+        budget = r.thinking_budget if r.thinking_budget is not None else "∞"
         parts = [f"{r.generated_tokens} tokens", f"{r.tokens_per_s:.1f} tok/s", f"ttft {r.ttft_s * 1000:.0f} ms",
                  f"thinking {r.thinking_tokens}/{budget}" if r.thinking_enabled else "no thinking"]
         if r.budget_hit:

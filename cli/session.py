@@ -8,12 +8,13 @@ from typing import Optional
 
 import typer
 
-from edge.chat import Chat
+from edge.chat import Chat, ChatError
 from edge.engine import DEFAULT_CTX, Engine
 from edge.modes import Mode
 from edge.resolve import resolve_model
 from edge.store import ModelStore
 
+from .chat_commands import CommandError, parse_budget
 from .console import err
 from .progress_view import stage_bars
 
@@ -42,11 +43,18 @@ def load_engine(model: Optional[str], ctx: int, threads: Optional[int], gpu_laye
     return engine
 
 
-def make_chat(engine: Engine, *, think: Optional[bool], auto: bool, budget: Optional[int], system: Optional[str],
+def make_chat(engine: Engine, *, think: Optional[bool], auto: bool, budget: Optional[str], system: Optional[str],
               seed: Optional[int], temperature: Optional[float], top_p: Optional[float], top_k: Optional[int],
-              min_p: Optional[float], presence_penalty: float, max_tokens: Optional[int]) -> Chat:
+              min_p: Optional[float], presence_penalty: float, max_tokens: Optional[int],
+              think_time: Optional[float] = None) -> Chat:
     mode = Mode.AUTO if auto else (Mode.NO_THINK if think is False else Mode.THINK)
     overrides = {k: v for k, v in dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p).items()
                  if v is not None}
-    return Chat(engine, system=system, mode=mode, budget=budget or None, seed=seed, sampling=overrides,
+    if think_time is not None and think_time <= 0:
+        raise ChatError("--think-time takes a number of seconds above 0")
+    try:
+        tokens = parse_budget(str(budget)) if budget is not None else None
+    except CommandError as e:
+        raise ChatError(str(e).replace("/budget", "--budget")) from None
+    return Chat(engine, system=system, mode=mode, budget=tokens, think_time=think_time, seed=seed, sampling=overrides,
                 presence_penalty=presence_penalty, max_tokens=max_tokens)

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import llama_cpp
 
+from .budget import answer_reserve, turn_budget
 from .chat_template import TemplateError
 from .engine import Engine
 from .grammar import Constraints, GrammarError, plan_constraints
+from .model_kind import ModelKind, prompt_opens_thinking
 from .modes import Mode, soft_switch, thinking_for
 from .sampling import Grammar, GrammarCompileError, SamplingParams, TokenSampler, preset
 from .thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
@@ -38,6 +40,7 @@ BUDGET_PHRASE = ("Considering the limited time by the user, I have to give the s
                  "thinking directly now.\n</think>.\n\n")
 CLOSE_THINKING = "\n</think>\n\n"  # how Qwen's template closes a think block
 DEFAULT_REPLY_RESERVE = 1024
+SPEED_SAMPLE = 8  # tokens generated before a time budget is set from this reply's speed
 
 
 class ChatError(Exception):
@@ -82,6 +85,9 @@ class Reply:
     tool_calls: tuple[ToolCall, ...] = ()
     invalid_tool_calls: tuple[str, ...] = ()   # why each <tool_call> block that was not a call failed
     grammar_rejections: int = 0                # tokens the grammar sent back for a full pass
+    notices: tuple[str, ...] = ()              # what the chat said about this turn (also as events)
+    thinking_budget: int | None = None         # the budget this turn ran with (auto / time budgets)
+    thinking_cut: str | None = None            # "budget" or "max_tokens": why the thinking was cut
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,11 @@ class _Turn:
     answer: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    message: str = ""              # the user message the turn answers (for the auto budget)
+    budget: int | None = None
+    budget_pending: bool = False   # a time budget waits for this reply's measured speed
+    cut: str | None = None
     generated: int = 0
     thinking_tokens: int = 0
     in_think: bool = False
@@ -128,11 +139,14 @@ class Chat:
 
     def __init__(self, engine: Engine, *, system: str | None = None, mode: Mode | str = Mode.THINK,
                  budget: int | None = None, max_tokens: int | None = None, presence_penalty: float = 0.0,
-                 seed: int | None = None, sampling: dict | None = None, tools: list[dict] | None = None):
+                 seed: int | None = None, sampling: dict | None = None, tools: list[dict] | None = None,
+                 think_time: float | None = None):
         self.engine = engine
         self.system = system
         self.mode = Mode(mode)
-        self.budget = budget
+        self.budget = budget          # thinking tokens, "auto" (budget.py), or None
+        self.think_time = think_time  # seconds of thinking, enforced as tokens at the measured speed
+        self.measured_tokens_per_s: float | None = None  # of this model here: set by each reply
         self.max_tokens = max_tokens
         self.presence_penalty = presence_penalty
         self.seed = seed
@@ -171,14 +185,15 @@ class Chat:
         return preset(thinking).with_overrides(presence_penalty=self.presence_penalty or None, seed=self.seed,
                                                **self.sampling_overrides)
 
-    def _fit(self, new: list[Message], thinking: bool, tools: list[dict] | None) -> tuple[list[Message], list[int], int]:
+    def _fit(self, new: list[Message], thinking: bool, tools: list[dict] | None) -> tuple[list[Message], list[int], int, str]:
         """History trimmed (oldest turns first) so the prompt plus a reply reserve fits."""
         reserve = min(self.max_tokens or DEFAULT_REPLY_RESERVE, self.engine.n_ctx // 4)
         history, dropped = list(self.history), 0
         while True:
-            tokens = self.engine.tokenize(self.render(self.messages(history + new), thinking, tools))
+            text = self.render(self.messages(history + new), thinking, tools)
+            tokens = self.engine.tokenize(text)
             if len(tokens) + reserve <= self.engine.n_ctx:
-                return history, tokens, dropped
+                return history, tokens, dropped, text
             cut = next((i for i in range(1, len(history)) if history[i].role == "user"), len(history))
             if not history or (not new and cut == len(history)):
                 raise ChatError(f"message too long: the prompt needs {len(tokens)} tokens plus {reserve} for the "
@@ -246,27 +261,56 @@ class Chat:
         self._cancel.clear()
         if text is None and (not self.history or self.history[-1].role != "tool"):
             raise ChatError("nothing to answer: send a message, or add tool results first")
-        if text is not None and (switch := soft_switch(text)) is not None:
+        switch = soft_switch(text) if text is not None else None
+        if switch is not None:
             self.mode = switch
         last_user = text if text is not None else next((m.content for m in reversed(self.history) if m.role == "user"), "")
-        thinking = thinking_for(self.mode, last_user)
+        thinking, mode_notice = self._thinking_for(last_user, switch)
         constraints = self._constraints(tools, tool_choice, response_format, parallel_tool_calls)
         new = [Message("user", text)] if text is not None else []
-        history, prompt, dropped = self._fit(new, thinking, constraints.tools)
-        turn = _Turn(ThinkingParser(), TokenSampler(self.sampling_params(thinking), self.engine.llama.n_vocab()),
-                     ToolCallParser(set(constraints.tool_names)) if constraints.parse_calls else None)
+        history, prompt, dropped, rendered = self._fit(new, thinking, constraints.tools)
+        opened = prompt_opens_thinking(rendered)  # the template opened <think> (Thinking-2507)
+        thinking = thinking or opened
+        turn = _Turn(ThinkingParser(opened=opened),
+                     TokenSampler(self.sampling_params(thinking), self.engine.llama.n_vocab()),
+                     ToolCallParser(set(constraints.tool_names)) if constraints.parse_calls else None,
+                     in_think=opened, message=last_user)
+        turn.budget = turn_budget(self.budget, self.think_time, last_user, self.measured_tokens_per_s)
+        turn.budget_pending = self.think_time is not None and self.measured_tokens_per_s is None
         try:
             turn.answer_grammar = self._compile(constraints.answer_gbnf)
             turn.call_grammar = self._compile(constraints.call_gbnf if constrain_tool_calls else None)
-            if dropped:
-                yield Event("notice", f"dropped the {dropped} oldest turn(s) to fit the {self.engine.n_ctx}-token context")
+            for note in filter(None, [mode_notice, dropped and f"dropped the {dropped} oldest turn(s) to fit the "
+                                                              f"{self.engine.n_ctx}-token context"]):
+                yield self._notice(turn, note)
             reply = yield from self._generate(turn, prompt, thinking)
         finally:
             for g in (turn.answer_grammar, turn.call_grammar):
                 if g is not None:
                     g.close()
+        if reply.tokens_per_s:
+            self.measured_tokens_per_s = reply.tokens_per_s
         self.history = history + new + [Message("assistant", reply.answer, reply.thinking, reply.tool_calls)]
         yield Event("done", reply=reply)
+
+    def _thinking_for(self, text: str, switch: Mode | None) -> tuple[bool, str | None]:
+        """Whether this turn thinks, and a notice when the model's kind overrides what was asked:
+        a thinking-only model always thinks, a non-thinking-only one never; auto is for hybrids."""
+        kind = getattr(self.engine, "kind", ModelKind.HYBRID)
+        if kind is ModelKind.HYBRID:
+            return thinking_for(self.mode, text), None
+        always = kind is ModelKind.THINKING
+        asked = switch or (self.mode if self.mode is not Mode.THINK or not always else None)
+        conflict = asked is not None and (asked is Mode.AUTO or (asked is Mode.THINK) != always)
+        if conflict and (switch is not None or asked is not Mode.THINK):
+            what = {Mode.THINK: "/think", Mode.NO_THINK: "/no_think", Mode.AUTO: "auto mode"}[asked]
+            return always, (f"this model is {kind.value}: it {'always' if always else 'never'} thinks, "
+                            f"so {what} has no effect")
+        return always, None
+
+    def _notice(self, turn: _Turn, text: str) -> Event:
+        turn.notices.append(text)
+        return Event("notice", text)
 
     def _generate(self, turn: _Turn, prompt: list[int], thinking: bool):
         """The generation loop: thinking, budget, tool calls and grammars are states of it."""
@@ -284,20 +328,31 @@ class Chat:
                 break
             if llama.n_tokens >= self.engine.n_ctx or (self.max_tokens and turn.generated >= self.max_tokens):
                 break
+            if turn.budget_pending and turn.generated >= SPEED_SAMPLE:
+                speed = (turn.generated - 1) / max(time.perf_counter() - first_at, 1e-6)
+                turn.budget, turn.budget_pending = turn_budget(self.budget, self.think_time, turn.message, speed), False
+            if cut := self._thinking_cut(turn):  # before the next token: a prompt may open the thinking
+                if not self._room_for(self._budget_tokens):
+                    break  # no room left for the phrase and an answer: the context is full
+                turn.budget_hit, turn.cut = cut == "budget", cut
+                if cut == "max_tokens":
+                    yield self._notice(turn, f"thinking was cut after {turn.thinking_tokens} tokens to leave room "
+                                             f"for an answer within max_tokens {self.max_tokens}")
+                yield from self._close_thinking(turn, self._budget_tokens, BUDGET_PHRASE[: BUDGET_PHRASE.index(THINK_CLOSE)])
             try:
                 token = sampler.sample(llama._ctx, is_eog)
-                if thinking and turn.generated == 0 and token != self._think_ids[0] and turn.answer_grammar \
-                        and sampler.grammar is None:
+                if thinking and turn.generated == 0 and not turn.in_think and token != self._think_ids[0] \
+                        and turn.answer_grammar and sampler.grammar is None:
                     turn.start_answer()  # no thinking after all: the answer starts here, constrained
                     token = sampler.sample(llama._ctx, is_eog)
             except GrammarCompileError as e:
-                yield Event("notice", f"generation stopped: {e}")
+                yield self._notice(turn, f"generation stopped: {e}")
                 break
             first_at = first_at or time.perf_counter()
             if is_eog(token):
                 if turn.in_think and turn.answer_grammar is not None and self._room_for(self._close_tokens):
                     # ended inside the thinking, but an answer is owed: close it the template's way
-                    yield Event("notice", "the model ended inside its thinking; it was closed so the answer could follow")
+                    yield self._notice(turn, "the model ended inside its thinking; it was closed so the answer could follow")
                     yield from self._close_thinking(turn, self._close_tokens, "")
                     continue
                 stop = "eos"
@@ -310,11 +365,6 @@ class Chat:
             yield from self._emit(turn, self._piece(token, decoder))
             if token == self._think_ids[1] and turn.think_done:
                 turn.start_answer()
-            if self._budget_reached(turn):
-                if not self._room_for(self._budget_tokens):
-                    break  # no room left for the phrase and an answer: the context is full
-                turn.budget_hit = True
-                yield from self._close_thinking(turn, self._budget_tokens, BUDGET_PHRASE[: BUDGET_PHRASE.index(THINK_CLOSE)])
         yield from self._emit(turn, None)
         if stop == "eos":
             yield from self._calls_in_open_thinking(turn)
@@ -328,7 +378,8 @@ class Chat:
             ttft_s=round((first_at or ended) - started, 4),
             tokens_per_s=round((turn.generated - 1) / (ended - first_at), 2) if first_at and turn.generated > 1 and ended > first_at else 0.0,
             seconds=round(ended - started, 4), tool_calls=calls, invalid_tool_calls=tuple(turn.invalid),
-            grammar_rejections=sampler.rejections,
+            grammar_rejections=sampler.rejections, notices=tuple(turn.notices), thinking_budget=turn.budget,
+            thinking_cut=turn.cut,
         )
 
     def _room_for(self, tokens: list[int]) -> bool:
@@ -402,8 +453,16 @@ class Chat:
             turn.tool_calls.append(call)
             yield Event("tool_call", call=call)
 
-    def _budget_reached(self, turn: _Turn) -> bool:
-        return self.budget is not None and turn.in_think and turn.thinking_tokens >= self.budget
+    def _thinking_cut(self, turn: _Turn) -> str | None:
+        """"budget" when the thinking reached its budget; "max_tokens" when going on thinking
+        would leave no room for an answer within max_tokens (budget_reserve keeps a quarter)."""
+        if not turn.in_think:
+            return None
+        if turn.budget is not None and turn.thinking_tokens >= turn.budget:
+            return "budget"
+        if self.max_tokens and turn.generated >= self.max_tokens - answer_reserve(self.max_tokens):
+            return "max_tokens"
+        return None
 
     def _close_thinking(self, turn: _Turn, tokens: list[int], head: str) -> Iterator[Event]:
         """Append tokens that close the thinking (Qwen's budget phrase, or the template's own
@@ -468,7 +527,7 @@ def load_transcript(chat: Chat, path: str | os.PathLike[str]) -> None:
         messages = [_message_from_transcript(m) for m in data["messages"]]
         roles_ok = all(m.role in ("user", "assistant", "tool") and isinstance(m.content, str) for m in messages)
         system, mode, budget = data.get("system"), Mode(data.get("mode", chat.mode.value)), data.get("budget")
-        if not roles_ok or not (system is None or isinstance(system, str)) or not (budget is None or isinstance(budget, int)):
+        if not roles_ok or not (system is None or isinstance(system, str)) or not (budget is None or isinstance(budget, int) or budget == "auto"):
             raise ValueError("unexpected roles or fields")
     except FileNotFoundError:
         raise ChatError(f"{path}: not found") from None

@@ -35,7 +35,7 @@ class ChatRequest:
     history: list[Message]
     user: str | None          # None: the conversation ends with tool results; the model goes on
     mode: Mode
-    budget: int | None
+    budget: int | str | None   # tokens, or "auto"
     max_tokens: int | None
     sampling: dict[str, Any]
     presence_penalty: float
@@ -185,7 +185,8 @@ def parse_request(body: Any, n_ctx: int) -> ChatRequest:
         raise RequestError(e.message, e.param) from None
     return ChatRequest(
         system="\n".join(system_parts) or None, history=history, user=user, mode=mode,
-        budget=_number(body, "thinking_budget", int, 0, None), max_tokens=max_tokens, sampling=sampling,
+        budget="auto" if body.get("thinking_budget") == "auto" else _number(body, "thinking_budget", int, 0, None),
+        max_tokens=max_tokens, sampling=sampling,
         presence_penalty=_number(body, "presence_penalty", float, -2, 2) or 0.0, seed=_number(body, "seed", int),
         stop=stop, stream=bool(body.get("stream")), include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
         model=str(body.get("model") or ""), tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel,
@@ -214,6 +215,8 @@ def completion(cid: str, model: str, reply: Reply, answer: str, reason: str) -> 
         message["reasoning_content"] = reply.thinking
     if reply.tool_calls:
         message["tool_calls"] = [c.to_openai() for c in reply.tool_calls]
+    if reply.notices:  # what the runtime said about this turn (a mode the model cannot do, a cut)
+        message["notices"] = list(reply.notices)
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": reason}], "usage": usage(reply)}
 

@@ -183,7 +183,7 @@ async def _sse(generation: _Generation, cid: str, model: str) -> AsyncIterator[s
                 calls += 1
             elif item.kind == "done":
                 reason = "stop" if generation.stopped_by_string else finish_reason(item.reply.stop_reason)
-                yield data(chunk(cid, model, {}, reason))
+                yield data(chunk(cid, model, {"notices": list(item.reply.notices)} if item.reply.notices else {}, reason))
                 if generation.req.include_usage:
                     yield data(chunk(cid, model, {}, usage_=usage(item.reply)))
         yield "data: [DONE]\n\n"

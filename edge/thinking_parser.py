@@ -44,10 +44,11 @@ class ThinkingParser:
     the answer, and trailing newlines of the thinking, are dropped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, opened: bool = False) -> None:
         # The same parse serves both modes: a non-thinking generation has no <think> and is all
-        # answer; a stray <think> at its very start is still honoured.
-        self._state = _START
+        # answer; a stray <think> at its very start is still honoured. `opened`: the prompt itself
+        # ended with <think> (Thinking-2507's template), so the output starts inside the thinking.
+        self._state = _THINKING if opened else _START
         self._closed = False  # saw </think>
         self._lead: list[str] = []  # whitespace before any content (start state)
         self._partial = ""  # held suffix that may be the start of a marker
