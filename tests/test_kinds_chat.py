@@ -165,3 +165,33 @@ def test_budget_rules_are_plain():
     assert turn_budget(500, 10.0, "x", 20.0) == 200 and turn_budget(100, 10.0, "x", 20.0) == 100
     assert turn_budget("auto", None, "Hello", None) == 256
     assert turn_budget(None, 5.0, "x", None) is None  # waits for a measured speed
+
+
+def test_thinking_only_through_run_json_and_serve(kinds):
+    import openai
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from tests.test_server import reasoning, serving
+
+    engine = kinds["thinking"]
+    r = CliRunner().invoke(app, ["run", str(engine.info.path), "Hi", "--json", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (out["thinking"], out["answer"]) == (SCRIPT_THINKING_TEXT, SCRIPT_ANSWER_TEXT)
+    with serving(engine) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        msg = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], seed=1)
+        assert (reasoning(msg.choices[0].message), msg.choices[0].message.content) == (SCRIPT_THINKING_TEXT,
+                                                                                       SCRIPT_ANSWER_TEXT)
+        thinking, answer = [], []
+        for c in client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], seed=1,
+                                                stream=True, extra_body={"thinking_budget": 2}):
+            for ch in c.choices:
+                thinking.append((ch.delta.model_extra or {}).get("reasoning_content") or "")
+                answer.append(ch.delta.content or "")
+        assert "".join(thinking).startswith("Let me") and "directly now." in "".join(thinking)
+        assert "".join(answer) == SCRIPT_ANSWER_TEXT
+        off = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], seed=1,
+                                             extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+        assert "thinking-only" in off.choices[0].message.model_extra["notices"][0]
