@@ -18,6 +18,7 @@ import llama_cpp
 from quantize import QuantizeError
 from quantize.gguf_check import check_qwen3
 from quantize.gguf_header import read_header
+from quantize.gguf_info import sampling_defaults
 
 from .chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
 from .context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, check_kv_types,
@@ -47,6 +48,7 @@ class ModelInfo:
     yarn: dict[str, Any] | None
     chat_template: str | None
     rope: ModelRope
+    sampling_defaults: dict[str, float | int]   # the GGUF's own preset: temperature, top_p, top_k, min_p
 
     @property
     def native_ctx(self) -> int:
@@ -63,6 +65,7 @@ def read_model_info(path: Path) -> ModelInfo:
         raise EngineError(str(e)) from None
     try:
         rope = model_rope_from_metadata(h.fields)
+        sampling = sampling_defaults(h.fields)
     except ValueError as e:
         raise EngineError(f"{path}: corrupt GGUF metadata: {e}") from None
     return ModelInfo(
@@ -70,7 +73,7 @@ def read_model_info(path: Path) -> ModelInfo:
         size_label=h.get("general.size_label"), file_type=h.get("general.file_type"),
         n_layers=dims.layers, n_heads=dims.heads, n_kv_heads=dims.kv_heads, head_dim=dims.head_dim,
         n_ctx_train=rope.context_length, yarn=rope.yarn,
-        chat_template=h.get("tokenizer.chat_template"), rope=rope,
+        chat_template=h.get("tokenizer.chat_template"), rope=rope, sampling_defaults=sampling,
     )
 
 
@@ -98,6 +101,8 @@ class Engine:
         self.n_threads, self.kv_cache_type = n_threads, kv_cache_type
         self.kind: ModelKind = detect_kind(template)
         self.native_ctx: int = info.native_ctx
+        # The preset the GGUF carries (general.sampling.*: temperature, top_p, top_k, min_p), if any.
+        self.sampling_defaults: dict[str, float | int] = dict(info.sampling_defaults)
 
     @classmethod
     def load(cls, path: str | Path, *, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None,

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,30 @@ HPARAMS = ("block_count", "context_length", "embedding_length", "feed_forward_le
            "attention.head_count", "attention.head_count_kv", "attention.key_length",
            "attention.value_length", "rope.freq_base", "attention.layer_norm_rms_epsilon",
            "rope.scaling.type", "rope.scaling.factor", "rope.scaling.original_context_length")
+
+
+# general.sampling.* keys -> the names the runtime's sampling presets use, with their valid range.
+SAMPLING_DEFAULTS = {"general.sampling.temp": ("temperature", 0.0, math.inf),
+                     "general.sampling.top_p": ("top_p", 0.0, 1.0),
+                     "general.sampling.top_k": ("top_k", 0, 1 << 31),
+                     "general.sampling.min_p": ("min_p", 0.0, 1.0)}
+
+
+def sampling_defaults(fields: Mapping[str, Any]) -> dict[str, float | int]:
+    """The sampling preset a GGUF carries (general.sampling.*, from its generation_config.json)
+    as {"temperature", "top_p", "top_k", "min_p"}, the keys present only. A downloaded GGUF is
+    untrusted: a value of the wrong type or out of range raises ValueError (one line)."""
+    out: dict[str, float | int] = {}
+    for key, (name, low, high) in SAMPLING_DEFAULTS.items():
+        value = fields.get(key)
+        if value is None:
+            continue
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        number = is_int or isinstance(value, float) and math.isfinite(value)
+        if not number or (name == "top_k" and not is_int) or not low <= value <= high:
+            raise ValueError(f"{key} is {value!r}, not a {name} in [{low}, {high}]")
+        out[name] = value
+    return out
 
 
 def bits_per_weight(header: GGUFHeader) -> float | None:
@@ -62,6 +88,8 @@ def describe_gguf(path: Path) -> dict[str, Any]:
             "pad": token("tokenizer.ggml.padding_token_id"),
             "add_bos": h.get("tokenizer.ggml.add_bos_token"),
         },
+        "sampling": {k.removeprefix("general.sampling."): v for k, v in h.fields.items()
+                     if k.startswith("general.sampling.")},
         "chat_template": None if template is None else {
             "chars": len(template),
             "sha256": hashlib.sha256(template.encode()).hexdigest()[:16],

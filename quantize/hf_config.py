@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,55 @@ def read_config(folder: Path) -> Qwen3Config:
             if not isinstance(cfg.yarn.get(key), (int, float)):
                 raise QuantizeError(path, f"rope_scaling of type yarn needs a numeric {key}")
     return cfg
+
+
+# generation_config.json field(s) -> GGUF key and value type, in the order llama.cpp's converter
+# writes them: gguf-py's Metadata.load and set_gguf_meta_model in the llama.cpp that
+# llama-cpp-python 0.3.36 vendors (which also takes transformers' repetition_penalty).
+SAMPLING_FIELDS: tuple[tuple[tuple[str, ...], str, type], ...] = (
+    (("sequence",), "general.sampling.sequence", str),
+    (("top_k",), "general.sampling.top_k", int),
+    (("top_p",), "general.sampling.top_p", float),
+    (("min_p",), "general.sampling.min_p", float),
+    (("xtc_probability",), "general.sampling.xtc_probability", float),
+    (("xtc_threshold",), "general.sampling.xtc_threshold", float),
+    (("temperature",), "general.sampling.temp", float),
+    (("penalty_last_n",), "general.sampling.penalty_last_n", int),
+    (("penalty_repeat", "repetition_penalty"), "general.sampling.penalty_repeat", float),
+    (("mirostat",), "general.sampling.mirostat", int),
+    (("mirostat_tau",), "general.sampling.mirostat_tau", float),
+    (("mirostat_eta",), "general.sampling.mirostat_eta", float),
+)
+INT32_MAX = 2**31 - 1
+
+
+def _sampling_value(path: Path, field: str, value: Any, kind: type) -> Any:
+    """A value GGUF can hold as `kind` (string, int32, float32), or a one-line refusal: llama.cpp's
+    converter would crash half way through writing on a string temperature or a fractional top_k."""
+    ok = (isinstance(value, str) if kind is str else
+          isinstance(value, int) and not isinstance(value, bool) and -INT32_MAX - 1 <= value <= INT32_MAX if kind is int
+          else isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+    if not ok:
+        want = {str: "a string", int: "an integer", float: "a finite number"}[kind]
+        raise QuantizeError(path, f"{field} must be {want}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def read_generation_sampling(folder: Path) -> list[tuple[str, type, Any]]:
+    """The sampling preset of folder/generation_config.json as (GGUF key, type, value), in
+    llama.cpp's order; fields that are absent or null are left out, and so is a missing file."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return []
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise QuantizeError(path, f"not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise QuantizeError(path, "not a JSON object")
+    out = []
+    for fields, key, kind in SAMPLING_FIELDS:
+        field = next((f for f in fields if raw.get(f) is not None), None)
+        if field is not None:
+            out.append((key, kind, _sampling_value(path, field, raw[field], kind)))
+    return out

@@ -7,8 +7,9 @@ llama.cpp reads every hyperparameter it needs for the `qwen3` architecture.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -16,7 +17,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf.utility import LocalTensor
 
 from .errors import QuantizeError
-from .hf_config import Qwen3Config, read_config
+from .hf_config import Qwen3Config, read_config, read_generation_sampling
 from .progress import Progress, ProgressCallback, ignore_progress
 from .safetensors_files import iter_raw_chunks, iter_row_chunks, open_tensors, same_data
 from .tokenizer_meta import TokenizerMeta, read_tokenizer
@@ -53,6 +54,7 @@ class HFModel:
     config: Qwen3Config
     tensors: dict[str, LocalTensor]
     tokenizer: TokenizerMeta
+    sampling: list[tuple[str, type, Any]] = field(default_factory=list)   # generation_config.json
 
     @property
     def source_dtypes(self) -> set[str]:
@@ -78,7 +80,7 @@ def load_hf_model(folder: Path) -> HFModel:
             raise QuantizeError(where, f"unexpected tensor {name}: not part of a Qwen3ForCausalLM model")
         if tuple(t.shape) != want:
             raise QuantizeError(where, f"tensor {name} has shape {list(t.shape)} but config.json implies {list(want)}")
-    return HFModel(folder, config, tensors, read_tokenizer(folder, config.vocab_size))
+    return HFModel(folder, config, tensors, read_tokenizer(folder, config.vocab_size), read_generation_sampling(folder))
 
 
 def tensor_type(gguf_name: str, shape: tuple[int, ...], target: QT) -> QT:
@@ -124,6 +126,7 @@ def _add_metadata(writer: gguf.GGUFWriter, model: HFModel, file_type: gguf.Llama
     meta = gguf.Metadata.load(None, model.folder, None, n_params)
     if meta.size_label is None:
         meta.size_label = gguf.size_label(n_params, 0, 0, 0)
+    _add_sampling(writer, model.sampling, meta)
     meta.set_gguf_meta_model(writer)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_block_count(c.num_hidden_layers)
@@ -143,6 +146,19 @@ def _add_metadata(writer: gguf.GGUFWriter, model: HFModel, file_type: gguf.Llama
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     model.tokenizer.add_to(writer)
+
+
+def _add_sampling(writer: gguf.GGUFWriter, sampling: list[tuple[str, type, Any]], meta: gguf.Metadata) -> None:
+    """general.sampling.* from generation_config.json, written where llama.cpp's converter writes
+    them (before general.name), with the same types. Written here rather than by gguf-py's
+    Metadata, whose support depends on the installed gguf version (0.19 from PyPI ignores
+    repetition_penalty, which the vendored one reads): its copies are cleared so that no key is
+    written twice."""
+    for attr in [a for a in vars(meta) if a.startswith("sampling_")]:
+        setattr(meta, attr, None)
+    add = {str: writer.add_string, int: writer.add_int32, float: writer.add_float32}
+    for key, kind, value in sampling:
+        add[kind](key, value)
 
 
 def _convert_chunk(chunk: np.ndarray, qtype: QT) -> np.ndarray:
