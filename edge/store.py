@@ -19,8 +19,11 @@ from quantize import DEFAULT_TYPE, QuantizeError, quant_type
 
 HOME_ENV = "QWEN3_EDGE_HOME"
 DEFAULT_MODEL = "qwen3-0.6b"
-# Store names of the official checkpoints and their Hugging Face repositories.
-OFFICIAL_MODELS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B"}
+# Store names of the official checkpoints and their Hugging Face repositories: the hybrid models
+# of April 2025, and the 4B's July 2025 ("2507") pair, non-thinking-only and thinking-only.
+OFFICIAL_MODELS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B",
+                   "qwen3-4b-instruct-2507": "Qwen/Qwen3-4B-Instruct-2507",
+                   "qwen3-4b-thinking-2507": "Qwen/Qwen3-4B-Thinking-2507"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
