@@ -18,14 +18,15 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .chat import Chat, ChatError, Event
 from .engine import Engine
-from .openai_api import (ChatRequest, RequestError, StopFilter, chunk, completion, completion_id, error_body,
-                         finish_reason, parse_request, tool_call_deltas, usage)
+from .openai_api import (ChatRequest, RequestError, StopFilter, chunk, completion, completion_id, decode_body,
+                         error_body, finish_reason, parse_request, tool_call_deltas, usage)
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -113,9 +114,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
             if len(body) > max_body_bytes:
                 return _error(413, f"request body over {max_body_bytes} bytes")
         try:
-            req = parse_request(json.loads(body or b"null"), engine.n_ctx)
-        except json.JSONDecodeError as e:
-            return _error(400, f"malformed JSON: {e}")
+            req = parse_request(decode_body(body), engine.n_ctx)
         except RequestError as e:
             return _error(e.status, e.message, e.param)
         generation = _Generation(server, req)
@@ -138,7 +137,18 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
     return Starlette(routes=[
         Route("/health", health), Route("/v1/models", models),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    ])
+    ], exception_handlers={HTTPException: _http_error, Exception: _server_error})
+
+
+async def _http_error(_: Request, exc: HTTPException) -> Response:
+    """404, 405 and the like as OpenAI error objects, not Starlette's plain text."""
+    return JSONResponse(error_body(exc.detail, kind="invalid_request_error"), status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+async def _server_error(_: Request, exc: Exception) -> Response:
+    """A bug is still a 500, but one an OpenAI client can read."""
+    return JSONResponse(error_body(f"internal error: {type(exc).__name__}", kind="server_error"), status_code=500)
 
 
 async def _sse(generation: _Generation, cid: str, model: str) -> AsyncIterator[str]:
