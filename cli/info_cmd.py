@@ -4,22 +4,53 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
+from edge.chat_template import QWEN3_CHAT_TEMPLATE, TemplateError, compile_template
+from edge.context_plan import model_rope_from_metadata
+from edge.model_kind import detect_kind
 from quantize import describe_gguf
+from quantize.gguf_header import read_header
 
 from .console import friendly_errors, human_bytes, out
+
+
+def runtime_view(path: Path) -> dict[str, Any]:
+    """What the runtime makes of the GGUF: its kind, read from the chat template it carries (Qwen's
+    when it carries none, as Engine.load does), and its native context and longest context, read
+    from its rope metadata. None, with the reason, where the runtime would refuse the file."""
+    h = read_header(path)
+    view: dict[str, Any] = {"kind": None, "native_context": None, "max_context": None}
+    try:
+        view["kind"] = detect_kind(compile_template(h.get("tokenizer.chat_template") or QWEN3_CHAT_TEMPLATE)).value
+    except TemplateError as e:
+        view["kind_error"] = str(e)
+    try:
+        rope = model_rope_from_metadata(h.fields, h.get("general.architecture") or "qwen3")
+        view["native_context"], view["max_context"] = rope.native_ctx, rope.max_ctx
+    except ValueError as e:
+        view["native_context_error"] = str(e)
+    return view
+
+
+def _sampling_text(sampling: dict[str, Any]) -> str:
+    if not sampling:
+        return "none (Qwen's presets apply)"
+    return " · ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sampling.items())
 
 
 def info(
     path: Path = typer.Argument(..., help="A GGUF file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Show a GGUF's architecture, shapes, quant types, tokenizer, template and size."""
+    """Show a GGUF's architecture, kind, native context, sampling preset, shapes, quant types,
+    tokenizer, template and size."""
     with friendly_errors():
         d = describe_gguf(path)
+        d.update(runtime_view(path))
     if as_json:
         out.print_json(json.dumps(d))
         return
@@ -29,6 +60,10 @@ def info(
     t.add_row("file", f"{d['path']} ({human_bytes(d['size_bytes'])})")
     t.add_row("model", f"{d['name']} · {d['architecture']} · {d['size_label']} · {d['parameters']:,} parameters")
     t.add_row("type", f"{d['file_type']} · {d['bits_per_weight']} bits/weight")
+    t.add_row("kind", d["kind"] or f"unknown ({d['kind_error']})")
+    t.add_row("native context", f"{d['native_context']:,} tokens (YaRN up to {d['max_context']:,})"
+              if d["native_context"] else f"refused ({d['native_context_error']})")
+    t.add_row("sampling", _sampling_text(d["sampling"]))
     types = ", ".join(f"{k} ×{v}" for k, v in d["tensors"]["types"].items())
     t.add_row("tensors", f"{d['tensors']['count']} ({types})")
     for k, v in d["hyperparameters"].items():
@@ -40,5 +75,5 @@ def info(
             t.add_row(f"{k} token", f"{tok[k]['text']} ({tok[k]['id']})")
     tpl = d["chat_template"]
     t.add_row("chat template", "none" if tpl is None else
-              f"{tpl['chars']:,} chars · sha256 {tpl['sha256']} · thinking {'yes' if tpl['thinking'] else 'no'}")
+              f"{tpl['chars']:,} chars · sha256 {tpl['sha256']} · enable_thinking {'yes' if tpl['thinking'] else 'no'}")
     out.print(t)
