@@ -182,7 +182,14 @@ class Chat:
             raise ChatError(f"chat template failed: {e}") from None
 
     def sampling_params(self, thinking: bool) -> SamplingParams:
-        return preset(thinking).with_overrides(presence_penalty=self.presence_penalty or None, seed=self.seed,
+        """Qwen's preset for the mode, replaced by the preset the GGUF carries (its
+        generation_config.json) for the mode that preset was written for: a hybrid model's is its
+        thinking preset, a single-mode model's is its only one; then the user's overrides."""
+        base = preset(thinking)
+        carried = self.engine.info.sampling_defaults if hasattr(self.engine.info, "sampling_defaults") else {}
+        if carried and (thinking or getattr(self.engine, "kind", ModelKind.HYBRID) is not ModelKind.HYBRID):
+            base = base.with_overrides(**{k: v for k, v in carried.items() if k in ("temperature", "top_p", "top_k", "min_p")})
+        return base.with_overrides(presence_penalty=self.presence_penalty or None, seed=self.seed,
                                                **self.sampling_overrides)
 
     def _fit(self, new: list[Message], thinking: bool, tools: list[dict] | None) -> tuple[list[Message], list[int], int, str]:

@@ -195,3 +195,18 @@ def test_thinking_only_through_run_json_and_serve(kinds):
         off = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], seed=1,
                                              extra_body={"chat_template_kwargs": {"enable_thinking": False}})
         assert "thinking-only" in off.choices[0].message.model_extra["notices"][0]
+
+
+def test_the_gguf_brings_its_own_sampling_preset(tmp_path):
+    """generation_config.json -> general.sampling.* -> the sampler: for a hybrid model it is the
+    thinking preset (Qwen's non-thinking preset stays); overrides still win."""
+    from edge.sampling import NON_THINKING
+    folder = build_scripted_model(tmp_path / "preset", answer_only_script())
+    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.55, "top_p": 0.9, "top_k": 30,
+                                                               "min_p": 0.01}))
+    path = quantize_model(folder, "f16", tmp_path / "preset.gguf").output
+    with Engine.load(path, n_ctx=512) as engine:
+        think = Chat(engine).sampling_params(True)
+        assert (think.temperature, think.top_p, think.top_k, think.min_p) == (0.55, 0.9, 30, 0.01)
+        assert Chat(engine).sampling_params(False) == NON_THINKING
+        assert Chat(engine, sampling={"top_k": 5}).sampling_params(True).top_k == 5
