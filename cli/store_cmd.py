@@ -14,7 +14,7 @@ from .console import friendly_errors, human_bytes, out
 from .progress_view import stage_bars
 
 
-def pull(name: str = typer.Argument(..., help="qwen3-0.6b, qwen3-1.7b or qwen3-4b, optionally :type (qwen3-4b:q8_0)."),
+def pull(name: str = typer.Argument(..., help="qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-4b-instruct-2507 or qwen3-4b-thinking-2507, optionally :type (qwen3-4b:q8_0)."),
          type_: Optional[str] = typer.Option(None, "--type", "-t", help="Quant type (default q4_k_m)."),
          threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the quantizer.")) -> None:
     """Download an official Qwen3 model from the Hugging Face hub and quantize it into the store."""
