@@ -282,7 +282,8 @@ def _check_fields(body: dict) -> None:
 
 def _tool_calls(m: dict, where: str) -> tuple[ToolCall, ...]:
     """An assistant message's tool_calls, as the openai client sends them back."""
-    calls = m.get("tool_calls") or []
+    calls = m.get("tool_calls")
+    calls = [] if calls is None else calls  # "" is not "no calls"
     if not isinstance(calls, list):
         raise RequestError(f"{where}.tool_calls must be a list", f"{where}.tool_calls")
     out = []
@@ -389,9 +390,11 @@ def parse_request(body: Any, n_ctx: int) -> ChatRequest:
     else:
         history, user = turns, None
     mode = _mode(body, history)
-    max_tokens = _number(body, "max_completion_tokens", int, 1, None) or _number(body, "max_tokens", int, 1, None)
+    completion_cap, cap = _number(body, "max_completion_tokens", int, 1, None), _number(body, "max_tokens", int, 1, None)
+    max_tokens = completion_cap or cap  # both checked; the newer name wins when both are given
     if max_tokens is not None and max_tokens >= n_ctx:
-        raise RequestError(f"max_tokens {max_tokens} is beyond the context of {n_ctx} tokens", "max_tokens")
+        name = "max_completion_tokens" if completion_cap else "max_tokens"
+        raise RequestError(f"{name} {max_tokens} is beyond the context of {n_ctx} tokens", name)
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
