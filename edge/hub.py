@@ -1,56 +1,57 @@
-"""`pull`: fetch an official Qwen3 checkpoint from Hugging Face and quantize it into the store.
+"""`pull`: put a Qwen3 model into the store, from the hub the user can reach.
 
-Downloads go through huggingface_hub's own cache rather than ours, so its settings work as users
-know them (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN), interrupted files resume (the
-weights even after the process was killed, see _prefetch_weights),
-and pulling a second type of a model converts the cached files without downloading them again.
-huggingface_hub reads those variables once, when it is imported; `pull` reads the ones that matter
-(endpoint, cache folder, offline) at call time and passes them as arguments, so a process that sets
-them after import is honoured too. Nothing here sets environment variables or other global state.
+Two ways in: an official checkpoint by store name (`qwen3-4b:q4_k_m`), downloaded and quantized
+here, or with `prebuilt` taken from Qwen's own GGUF repo when it has that type; and a ready GGUF by
+reference (`hf.co/{owner}/{repo}:{quant}`, `modelscope.cn/...`), where only the one file of that
+quant is downloaded. The hub is a Source (edge/sources): Hugging Face unless `source` or
+QWEN3_EDGE_SOURCE says ModelScope. Every GGUF that comes from a hub passes the header and Qwen3
+checks before it is kept. Beside each stored GGUF a small record says where it came from.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+import re
+import shutil
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 from quantize import Progress, QuantizeError, quantize_model
+from quantize.atomic import atomic_path
+from quantize.gguf_check import check_qwen3
+from quantize.gguf_header import read_header
 
-from .store import OFFICIAL_MODELS, ModelStore, StoreError, parse_ref
+from .sources import SOURCE_ENV, Listing, Source, choose_source, get_source, other_sources
+from .sources.base import PullCallback, PullError, PullProgress, ignore_progress
+from .store import OFFICIAL_MODELS, ModelRef, ModelStore, ReadyRef, StoreError, parse_ready_ref, parse_ref, write_origin
+
+__all__ = ["ALLOW_PATTERNS", "HINT", "PREBUILT", "PullCallback", "PullError", "PullProgress", "download", "pull"]
 
 # What a Qwen3 checkpoint needs for conversion, and its license; never the PyTorch .bin or ONNX copies.
 ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                   "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "LICENSE", "README.md"]
 HINT = ("to run a model you already have, pass its GGUF path or Hugging Face folder: "
         "qwen3-edge chat ./model.gguf")
-_TRUE = {"1", "ON", "YES", "TRUE"}   # huggingface_hub's spelling of a true environment variable
-
-
-class PullError(Exception):
-    """Why a pull failed, in one line fit for the terminal."""
-
-
-@dataclass(frozen=True)
-class PullProgress:
-    stage: str         # "download", then "convert" and, for llama.cpp's types, "quantize"
-    done: int          # bytes (download) or tensors (convert, quantize)
-    total: int         # 0 while unknown, or when everything came from the cache
-    detail: str = ""   # "3/7 files" (download) or the tensor just written
-
-
-PullCallback = Callable[[PullProgress], None]
+# Qwen's official GGUF repos (the same names on ModelScope): 4B has Q4_K_M, Q5_K_M, Q6_K, Q8_0; 0.6B, 1.7B Q8_0.
+PREBUILT = {"qwen3-0.6b": "Qwen/Qwen3-0.6B-GGUF", "qwen3-1.7b": "Qwen/Qwen3-1.7B-GGUF", "qwen3-4b": "Qwen/Qwen3-4B-GGUF"}
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 
 
 def pull(name_or_ref: str, store: ModelStore, *, progress: PullCallback | None = None,
-         revision: str | None = None, threads: int | None = None) -> Path:
-    """Make sure `name:type` is in the store and return its GGUF; download and convert when it is not."""
+         revision: str | None = None, threads: int | None = None, source: str | None = None,
+         prebuilt: bool = False) -> Path:
+    """Make sure the model is in the store and return its GGUF; download (and convert) when it is not.
+
+    `source` names the hub ("hf", "modelscope"); None reads QWEN3_EDGE_SOURCE, then Hugging Face."""
+    report = progress or ignore_progress
+    ready = parse_ready_ref(name_or_ref)
+    if ready is not None:
+        existing = store.find(ready.ref)
+        if existing is not None:
+            return existing
+        hub = get_source(ready.source)
+        return _with_hint(lambda: _pull_ready(hub, ready.repo_id, ready.quant, ready.ref, store, revision, report),
+                          hub, named=True)
     try:
         ref = parse_ref(name_or_ref)
     except StoreError as e:
@@ -61,312 +62,125 @@ def pull(name_or_ref: str, store: ModelStore, *, progress: PullCallback | None =
     repo_id = OFFICIAL_MODELS.get(ref.name)
     if repo_id is None:
         raise PullError(f"unknown model {ref.name!r}; pull knows {', '.join(OFFICIAL_MODELS)}")
-    report = progress or _ignore
-    folder = download(repo_id, revision=revision, progress=report)
+    hub, named = choose_source(source)
+
+    def fetch() -> Path:
+        if prebuilt and ref.name in PREBUILT:
+            listing = hub.list_files(PREBUILT[ref.name])
+            if _quant_files(listing, ref.type):
+                return _pull_ready(hub, PREBUILT[ref.name], ref.type, ref, store, None, report, listing)
+        return _convert(hub, repo_id, ref, store, revision, threads, report)
+
+    return _with_hint(fetch, hub, named)
+
+
+def download(repo_id: str, *, revision: str | None = None, progress: PullCallback | None = None,
+             source: str | None = None) -> Path:
+    """The repo's conversion files in the source's cache, fetched when missing; raises PullError."""
+    hub, named = choose_source(source)
+    return _with_hint(lambda: hub.snapshot(repo_id, ALLOW_PATTERNS, revision=revision, progress=progress).path,
+                      hub, named)
+
+
+def _with_hint(fetch, hub: Source, named: bool):
+    """Run `fetch`; a download error gets the way out appended: the other hub when this one cannot be
+    reached and the user did not choose it, and always how to run a model already at hand."""
+    try:
+        return fetch()
+    except PullError as e:
+        message = str(e)
+        if e.unreachable and not named:
+            others = other_sources(hub)
+            message += "; " + "; ".join(f"{get_source(o).title} may be reachable: --source {o} or {SOURCE_ENV}={o}"
+                                        for o in others)
+        if message.startswith("cannot download"):
+            message += f"; {HINT}"
+        raise PullError(message, unreachable=e.unreachable) from e
+
+
+def _convert(hub: Source, repo_id: str, ref: ModelRef, store: ModelStore, revision: str | None,
+             threads: int | None, report: PullCallback) -> Path:
+    fetched = hub.snapshot(repo_id, ALLOW_PATTERNS, revision=revision, progress=report)
 
     def forward(p: Progress) -> None:
         report(PullProgress(p.stage, p.tensors_done, p.tensors_total, p.tensor))
 
     out = store.prepare(ref)
     try:
-        result = quantize_model(folder, ref.type, out, threads=threads, progress=forward)
+        result = quantize_model(fetched.path, ref.type, out, threads=threads, progress=forward)
     except QuantizeError as e:
         with contextlib.suppress(OSError):
             out.parent.rmdir()          # the model's folder, when this pull made it and left it empty
         raise PullError(f"cannot convert {repo_id}: {e}") from e
-    return Path(result.output)
+    path = Path(result.output)
+    write_origin(path, source=hub.name, repo=repo_id, revision=fetched.revision, file="", made="converted here")
+    return path
 
 
-def download(repo_id: str, *, revision: str | None = None, progress: PullCallback | None = None) -> Path:
-    """The repo's conversion files in huggingface_hub's cache, fetched when missing; raises PullError."""
-    from huggingface_hub import snapshot_download
+def quant_of(filename: str) -> str:
+    """The quant a GGUF's name states: Qwen3-4B-Q4_K_M.gguf -> Q4_K_M (its last '-' or '.' field)."""
+    stem = _SPLIT.sub("", Path(filename).name)
+    stem = re.sub(r"\.gguf$", "", stem, flags=re.IGNORECASE)
+    return re.split(r"[-.]", stem)[-1]
 
-    endpoint, cache_dir, offline = _hub_settings(os.environ)
-    meter = _DownloadMeter(progress or _ignore)
+
+def _is_model_gguf(path: str) -> bool:
+    return path.lower().endswith(".gguf") and "mmproj" not in Path(path).name.lower()
+
+
+def _quant_files(listing: Listing, quant: str) -> list[str]:
+    """The repo's GGUF files whose name carries `quant` as a whole field (case-insensitive)."""
+    pattern = re.compile(rf"(?<![a-z0-9_]){re.escape(quant.lower())}(?![a-z0-9_])")
+    return sorted(f.path for f in listing.files if _is_model_gguf(f.path) and pattern.search(_SPLIT.sub(".gguf", Path(f.path).name.lower())))
+
+
+def _pull_ready(hub: Source, repo_id: str, quant: str, ref: ModelRef, store: ModelStore, revision: str | None,
+                report: PullCallback, listing: Listing | None = None) -> Path:
+    """Download the one GGUF of `quant` from `repo_id`, check it is a whole Qwen3 model, keep it as `ref`."""
+    listing = listing or hub.list_files(repo_id, revision)
+    matches = _quant_files(listing, quant)
+    if not matches:
+        have = sorted({quant_of(f.path) for f in listing.files if _is_model_gguf(f.path)}, key=str.lower)
+        where = f"{repo_id} on {hub.title}"
+        raise PullError(f"{where} has no {quant} GGUF; it has: {', '.join(have)}" if have
+                        else f"{where} holds no GGUF file")
+    parts = [m for m in matches if _SPLIT.search(m)]
+    if parts:
+        count = int(_SPLIT.search(parts[0])[2])
+        raise PullError(f"{repo_id}: the {quant} GGUF comes in {count} parts ({Path(parts[0]).name}, ...); "
+                        f"qwen3-edge loads single-file GGUFs: merge them with llama-gguf-split --merge and pass the file")
+    filename = min(matches, key=lambda m: (m.count("/"), len(m)))
+    fetched = hub.download_file(repo_id, filename, revision=revision, progress=report)  # by name: the hub's cache
+    # then records the branch (refs/main), which its offline mode needs to find the file again
     try:
-        if not offline:   # offline, there is nothing to fetch: snapshot_download serves the cache alone
-            revision = _prefetch_weights(repo_id, revision, cache_dir, endpoint, meter) or revision
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS, cache_dir=cache_dir,
-                                   endpoint=endpoint, local_files_only=offline, library_name="qwen3-edge",
-                                   tqdm_class=meter.bar_class())  # type: ignore[arg-type]
-    except _download_errors() as e:
-        raise PullError(f"cannot download {repo_id}: {_reason(e, endpoint, offline)}; {HINT}") from e
-    return Path(folder)
-
-
-PARTIAL_SUFFIX = ".qwen3-edge-partial"
-
-
-def _prefetch_weights(repo_id: str, revision: str | None, cache_dir: str | None, endpoint: str | None,
-                      meter: _DownloadMeter) -> str | None:
-    """Put the repo's *.safetensors blobs into huggingface_hub's cache, resuming what a killed pull left.
-
-    huggingface_hub 2.4 downloads every file into a temporary unique to the process, so the bytes a killed
-    process fetched are never reused. Here each missing weights blob is fetched into a partial file of a
-    fixed name next to it, `<cache>/models--<org>--<name>/blobs/<etag>.qwen3-edge-partial`, which the next
-    pull continues with a Range request (huggingface_hub's own `http_get`, with its retries), and is renamed
-    onto the blob's path once complete. snapshot_download then finds the blob and only links it into the
-    snapshot, as hf_hub_download does for any blob already cached.
-
-    Returns the revision resolved to its commit (a ResolvedRevision, so snapshot_download asks the Hub no
-    second time), or None when the Hub could not say what to fetch: then snapshot_download runs as it
-    always did, falling back on the cache or raising the error users know. Errors while fetching bytes
-    propagate (the partial file stays for the next pull).
-    """
-    try:  # internals of huggingface_hub 2.x; another version simply skips this step
-        from huggingface_hub import HfApi, constants
-        from huggingface_hub.errors import HfHubHTTPError, RevisionResolutionError
-        from huggingface_hub.file_download import (
-            get_hf_file_metadata,
-            hf_hub_url,
-            http_get,
-            repo_folder_name,
-        )
-        from huggingface_hub.utils import WeakFileLock, build_hf_headers
-        from huggingface_hub.utils._runtime import is_xet_available
-    except ImportError:
-        return None
-
-    cache = Path(cache_dir or constants.HF_HUB_CACHE).expanduser().resolve()   # as snapshot_download does
-    folder = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
-    api = HfApi(endpoint=endpoint, library_name="qwen3-edge")
-    metadata_errors = (OSError, HfHubHTTPError, RevisionResolutionError, *_http_errors())
+        check_qwen3(read_header(fetched.path))
+    except QuantizeError as e:
+        raise PullError(f"refused {repo_id}/{filename}: {_after_path(str(e), fetched.path)}") from None
+    out = store.prepare(ref)
     try:
-        resolved = api.resolve_revision(repo_id, revision=revision or constants.DEFAULT_REVISION, cache_dir=cache)
-        commit = resolved.resolved
-        weights = [f for f in _repo_files(api, repo_id, commit, folder) if f.endswith(".safetensors")]
-    except metadata_errors:
-        return None
-    for filename in weights:
-        if (folder / "snapshots" / commit / filename).exists():
-            continue                                 # already in the snapshot: nothing to do
-        url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
-        headers = build_hf_headers(library_name="qwen3-edge")
-        try:
-            meta = get_hf_file_metadata(url, headers=headers, endpoint=endpoint)
-        except metadata_errors:
-            return None
-        if meta.etag is None or meta.commit_hash is None or (meta.xet_file_data is not None and is_xet_available()):
-            continue                                 # leave the odd cases (and Xet transfers) to hf_hub_download
-        location = meta.location
-        if location != url and urlsplit(location).netloc != urlsplit(url).netloc:
-            headers.pop("authorization", None)       # a signed CDN URL: never send the token there
-        blob = folder / "blobs" / meta.etag
-        lock = cache / ".locks" / repo_folder_name(repo_id=repo_id, repo_type="model") / f"{meta.etag}.lock"
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with WeakFileLock(str(lock)):                # the lock hf_hub_download takes for this blob
-            if blob.exists():
-                continue
-            _fetch_resumably(http_get, location, blob, headers, meta.size, meter.bar_class(prefetch=True))
-    return resolved
+        with atomic_path(out) as tmp:
+            _link_or_copy(fetched.path, tmp)
+    except QuantizeError as e:
+        with contextlib.suppress(OSError):
+            out.parent.rmdir()
+        raise PullError(f"cannot store {repo_id}/{filename}: {e}") from e
+    write_origin(out, source=hub.name, repo=repo_id, revision=fetched.revision, file=filename, made="ready GGUF")
+    return out
 
 
-def _repo_files(api: Any, repo_id: str, commit: str, folder: Path) -> list[str]:
-    """The repo's file names at `commit`, from the tree listing snapshot_download caches, else from the Hub."""
-    from huggingface_hub.hf_api import RepoFile
+def _after_path(message: str, path: Path) -> str:
+    """QuantizeError says '<cache path>: problem'; the cache path means nothing to the user here."""
+    for prefix in (f"{path}: ", f"{path.resolve()}: "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
 
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link when the cache and the store share a disk (no second copy of gigabytes), else a copy."""
+    src = src.resolve()
+    dst.unlink(missing_ok=True)
     try:
-        from huggingface_hub._tree_cache import read_tree_cache
-        cached = read_tree_cache(str(folder), commit)
-    except ImportError:
-        cached = None
-    if cached is not None:
-        return list(cached)
-    return [f.path for f in api.list_repo_tree(repo_id, recursive=True, revision=commit) if isinstance(f, RepoFile)]
-
-
-def _fetch_resumably(http_get: Callable[..., None], url: str, blob: Path, headers: dict[str, str],
-                     size: int | None, bar: type[_Bar]) -> None:
-    """Download `url` into `blob` through `<blob>.qwen3-edge-partial`, continuing the bytes already there."""
-    partial = blob.with_name(blob.name + PARTIAL_SUFFIX)
-    have = partial.stat().st_size if partial.exists() else 0
-    if size is not None and have > size:
-        have = 0                                     # not ours to continue: start over
-    with partial.open("r+b" if have else "wb") as f:
-        f.truncate(have)
-        f.seek(have)
-        http_get(url, f, resume_size=have, headers=headers, expected_size=size, tqdm_class=bar)
-        f.flush()
-        os.fsync(f.fileno())
-        got = f.tell()
-    if size is not None and got != size:
-        raise OSError(f"{blob.name}: got {got} bytes of {size}")
-    os.replace(partial, blob)
-
-
-def _ignore(_: PullProgress) -> None:
-    """The default callback: library users who want no progress get none."""
-
-
-def _hub_settings(env: Mapping[str, str]) -> tuple[str | None, str | None, bool]:
-    """(endpoint, cache folder, offline) as huggingface_hub would read them from `env` now; None = its default."""
-    endpoint = (env.get("HF_ENDPOINT") or "").rstrip("/") or None
-    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
-    if not cache and env.get("HF_HOME"):
-        cache = os.path.join(env["HF_HOME"], "hub")
-    cache = os.path.expandvars(os.path.expanduser(cache)) if cache else None
-    offline = (env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE") or "").upper() in _TRUE
-    return endpoint, cache, offline
-
-
-def _download_errors() -> tuple[type[BaseException], ...]:
-    """What a failed download raises: huggingface_hub's errors are OSErrors, its HTTP client's are not."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    errors: list[type[BaseException]] = [OSError, HfHubHTTPError]
-    try:
-        from huggingface_hub.errors import XetDownloadError
-        errors.append(XetDownloadError)
-    except ImportError:
-        pass
-    return (*errors, *_http_errors())
-
-
-def _http_errors() -> tuple[type[BaseException], ...]:
-    """huggingface_hub 2.x uses httpx2, 1.x httpx, 0.x requests (whose errors are OSErrors already)."""
-    return tuple(sys.modules[client].HTTPError for client in ("httpx2", "httpx") if client in sys.modules)
-
-
-def _reason(error: BaseException, endpoint: str | None, offline: bool) -> str:
-    """The cause of a failed download in a few words, from the innermost error that says something."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    host = endpoint or constants.ENDPOINT
-    chain = list(_causes(error))
-    names = {cls.__name__ for e in chain for cls in type(e).__mro__}
-    if offline or "OfflineModeIsEnabled" in names:
-        return "offline mode is on (HF_HUB_OFFLINE) and the Hugging Face cache lacks its files"
-    for e in chain:
-        if isinstance(e, GatedRepoError):
-            return f"the repository is gated on {host}; accept its terms there and log in with `hf auth login`"
-        if isinstance(e, RepositoryNotFoundError):
-            return f"no such repository on {host}"
-        if isinstance(e, RevisionNotFoundError):
-            return f"no such revision on {host}"
-    for e in chain:
-        names = {cls.__name__ for cls in type(e).__mro__}
-        if names & {"TimeoutException", "Timeout", "TimeoutError"}:
-            return f"{host} did not answer in time"
-        if names & {"ConnectError", "ConnectionError"}:
-            return f"cannot reach {host} ({_one_line(e)})"
-        if isinstance(e, HfHubHTTPError) and getattr(e, "response", None) is not None:
-            return f"{host} answered HTTP {e.response.status_code}"
-    return _one_line(chain[-1])
-
-
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """`error`, then what caused it, and so on; huggingface_hub wraps the network error in its own."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
-
-
-class _DownloadMeter:
-    """Turns snapshot_download's progress bars into PullProgress events instead of terminal output.
-
-    snapshot_download makes its bars from `tqdm_class`: one counting files, and byte bars that every
-    file's download feeds (from several threads at once). The meter sums them up under a lock.
-    """
-
-    def __init__(self, report: PullCallback):
-        self.report = report
-        self.lock = threading.Lock()
-        self.bars: list[_Bar] = []
-        self.last: PullProgress | None = None
-
-    def bar_class(self, *, prefetch: bool = False) -> type[_Bar]:
-        """A tqdm stand-in bound to this meter; a class per download, so no state is shared.
-
-        `prefetch` bars count one weights file each (see _prefetch_weights) and add up; snapshot_download's
-        byte bars each count all of its files, so the largest of them is its share.
-        """
-        return type("_MeteredBar", (_Bar,), {"meter": self, "prefetch": prefetch})
-
-    def changed(self) -> None:
-        """Called with the lock held, after any bar moved."""
-        own = [b for b in self.bars if b.prefetch]
-        byte_bars = [b for b in self.bars if b.unit == "B" and not b.prefetch]
-        file_bars = [b for b in self.bars if b.unit != "B" and not b.prefetch]
-        done = max((b.n for b in byte_bars), default=0) + sum(b.n for b in own)
-        total = max((b.total or 0 for b in byte_bars), default=0) + sum(b.total or 0 for b in own)
-        detail = f"{file_bars[0].n}/{file_bars[0].total or 0} files" if file_bars else ""
-        event = PullProgress("download", min(done, total) if total else done, total, detail)
-        if event != self.last:
-            self.last = event
-            self.report(event)
-
-
-class _Bar:
-    """Just enough of tqdm for snapshot_download: counts and reports, never draws."""
-
-    meter: _DownloadMeter
-    prefetch: bool = False
-
-    def __init__(self, *args: Any, total: float | None = None, initial: float = 0, unit: str = "it",
-                 desc: str | None = None, **kwargs: Any):
-        self.n = int(initial or 0)
-        self._total = int(total or 0)
-        self.unit = unit
-        self.desc = desc or ""
-        with self.meter.lock:
-            self.meter.bars.append(self)
-
-    @property
-    def total(self) -> int:
-        return self._total
-
-    @total.setter
-    def total(self, value: float | None) -> None:
-        with self.meter.lock:
-            self._total = int(value or 0)
-            self.meter.changed()
-
-    @property
-    def format_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "total": self._total, "rate": None, "unit": self.unit}
-
-    def update(self, n: float | None = 1) -> None:
-        with self.meter.lock:
-            self.n += int(n or 0)
-            self.meter.changed()
-
-    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
-        self.desc = desc or ""
-
-    set_description_str = set_description
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
-        pass
-
-    def refresh(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def clear(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> _Bar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

@@ -1,6 +1,7 @@
 """What `chat MODEL`, `run MODEL` and `bench MODEL` mean by MODEL: a GGUF path, a Hugging Face
-Qwen3 folder (quantized into the store once), or a store name (`qwen3-0.6b`, `qwen3-4b:q8_0`),
-pulled on first use when it is an official model, as `ollama run` does."""
+Qwen3 folder (quantized into the store once), a store name (`qwen3-0.6b`, `qwen3-4b:q8_0`),
+pulled on first use when it is an official model, as `ollama run` does, or a ready GGUF on a hub
+(`hf.co/{owner}/{repo}:{quant}`, `modelscope.cn/...`), downloaded into the store on first use."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from quantize import quantize_model
 
-from .store import DEFAULT_MODEL, OFFICIAL_MODELS, ModelRef, ModelStore, StoreError, machine_default_type, parse_ref
+from .store import (DEFAULT_MODEL, OFFICIAL_MODELS, ModelRef, ModelStore, StoreError, machine_default_type,
+                    parse_ready_ref, parse_ref)
 
 
 def _folder_ref(folder: Path) -> ModelRef:
@@ -19,9 +21,9 @@ def _folder_ref(folder: Path) -> ModelRef:
 
 
 def resolve_model(spec: str | None, store: ModelStore, *, pull_missing: bool = True,
-                  progress: Callable | None = None) -> Path:
+                  progress: Callable | None = None, source: str | None = None) -> Path:
     """The GGUF to load for `spec` (None: the default model). Raises StoreError, PullError or
-    QuantizeError with a one-line message."""
+    QuantizeError with a one-line message. `source` picks the hub for a pull ("hf", "modelscope")."""
     spec = spec or DEFAULT_MODEL
     path = Path(spec).expanduser()
     if path.is_file():
@@ -32,6 +34,13 @@ def resolve_model(spec: str | None, store: ModelStore, *, pull_missing: bool = T
             return found
         kwargs = {"progress": progress} if progress else {}
         return Path(quantize_model(path, ref.type, store.prepare(ref), **kwargs).output)
+    if (ready := parse_ready_ref(spec)) is not None:
+        if (found := store.find(ready.ref)) is not None:
+            return found
+        if pull_missing:
+            from .hub import pull
+            return pull(spec, store, progress=progress)
+        raise StoreError(f"{spec}: not in the store; pull it (qwen3-edge pull {spec})")
     if "/" in spec or spec.endswith(".gguf"):
         raise StoreError(f"{spec}: no such file or folder")
     ref = parse_ref(spec)
@@ -39,7 +48,7 @@ def resolve_model(spec: str | None, store: ModelStore, *, pull_missing: bool = T
         return found
     if ref.name in OFFICIAL_MODELS and pull_missing:
         from .hub import pull  # huggingface_hub is imported only when a download is needed
-        return pull(str(ref), store, progress=progress)
+        return pull(str(ref), store, progress=progress, source=source)
     raise StoreError(f"{spec}: not in the store; pull it (qwen3-edge pull {ref}) or pass a GGUF path "
                      f"or a Hugging Face folder")
 
