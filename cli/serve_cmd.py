@@ -26,7 +26,12 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QWEN3_EDGE_API_KEY",
                                                 help="Require 'Authorization: Bearer KEY'."),
           ctx: int = CTX, threads: Optional[int] = THREADS, gpu_layers: Optional[int] = GPU_LAYERS,
-          kv_cache: str = KV_CACHE, mmap: bool = MMAP) -> None:
+          kv_cache: str = KV_CACHE, mmap: bool = MMAP,
+          parallel: Optional[int] = typer.Option(None, "--parallel", min=1,
+                                                 help="Requests served at once, each with the whole --ctx (default: as "
+                                                      "many as the memory plan fits, at most 4)."),
+          queue: int = typer.Option(16, "--queue", min=0,
+                                    help="Requests that may wait for a slot; more get a 429 with Retry-After.")) -> None:
     """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     import uvicorn
 
@@ -35,8 +40,8 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     if not _is_loopback(host) and not api_key:
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
     with friendly_errors():
-        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap)
-    err.print(f"serving {engine.info.path.name} on http://{host}:{port}/v1 ({engine.backend}, ctx {engine.n_ctx})",
-              soft_wrap=True)
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, parallel=parallel)
+    err.print(f"serving {engine.info.path.name} on http://{host}:{port}/v1 ({engine.backend}, ctx {engine.n_ctx}, "
+              f"{engine.parallel} parallel slot(s), queue {queue})", soft_wrap=True)
     with engine:
-        uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(engine, api_key=api_key, queue=queue), host=host, port=port, log_level="warning")

@@ -30,14 +30,14 @@ MMAP = typer.Option(True, "--mmap/--no-mmap", help="Memory-map the weights (fast
 
 
 def load_engine(model: Optional[str], ctx: int, threads: Optional[int], gpu_layers: Optional[int],
-                kv_cache: str, mmap: bool = True) -> Engine:
+                kv_cache: str, mmap: bool = True, parallel: int | None = 1) -> Engine:
     """Resolve MODEL (pulling or quantizing with progress bars) and open it; warnings go to stderr."""
     with stage_bars() as bars:
         path = resolve_model(model, ModelStore(), progress=bars)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine = Engine.load(Path(path), n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                             kv_cache_type=kv_cache, use_mmap=mmap)
+                             kv_cache_type=kv_cache, use_mmap=mmap, parallel=parallel)
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
     return engine

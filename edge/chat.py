@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 
@@ -33,6 +34,7 @@ from .grammar import Constraints, GrammarError, plan_constraints
 from .model_kind import ModelKind, prompt_opens_thinking
 from .modes import Mode, soft_switch, thinking_for
 from .sampling import Grammar, GrammarCompileError, SamplingParams, TokenSampler, preset
+from .sequence import open_sequence
 from .thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
 from .tool_calls import TOOL_OPEN, Content, InvalidCall, ToolCall, ToolCallParser
 
@@ -121,6 +123,7 @@ class _Turn:
     in_think: bool = False
     think_done: bool = False
     budget_hit: bool = False
+    seq: Any = None                # the KV sequence it runs on (sequence.py)
 
     def start_answer(self) -> None:
         """The answer begins: its grammar (response format, required call) now applies."""
@@ -320,12 +323,22 @@ class Chat:
         return Event("notice", text)
 
     def _generate(self, turn: _Turn, prompt: list[int], thinking: bool):
-        """The generation loop: thinking, budget, tool calls and grammars are states of it."""
+        """The generation on a sequence of the engine (its own context, or a parallel slot that
+        may first have to wait for a free one); released when the generation ends."""
         started = time.perf_counter()
-        evaluated = self._evaluate_prompt(prompt)
+        turn.seq = open_sequence(self.engine, prompt, self._cancel)
+        try:
+            evaluated = turn.seq.prefill(prompt) if turn.seq is not None else 0
+            return (yield from self._loop(turn, prompt, thinking, started, evaluated))
+        finally:
+            if turn.seq is not None:
+                turn.seq.release()
+
+    def _loop(self, turn: _Turn, prompt: list[int], thinking: bool, started: float, evaluated: int):
+        """The generation loop: thinking, budget, tool calls and grammars are states of it."""
         stop, first_at = "length", None
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        llama, sampler = self.engine.llama, turn.sampler
+        seq, sampler = turn.seq, turn.sampler
         is_eog = lambda t: llama_cpp.llama_vocab_is_eog(self._vocab, t)  # noqa: E731
         if not thinking:
             turn.start_answer()  # the prompt already holds the empty think block
@@ -333,13 +346,13 @@ class Chat:
             if self._cancel.is_set():
                 stop = "cancelled"
                 break
-            if llama.n_tokens >= self.engine.n_ctx or (self.max_tokens and turn.generated >= self.max_tokens):
+            if seq.n_tokens >= self.engine.n_ctx or (self.max_tokens and turn.generated >= self.max_tokens):
                 break
             if turn.budget_pending and turn.generated >= SPEED_SAMPLE:
                 speed = (turn.generated - 1) / max(time.perf_counter() - first_at, 1e-6)
                 turn.budget, turn.budget_pending = turn_budget(self.budget, self.think_time, turn.message, speed), False
             if cut := self._thinking_cut(turn):  # before the next token: a prompt may open the thinking
-                if not self._room_for(self._budget_tokens):
+                if not self._room_for(turn, self._budget_tokens):
                     break  # no room left for the phrase and an answer: the context is full
                 turn.budget_hit, turn.cut = cut == "budget", cut
                 if cut == "max_tokens":
@@ -347,17 +360,17 @@ class Chat:
                                              f"for an answer within max_tokens {self.max_tokens}")
                 yield from self._close_thinking(turn, self._budget_tokens, BUDGET_PHRASE[: BUDGET_PHRASE.index(THINK_CLOSE)])
             try:
-                token = sampler.sample(llama._ctx, is_eog)
+                token = seq.sample(sampler, is_eog)
                 if thinking and turn.generated == 0 and not turn.in_think and token != self._think_ids[0] \
                         and turn.answer_grammar and sampler.grammar is None:
                     turn.start_answer()  # no thinking after all: the answer starts here, constrained
-                    token = sampler.sample(llama._ctx, is_eog)
+                    token = seq.sample(sampler, is_eog)
             except GrammarCompileError as e:
                 yield self._notice(turn, f"generation stopped: {e}")
                 break
             first_at = first_at or time.perf_counter()
             if is_eog(token):
-                if turn.in_think and turn.answer_grammar is not None and self._room_for(self._close_tokens):
+                if turn.in_think and turn.answer_grammar is not None and self._room_for(turn, self._close_tokens):
                     # ended inside the thinking, but an answer is owed: close it the template's way
                     yield self._notice(turn, "the model ended inside its thinking; it was closed so the answer could follow")
                     yield from self._close_thinking(turn, self._close_tokens, "")
@@ -367,7 +380,7 @@ class Chat:
             if (token == self._tool_open_id and turn.call_grammar is not None and sampler.grammar is None
                     and not turn.in_think):
                 sampler.arm(turn.call_grammar, trigger=token)  # the model starts a call: keep it well formed
-            llama.eval([token])
+            seq.eval([token])
             self._track(turn, token)
             yield from self._emit(turn, self._piece(token, decoder))
             if token == self._think_ids[1] and turn.think_done:
@@ -389,17 +402,8 @@ class Chat:
             thinking_cut=turn.cut,
         )
 
-    def _room_for(self, tokens: list[int]) -> bool:
-        return self.engine.llama.n_tokens + len(tokens) < self.engine.n_ctx
-
-    def _evaluate_prompt(self, prompt: list[int]) -> int:
-        """Evaluate what the KV cache lacks of `prompt`; return how many tokens that was."""
-        llama = self.engine.llama
-        keep = llama_cpp.Llama.longest_token_prefix(llama.input_ids[: llama.n_tokens].tolist(), prompt)
-        keep = min(keep, len(prompt) - 1)  # the last prompt token is re-evaluated for its logits
-        llama.n_tokens = keep
-        llama.eval(prompt[keep:])
-        return len(prompt) - keep
+    def _room_for(self, turn: _Turn, tokens: list[int]) -> bool:
+        return turn.seq.n_tokens + len(tokens) < self.engine.n_ctx
 
     def _piece(self, token: int, decoder: codecs.IncrementalDecoder) -> str:
         if token in self._think_ids:
@@ -476,7 +480,7 @@ class Chat:
         "\\n</think>\\n\\n") to the KV cache, without re-evaluating the prompt, and go on to the
         answer. The text after </think> is not answer text."""
         turn.in_think, turn.think_done = False, True
-        self.engine.llama.eval(tokens)
+        turn.seq.eval(tokens)
         yield from self._emit(turn, head)
         yield from self._emit(turn, THINK_CLOSE)
         turn.start_answer()

@@ -237,11 +237,13 @@ class MemoryPlan:
     fits: bool
     max_ctx: int        # largest multiple of 256 (<= ctx_limit) that fits; 0 if even 256 does not
     n_ctx: int = 0
+    n_seq: int = 1      # parallel slots of n_ctx tokens each (max_ctx is then per slot)
 
     def describe(self) -> str:
         """One line for users: what the context costs and, when it does not fit, what would."""
         gib = _gib
-        head = (f"model {gib(self.model_bytes)} + KV cache {gib(self.kv_bytes)} ({self.n_ctx} tokens) + "
+        tokens = f"{self.n_ctx} tokens" if self.n_seq == 1 else f"{self.n_seq} slots of {self.n_ctx} tokens"
+        head = (f"model {gib(self.model_bytes)} + KV cache {gib(self.kv_bytes)} ({tokens}) + "
                 f"overhead {gib(self.overhead_bytes)} = {gib(self.total_bytes)} of {gib(self.available_bytes)} available")
         if self.fits:
             return f"{head}: fits (up to {self.max_ctx} tokens would)"
@@ -252,6 +254,9 @@ class MemoryPlan:
 
 def _gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB"
+
+
+SIDE_CTX, SIDE_BATCH = 256, 32  # the Llama's own context when parallel slots do the work
 
 
 def overhead_bytes(n_ctx: int, n_vocab: int = 151936, n_batch: int = 512, *,
@@ -272,14 +277,21 @@ def overhead_bytes(n_ctx: int, n_vocab: int = 151936, n_batch: int = 512, *,
 def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, head_dim: int,
                 available_bytes: int, type_k: str = "f16", type_v: str = "f16", n_vocab: int = 151936,
                 n_batch: int = 512, *, n_heads: int = 0, flash_attn: bool = False,
-                ctx_limit: int = MAX_CTX) -> MemoryPlan:
+                ctx_limit: int = MAX_CTX, n_seq: int = 1) -> MemoryPlan:
     """Whether weights + KV cache + compute buffers for `n_ctx` fit in `available_bytes`, and
     the largest context up to `ctx_limit` (the model's `ModelRope.max_ctx`) that would. Pass
     n_heads (query heads) for the attention-score buffer, which outgrows the logits buffer
-    beyond ~9K tokens for 16 heads without flash attention."""
+    beyond ~9K tokens for 16 heads without flash attention.
+
+    n_seq > 1 plans parallel slots (scheduler.py): one batched context whose unified KV pool
+    holds n_seq * n_ctx tokens (every slot may fill its context at once), plus the Llama's own
+    small context (SIDE_CTX tokens, batch SIDE_BATCH) that the Engine then keeps unused."""
     def total(ctx: int) -> tuple[int, int, int]:
-        kv = kv_cache_bytes(ctx, n_layers, n_kv_heads, head_dim, type_k, type_v)
-        extra = overhead_bytes(ctx, n_vocab, n_batch, n_heads=n_heads, flash_attn=flash_attn)
+        kv = kv_cache_bytes(ctx * n_seq, n_layers, n_kv_heads, head_dim, type_k, type_v)
+        extra = overhead_bytes(ctx * n_seq, n_vocab, n_batch, n_heads=n_heads, flash_attn=flash_attn)
+        if n_seq > 1:
+            kv += kv_cache_bytes(SIDE_CTX, n_layers, n_kv_heads, head_dim, type_k, type_v)
+            extra += overhead_bytes(SIDE_CTX, n_vocab, SIDE_BATCH, n_heads=n_heads, flash_attn=flash_attn)
         return kv, extra, model_bytes + kv + extra
 
     kv, extra, need = total(n_ctx)
@@ -292,7 +304,13 @@ def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, he
         else:
             hi = mid - 1
     return MemoryPlan(model_bytes, kv, extra, need, available_bytes, need <= available_bytes,
-                      lo * CTX_STEP, n_ctx)
+                      lo * CTX_STEP, n_ctx, n_seq)
+
+
+def plan_slots(most: int, plan) -> int:
+    """The most parallel slots, 1 to `most`, whose memory plan fits: `plan(n_seq)` returns the
+    MemoryPlan for that many slots (0 when not even one fits)."""
+    return next((n for n in range(most, 0, -1) if plan(n).fits), 0)
 
 
 def count_physical_cores(cpuinfo: str, allowed: set[int] | None = None) -> int | None:

@@ -22,7 +22,8 @@ from quantize.gguf_info import sampling_defaults
 
 from .chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
 from .context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, check_kv_types,
-                           model_rope_from_metadata, physical_cores, plan_memory, plan_rope)
+                           SIDE_BATCH, SIDE_CTX, model_rope_from_metadata, physical_cores, plan_memory, plan_rope,
+                           plan_slots)
 from .model_kind import ModelKind, detect_kind
 
 DEFAULT_CTX = 8192
@@ -103,12 +104,13 @@ class Engine:
         self.native_ctx: int = info.native_ctx
         # The preset the GGUF carries (general.sampling.*: temperature, top_p, top_k, min_p), if any.
         self.sampling_defaults: dict[str, float | int] = dict(info.sampling_defaults)
+        self.scheduler = None  # parallel slots (scheduler.py), when loaded with parallel > 1
 
     @classmethod
     def load(cls, path: str | Path, *, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None,
              n_gpu_layers: int | None = None, kv_cache_type: str = "f16", flash_attn: bool | None = None,
              available_bytes: int | None = None, n_batch: int = 512, use_mmap: bool = True,
-             verbose: bool = False) -> "Engine":
+             verbose: bool = False, parallel: int | None = 1, max_parallel: int = 4) -> "Engine":
         """Open a Qwen3 GGUF (memory-mapped).
 
         n_ctx above the model's native context (32,768 for the original Qwen3 models, 262,144 for
@@ -120,6 +122,11 @@ class Engine:
         core count. Weights are memory-mapped by default (mlock off), which loads fastest;
         use_mmap=False reads them into memory instead, which avoids holding both the file's pages
         and llama.cpp's repacked copy of Q4 weights: the smaller footprint on small boards.
+
+        parallel N > 1 runs up to N generations at once, each of up to n_ctx tokens, decoded in
+        shared batches (scheduler.py; a Chat per task, each on its own thread); None picks as many
+        slots as the memory plan fits, at most max_parallel. The KV cache of N slots enters the
+        memory plan; the Llama's own context then shrinks to SIDE_CTX tokens (unused).
         """
         path = Path(path)
         info = read_model_info(path)
@@ -138,11 +145,21 @@ class Engine:
             raise EngineError(str(e)) from None
         if rope.warning:
             warnings.warn(rope.warning, stacklevel=2)
-        memory = plan_memory(info.size_bytes, n_ctx, info.n_layers, info.n_kv_heads, info.head_dim,
-                             available_bytes if available_bytes is not None else available_memory_bytes(),
-                             type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch,
-                             n_heads=info.n_heads, flash_attn=flash_attn, ctx_limit=info.rope.max_ctx)
+        avail = available_bytes if available_bytes is not None else available_memory_bytes()
+
+        def plan(n_seq: int):
+            return plan_memory(info.size_bytes, n_ctx, info.n_layers, info.n_kv_heads, info.head_dim, avail,
+                               type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch, n_heads=info.n_heads,
+                               flash_attn=flash_attn, ctx_limit=info.rope.max_ctx, n_seq=n_seq)
+        slots = (plan_slots(max_parallel, plan) or 1) if parallel is None else parallel
+        if slots < 1:
+            raise EngineError(f"parallel must be at least 1, not {slots}")
+        memory = plan(slots)
         if not memory.fits:
+            if slots > 1:
+                raise EngineError(f"{path}: {slots} parallel slots of {n_ctx} tokens do not fit in memory "
+                                  f"({memory.describe()}); at this context {plan_slots(slots, plan)} slot(s) fit, "
+                                  f"and {slots} slots fit up to {memory.max_ctx} tokens each")
             raise EngineError(f"{path}: context {n_ctx} does not fit in memory ({memory.describe()}); "
                               f"the largest that fits is {memory.max_ctx}")
         try:
@@ -150,19 +167,36 @@ class Engine:
         except TemplateError as e:
             raise EngineError(f"{path}: unusable chat template ({e})") from None
         try:
+            own_ctx, own_batch = (n_ctx, n_batch) if slots == 1 else (SIDE_CTX, SIDE_BATCH)
             llama = llama_cpp.Llama(
-                str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
+                str(path), n_ctx=own_ctx, n_batch=own_batch, n_ubatch=own_batch, n_threads=threads,
+                n_threads_batch=threads,
                 n_gpu_layers=gpu_layers, use_mmap=use_mmap, use_mlock=False, flash_attn=flash_attn,
                 type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
                 verbose=verbose, **rope.llama_kwargs())
         except (ValueError, RuntimeError) as e:
             raise EngineError(f"{path}: llama.cpp could not load the model ({e})") from None
-        return cls(llama, info, template, backend, rope, memory, threads, kv_cache_type)
+        engine = cls(llama, info, template, backend, rope, memory, threads, kv_cache_type)
+        if slots > 1:
+            from .scheduler import Scheduler, SchedulerError
+            try:
+                engine.scheduler = Scheduler(llama, slots, n_ctx, n_batch=n_batch)
+            except SchedulerError as e:
+                llama.close()
+                raise EngineError(f"{path}: {e}") from None
+        return engine
+
+    @property
+    def parallel(self) -> int:
+        """Generations that can run at once."""
+        return self.scheduler.n_slots if self.scheduler else 1
 
     @property
     def n_ctx(self) -> int:
         """Usable context: llama.cpp may pad its cache past what was asked, but the bindings'
-        token buffer holds exactly the requested length."""
+        token buffer holds exactly the requested length. With parallel slots: each slot's context."""
+        if self.scheduler is not None:
+            return self.scheduler.n_ctx
         return min(self.llama.n_ctx(), len(self.llama.input_ids))
 
     def tokenize(self, text: str) -> list[int]:
@@ -170,6 +204,8 @@ class Engine:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
         self.llama.close()
 
     def __enter__(self) -> "Engine":

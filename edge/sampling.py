@@ -109,6 +109,7 @@ class TokenSampler:
         self.grammar: Grammar | None = None
         self.n_vocab = n_vocab
         self._cand = np.zeros(n_vocab, dtype=TOKEN_DATA)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
         self.rejections = 0  # tokens the grammar sent back to the full pass
 
     def arm(self, grammar: Grammar, trigger: int | None = None) -> None:
@@ -117,22 +118,27 @@ class TokenSampler:
         if trigger is not None:
             grammar.accept(trigger)
 
-    def sample(self, ctx, is_eog) -> int:
-        if self.grammar is None:
+    def sample(self, ctx, is_eog, logits: np.ndarray | None = None) -> int:
+        """Draw from the context's last logits row, or from `logits` (a row copied out of a batched
+        decode, scheduler.py): the same chain and the same draws either way."""
+        if self.grammar is None and logits is None:
             return self.chain.sample(ctx, -1)
-        token = self._draw(ctx, with_grammar=False)
-        if not self.grammar.allows(token):
+        token = self._draw(ctx, with_grammar=False, logits=logits)
+        if self.grammar is not None and not self.grammar.allows(token):
             self.rejections += 1
-            token = self._draw(ctx, with_grammar=True)
+            token = self._draw(ctx, with_grammar=True, logits=logits)
         self.chain.accept(token)
+        if self.grammar is None:
+            return token
         if not is_eog(token):
             self.grammar.accept(token)
         return token
 
-    def _draw(self, ctx, with_grammar: bool) -> int:
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(self.n_vocab,))
+    def _draw(self, ctx, with_grammar: bool, logits: np.ndarray | None = None) -> int:
+        if logits is None:
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(self.n_vocab,))
         cand = self._cand
-        cand["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        cand["id"] = self._ids  # the chain sorts the candidates in place
         cand["logit"] = logits
         cand["p"] = 0.0
         data = cand.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))

@@ -1,14 +1,18 @@
 """An OpenAI-compatible HTTP server over one Engine (Starlette; run it with uvicorn).
 
-`create_app(engine)` returns the ASGI app, so a Python desktop app can mount it. Requests queue on
-the one model (a lock held for a whole generation); a streaming client that disconnects cancels
-its generation; each request is a Chat built from its messages, so the KV cache prefix carries
-over between requests of the same conversation.
+`create_app(engine)` returns the ASGI app, so a Python desktop app can mount it. An engine loaded
+with parallel slots runs that many generations at once (scheduler.py: each request's Chat waits
+for a free slot, which keeps its conversation's KV prefix); a single-slot engine runs one at a
+time under a lock. Past the slots, at most `queue` requests wait; beyond that a request gets a 429
+with Retry-After. A streaming client that disconnects cancels its generation; each request is a
+Chat built from its messages, so the KV cache prefix carries over between requests of the same
+conversation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import threading
@@ -29,10 +33,12 @@ from .openai_api import (ChatRequest, RequestError, StopFilter, chunk, completio
                          error_body, finish_reason, parse_request, tool_call_deltas, usage)
 
 MAX_BODY_BYTES = 1 << 20
+DEFAULT_QUEUE = 16    # requests that may wait for a slot
+RETRY_AFTER_S = 1
 
 
 class _Generation:
-    """One request's generation, run on a worker thread while holding the model's lock."""
+    """One request's generation, run on a worker thread (one slot of the model, or its lock)."""
 
     def __init__(self, server: "_Server", req: ChatRequest):
         self.server, self.req = server, req
@@ -49,7 +55,7 @@ class _Generation:
 
     def run(self, emit) -> None:
         """Stream events to `emit(event)`; a stop string cuts the answer and ends the generation."""
-        with self.server.lock:
+        with self.server.lock or contextlib.nullcontext():
             if self.cancelled.is_set():  # the client left while the request was queued
                 return
             stops = StopFilter(self.req.stop)
@@ -69,16 +75,40 @@ class _Generation:
                 emit(event)
 
 
+class _Ticket:
+    """A request's place among those running or waiting; given back once, at the latest when
+    dropped (a stream whose client left before it started is never iterated)."""
+
+    def __init__(self, server: "_Server"):
+        self.server, self.held = server, True
+
+    def release(self) -> None:
+        with self.server._count_lock:
+            if self.held:
+                self.held = False
+                self.server.active -= 1
+
+    def __del__(self) -> None:
+        self.release()
+
+
 class _Server:
-    def __init__(self, engine: Engine, api_key: str | None, model_name: str):
+    def __init__(self, engine: Engine, api_key: str | None, model_name: str, queue: int):
         self.engine, self.api_key, self.model_name = engine, api_key, model_name
-        self.lock = threading.Lock()      # one generation at a time on the one model
-        self._count_lock = threading.Lock()
+        self.slots = getattr(engine, "parallel", 1)
+        # one generation at a time on a single-slot engine; parallel slots wait in the scheduler
+        self.lock = threading.Lock() if self.slots == 1 else None
+        self.capacity = self.slots + queue
+        self._count_lock = threading.RLock()  # reentrant: a ticket may be collected while it is held
         self.active = 0                   # generations running or queued
 
-    def busy(self, delta: int) -> None:
+    def admit(self) -> _Ticket | None:
+        """A ticket while fewer than slots + queue requests are in; None when full."""
         with self._count_lock:
-            self.active += delta
+            if self.active >= self.capacity:
+                return None
+            self.active += 1
+        return _Ticket(self)
 
     def authorized(self, request: Request) -> bool:
         if not self.api_key:
@@ -92,9 +122,10 @@ def _error(status: int, message: str, param: str | None = None, kind: str = "inv
 
 
 def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
-    """The ASGI app serving `engine`: /v1/chat/completions, /v1/models, /health."""
-    server = _Server(engine, api_key, model_name or engine.info.path.stem)
+               max_body_bytes: int = MAX_BODY_BYTES, queue: int = DEFAULT_QUEUE) -> Starlette:
+    """The ASGI app serving `engine`: /v1/chat/completions, /v1/models, /health. `queue`:
+    requests that may wait while every slot is busy."""
+    server = _Server(engine, api_key, model_name or engine.info.path.stem, queue)
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok", "model": server.model_name, "busy": server.active})
@@ -117,18 +148,23 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
             req = parse_request(decode_body(body), engine.n_ctx)
         except RequestError as e:
             return _error(e.status, e.message, e.param)
+        ticket = server.admit()
+        if ticket is None:
+            return JSONResponse(error_body(f"the server is busy: {server.slots} slot(s) running and "
+                                           f"{server.capacity - server.slots} request(s) waiting; retry later",
+                                           kind="rate_limit_exceeded", code="server_busy"),
+                                status_code=429, headers={"Retry-After": str(RETRY_AFTER_S)})
         generation = _Generation(server, req)
         cid, model = completion_id(), server.model_name
         if req.stream:
-            return StreamingResponse(_sse(generation, cid, model), media_type="text/event-stream")
+            return StreamingResponse(_sse(generation, cid, model, ticket), media_type="text/event-stream")
         events: list[Event] = []
         try:
-            server.busy(+1)
             await run_in_threadpool(generation.run, events.append)
         except ChatError as e:
             return _error(400, str(e))
         finally:
-            server.busy(-1)
+            ticket.release()
         reply = events[-1].reply
         answer = "".join(e.text for e in events if e.kind == "answer")
         reason = "stop" if generation.stopped_by_string else finish_reason(reply.stop_reason)
@@ -151,12 +187,10 @@ async def _server_error(_: Request, exc: Exception) -> Response:
     return JSONResponse(error_body(f"internal error: {type(exc).__name__}", kind="server_error"), status_code=500)
 
 
-async def _sse(generation: _Generation, cid: str, model: str) -> AsyncIterator[str]:
+async def _sse(generation: _Generation, cid: str, model: str, ticket: _Ticket) -> AsyncIterator[str]:
     """Server-sent events: role, reasoning_content / content deltas, finish, usage, [DONE]."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    server = generation.server
-
     def emit(event: Event) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, event)
 
@@ -166,10 +200,9 @@ async def _sse(generation: _Generation, cid: str, model: str) -> AsyncIterator[s
         except Exception as e:  # delivered to the client as an error event
             loop.call_soon_threadsafe(queue.put_nowait, e)
         finally:
-            server.busy(-1)  # the model is free only once the worker has stopped
+            ticket.release()  # the slot is free only once the worker has stopped
             loop.call_soon_threadsafe(queue.put_nowait, None)
 
-    server.busy(+1)
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
 
