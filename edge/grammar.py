@@ -222,8 +222,6 @@ def plan_constraints(tools: Any = None, tool_choice: Any = "auto", response_form
         call_schema = {"anyOf": [{"type": "object", "properties": {
             "name": {"const": t["function"]["name"]}, "arguments": _params(t)},
             "required": ["name", "arguments"], "additionalProperties": False} for t in chosen]}
-        for i, t in enumerate(chosen):
-            check_schema(_params(t), f"tools[{i}].function.parameters")
         body = _convert(converter, call_schema, "call-json", "tools")
         call_rule = f'tool-call ::= "<tool_call>" lead {body} lead "</tool_call>"\n'
         calls_rule = "tool-call (lead tool-call)*" if parallel_tool_calls else "tool-call"
