@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from edge.chat import ChatError, Event
 from edge.store import ModelStore
+from edge.text_check import text_problem
 
 from .chat_repl import ChatRepl, make_reader
 from .console import err, friendly_errors, out
@@ -81,10 +82,12 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         json_object: bool = JSON_OBJECT) -> None:
     """One message, one reply: the answer on stdout, the thinking on stderr (or hidden).
     With --json-schema or --json-object the answer is JSON a script can parse."""
-    text = sys.stdin.read() if prompt == "-" else prompt
     with friendly_errors():
+        text = read_stdin() if prompt == "-" else prompt
         if not text.strip():
             raise typer.BadParameter("the prompt is empty")
+        if (problem := text_problem(text)) is not None:  # before the model loads: a NUL, an undecodable argv byte
+            raise ChatError(f"the prompt {problem}")
         fmt = response_format(json_schema, json_object)
         engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap)
         with engine:
@@ -100,6 +103,22 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         out.print_json(json.dumps({"model": str(engine.info.path), **dataclasses.asdict(reply)}))
     else:
         sys.stdout.write("\n")
+
+
+def read_stdin() -> str:
+    """stdin as UTF-8 whatever the locale (a leading BOM dropped); anything else is one line."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text-only stdin (embedding, tests): already decoded
+        return sys.stdin.read()
+    data = stream.read()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ChatError("stdin is UTF-16 (it starts with a byte-order mark); convert it to UTF-8, "
+                        "e.g. with iconv -f UTF-16 -t UTF-8")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        raise ChatError(f"stdin is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); convert it, "
+                        f"e.g. with iconv -f LATIN1 -t UTF-8") from None
 
 
 class _RunPrinter:

@@ -35,6 +35,7 @@ from .model_kind import ModelKind, prompt_opens_thinking
 from .modes import Mode, soft_switch, thinking_for
 from .sampling import Grammar, GrammarCompileError, SamplingParams, TokenSampler, preset
 from .sequence import open_sequence
+from .text_check import text_problem, tree_problem
 from .thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
 from .tool_calls import TOOL_OPEN, Content, InvalidCall, ToolCall, ToolCallParser
 
@@ -268,6 +269,7 @@ class Chat:
         {"type": "json_object"} / {"type": "json_schema", "json_schema": {"schema": ...}}, or a
         bare JSON schema. With constrain_tool_calls (the default) a call the model starts is held to
         the tools' schemas by a grammar."""
+        self._check_text(text)
         self._cancel.clear()
         if text is None and (not self.history or self.history[-1].role != "tool"):
             raise ChatError("nothing to answer: send a message, or add tool results first")
@@ -302,6 +304,14 @@ class Chat:
             self.measured_tokens_per_s = reply.tokens_per_s
         self.history = history + new + [Message("assistant", reply.answer, reply.thinking, reply.tool_calls)]
         yield Event("done", reply=reply)
+
+    def _check_text(self, text: str | None) -> None:
+        """The message and system prompt are text (text_check.py): refused before anything changes."""
+        if text is not None and not isinstance(text, str):
+            raise ChatError(f"a message must be a string, not {type(text).__name__}")
+        for name, value in (("the message", text), ("the system prompt", self.system)):
+            if isinstance(value, str) and (problem := text_problem(value)) is not None:
+                raise ChatError(f"{name} {problem}")
 
     def _thinking_for(self, text: str, switch: Mode | None) -> tuple[bool, str | None]:
         """Whether this turn thinks, and a notice when the model's kind overrides what was asked:
@@ -540,8 +550,12 @@ def load_transcript(chat: Chat, path: str | os.PathLike[str]) -> None:
         system, mode, budget = data.get("system"), Mode(data.get("mode", chat.mode.value)), data.get("budget")
         if not roles_ok or not (system is None or isinstance(system, str)) or not (budget is None or isinstance(budget, int) or budget == "auto"):
             raise ValueError("unexpected roles or fields")
+        if (problem := tree_problem(data)) is not None:  # "\ud800" escapes decode to lone surrogates
+            raise ValueError(problem)
     except FileNotFoundError:
         raise ChatError(f"{path}: not found") from None
+    except RecursionError:
+        raise ChatError(f"{path}: not a qwen3-edge transcript (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ChatError(f"{path}: not a qwen3-edge transcript ({e})") from None
     chat.system, chat.mode, chat.budget, chat.history = system, mode, budget, messages

@@ -21,3 +21,19 @@ def text_problem(text: str) -> str | None:
     if (at := text.find("\x00")) >= 0:
         return f"holds a NUL character (U+0000 at character {at}), which is not text"
     return None
+
+
+def tree_problem(value: object) -> str | None:
+    """The first string (value or key) in decoded JSON that text_problem refuses, as
+    "PATH holds ...", or None; walked without recursion."""
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str) and (problem := text_problem(node)) is not None:
+            return f"{path or 'the text'} {problem}"
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in items:
+            if isinstance(key, str) and (problem := text_problem(key)) is not None:
+                return f"a key in {path or 'the top level'} {problem}"
+            stack.append((child, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key))
+    return None
