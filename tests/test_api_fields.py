@@ -231,3 +231,12 @@ def test_fuzz_cases_over_a_real_socket(port, mutation):
     post()
     status, _, payload = post_raw(port, json.dumps({"messages": HI, "seed": 1}).encode())
     assert status == 200 and json.loads(payload)["choices"][0]["message"]["content"] == SCRIPT_ANSWER_TEXT
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/v1/chat/completions", 405), ("POST", "/v1/completions", 404)])
+def test_wrong_paths_and_methods_get_openai_error_objects(port, method, path, status):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body=b"{}" if method == "POST" else None)
+    resp = conn.getresponse()
+    data = json.loads(resp.read())
+    assert resp.status == status and set(data["error"]) == {"message", "type", "param", "code"}
