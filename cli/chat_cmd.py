@@ -17,7 +17,7 @@ from edge.text_check import text_problem
 
 from .chat_repl import ChatRepl, make_reader
 from .console import err, friendly_errors, out
-from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, THREADS, load_engine, make_chat
+from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, SOURCE, THREADS, load_engine, make_chat
 
 THINK = typer.Option(None, "--think/--no-think", help="Thinking mode on (default) or off.")
 AUTO = typer.Option(False, "--auto", help="Think only when the message needs reasoning.")
@@ -55,10 +55,11 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int 
          threads: Optional[int] = THREADS, gpu_layers: Optional[int] = GPU_LAYERS, kv_cache: str = KV_CACHE,
          seed: Optional[int] = SEED, temperature: Optional[float] = TEMPERATURE, top_p: Optional[float] = TOP_P,
          top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P, presence_penalty: float = PRESENCE,
-         max_tokens: Optional[int] = MAX_TOKENS, show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP) -> None:
+         max_tokens: Optional[int] = MAX_TOKENS, show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP,
+         source: Optional[str] = SOURCE) -> None:
     """Chat with a Qwen3 model in the terminal. /help lists the in-chat commands."""
     with friendly_errors():
-        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap)
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source)
         session = make_chat(engine, think=think, auto=auto, budget=budget, think_time=think_time, system=system, seed=seed,
                             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                             presence_penalty=presence_penalty, max_tokens=max_tokens)
@@ -79,7 +80,7 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         top_p: Optional[float] = TOP_P, top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P,
         presence_penalty: float = PRESENCE, max_tokens: Optional[int] = MAX_TOKENS,
         show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP, json_schema: Optional[Path] = JSON_SCHEMA,
-        json_object: bool = JSON_OBJECT) -> None:
+        json_object: bool = JSON_OBJECT, source: Optional[str] = SOURCE) -> None:
     """One message, one reply: the answer on stdout, the thinking on stderr (or hidden).
     With --json-schema or --json-object the answer is JSON a script can parse."""
     with friendly_errors():
@@ -89,7 +90,7 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         if (problem := text_problem(text)) is not None:  # before the model loads: a NUL, an undecodable argv byte
             raise ChatError(f"the prompt {problem}")
         fmt = response_format(json_schema, json_object)
-        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap)
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source)
         with engine:
             session = make_chat(engine, think=think, auto=auto, budget=budget, think_time=think_time, system=system, seed=seed,
                                 temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .console import err, friendly_errors
-from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, THREADS, load_engine
+from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, SOURCE, THREADS, load_engine
 
 
 def _is_loopback(host: str) -> bool:
@@ -31,7 +31,8 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                                                  help="Requests served at once, each with the whole --ctx (default: as "
                                                       "many as the memory plan fits, at most 4)."),
           queue: int = typer.Option(16, "--queue", min=0,
-                                    help="Requests that may wait for a slot; more get a 429 with Retry-After.")) -> None:
+                                    help="Requests that may wait for a slot; more get a 429 with Retry-After."),
+          source: Optional[str] = SOURCE) -> None:
     """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     import uvicorn
 
@@ -40,7 +41,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     if not _is_loopback(host) and not api_key:
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
     with friendly_errors():
-        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, parallel=parallel)
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, parallel=parallel, source=source)
     err.print(f"serving {engine.info.path.name} on http://{host}:{port}/v1 ({engine.backend}, ctx {engine.n_ctx}, "
               f"{engine.parallel} parallel slot(s), queue {queue})", soft_wrap=True)
     with engine:

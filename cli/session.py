@@ -22,7 +22,10 @@ MODEL_HELP = ("A GGUF file, a Hugging Face Qwen3 folder (quantized into the stor
               "such as qwen3-0.6b or qwen3-4b:q8_0 (pulled on first use). Default: qwen3-0.6b:q4_k_m.")
 
 # Typer options shared by the commands that run a model.
-CTX = typer.Option(DEFAULT_CTX, "--ctx", help="Context length in tokens; above 32768 turns YaRN on (max 131072).")
+CTX = typer.Option(DEFAULT_CTX, "--ctx", help="Context length in tokens; YaRN beyond the model's native context "
+                                               "(32768, or 262144 for the 2507 models), up to 4 times it.")
+SOURCE = typer.Option(None, "--source", help="Hub to download a store name from: hf or modelscope "
+                                             "(default: $QWEN3_EDGE_SOURCE, else hf).")
 THREADS = typer.Option(None, "--threads", help="CPU threads (default: physical cores).")
 GPU_LAYERS = typer.Option(None, "--gpu-layers", help="Layers to offload (default: all when the bindings have a GPU backend; 0 = CPU).")
 KV_CACHE = typer.Option("f16", "--kv-cache", help="KV cache type: f16, q8_0 or q4_0.")
@@ -30,10 +33,10 @@ MMAP = typer.Option(True, "--mmap/--no-mmap", help="Memory-map the weights (fast
 
 
 def load_engine(model: Optional[str], ctx: int, threads: Optional[int], gpu_layers: Optional[int],
-                kv_cache: str, mmap: bool = True, parallel: int | None = 1) -> Engine:
+                kv_cache: str, mmap: bool = True, parallel: int | None = 1, source: str | None = None) -> Engine:
     """Resolve MODEL (pulling or quantizing with progress bars) and open it; warnings go to stderr."""
     with stage_bars() as bars:
-        path = resolve_model(model, ModelStore(), progress=bars)
+        path = resolve_model(model, ModelStore(), progress=bars, source=source)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine = Engine.load(Path(path), n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers,

@@ -216,6 +216,8 @@ class Chat:
         """The result of one call of the last reply, as a tool message for the next send()."""
         if not isinstance(content, str):
             raise ChatError("a tool result must be a string (serialize it, e.g. with json.dumps)")
+        if (problem := text_problem(content)) is not None:
+            raise ChatError(f"the tool result {problem}")
         pending = self._open_calls()
         if call_id not in pending:
             raise ChatError(f"no call {call_id!r} awaits a result (open calls: {', '.join(pending) or 'none'})")

@@ -258,3 +258,12 @@ def test_tool_result_must_answer_an_open_call(engines):
     chat.add_tool_result(call.id, "sunny")
     with pytest.raises(ChatError, match="no call"):
         chat.add_tool_result(call.id, "twice")
+
+
+def test_tool_result_with_a_lone_surrogate_is_refused(engines):
+    chat = Chat(engines["think_then_call"], tools=TOOLS, seed=11)
+    call = chat.send("Weather?").tool_calls[0]
+    with pytest.raises(ChatError, match="surrogate"):
+        chat.add_tool_result(call.id, "bad \ud800 text")
+    chat.add_tool_result(call.id, "fine")
+    assert chat.history[-1].content == "fine"
