@@ -17,7 +17,7 @@ minus, integer and float constants n -> n + 1, True <-> False, string constants 
 `return x` -> `return None`, negated if/while/comprehension conditions, a call statement replaced
 by `pass`, += <-> -=, break <-> continue, min <-> max. Not mutated: docstrings, annotations,
 `__all__`, and message text (string parts of f-strings and of `raise` statements), whose mutants
-would only test wording. Results go to benchmarks/.cache/mutation/<module>-<rev>.json.
+would only test wording. Results go to benchmarks/.cache/mutation/<module>-<rev>[-partial].json.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ TARGETS: dict[str, list[str]] = {
     "edge/context_plan.py": ["tests/test_context_plan.py"],
     "quantize/gguf_header.py": ["tests/test_hostile_files.py::test_corpus_of_broken_ggufs",
                                 "tests/test_hostile_files.py::test_fuzz_gguf_checker"],
-    "edge/sampling.py": ["tests/test_modes_and_sampling.py", "tests/test_engine_chat.py::test_sampler_chain_is_qwens"],
+    "edge/sampling.py": ["tests/test_modes_and_sampling.py", "tests/test_grammar.py",
+                         *(f"tests/test_engine_chat.py::test_sampler_{t}" for t in
+                           ("chain_is_qwens", "keeps_what_qwens_preset_keeps", "applies_each_override"))],
     "edge/openai_api.py": ["tests/test_server.py"],
 }
 
@@ -296,7 +298,8 @@ def main() -> None:
         for module in opts.modules:
             result = mutate_module(tree, module, opts.max_mutants, opts.only, opts.tests)
             result["rev"] = rev
-            (OUT / f"{Path(module).stem}-{rev}.json").write_text(json.dumps(result, indent=1))
+            partial = "" if opts.only is None and opts.tests is None and not opts.max_mutants else "-partial"
+            (OUT / f"{Path(module).stem}-{rev}{partial}.json").write_text(json.dumps(result, indent=1))
             summary.append(result)
     print("\n| module | generated | run | killed | timeout | survived | errors |\n|---|---|---|---|---|---|---|")
     for r in summary:
