@@ -299,6 +299,7 @@ class Chat:
                 yield self._notice(turn, note)
             reply = yield from self._generate(turn, prompt, thinking)
         finally:
+            turn.sampler.close()  # llama.cpp's buffers go now, not at Python's next cycle collection
             for g in (turn.answer_grammar, turn.call_grammar):
                 if g is not None:
                     g.close()

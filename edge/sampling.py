@@ -112,6 +112,10 @@ class TokenSampler:
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self.rejections = 0  # tokens the grammar sent back to the full pass
 
+    def close(self) -> None:
+        """Free the chain (its penalty buffers are large); grammars are closed by their owner."""
+        self.chain.close()
+
     def arm(self, grammar: Grammar, trigger: int | None = None) -> None:
         """Constrain every following token; `trigger` (already sampled) is fed to it first."""
         self.grammar = grammar

@@ -126,25 +126,21 @@ def test_max_tokens_cuts_thinking_to_leave_room_for_an_answer(scripted_gguf):
 @pytest.fixture(scope="module")
 def looping(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
-    with Engine.load(build(root, "loop", looping_script(), None), n_ctx=1024) as engine:
+    with Engine.load(build(root, "loop", looping_script(), None), n_ctx=512) as engine:
         yield engine
 
 
 @pytest.mark.parametrize("message, speed, expected", [
-    ("Hello!", 4.0, 64),                                    # light: min(256, 15 s * 4) -> at least 64
-    ("Why do leaves change colour in autumn?", 4.0, 180),   # reasoning: 45 s * 4
-    ("Solve 12 * 7 + 3", 4.0, 360),                         # math: 90 s * 4
-    ("Solve 12 * 7 + 3", 100.0, 4096),                      # fast machine: the token cap
+    ("Hello!", 2.0, 64),                                    # light: min(256, 15 s * 2) -> at least 64
+    ("Why do leaves change colour in autumn?", 2.0, 90),    # reasoning: 45 s * 2
+    ("Solve 12 * 7 + 3", 1.5, 135),                         # math: 90 s * 1.5
 ])
 def test_auto_budget_follows_difficulty_and_speed(looping, message, speed, expected):
     chat = Chat(looping, budget="auto", seed=6)
     chat.measured_tokens_per_s = speed
     reply = chat.send(message)
     assert reply.thinking_budget == expected == auto_budget(message, speed)
-    if expected < looping.n_ctx // 2:
-        assert reply.budget_hit and reply.thinking_tokens == expected and reply.answer == SCRIPT_ANSWER_TEXT
-    else:  # the context runs out first
-        assert not reply.budget_hit and reply.stop_reason == "length"
+    assert reply.budget_hit and reply.thinking_tokens == expected and reply.answer == SCRIPT_ANSWER_TEXT
 
 
 def test_think_time_is_a_token_budget_from_the_measured_speed(looping):
@@ -164,6 +160,7 @@ def test_budget_rules_are_plain():
     assert turn_budget(None, None, "x", 10.0) is None
     assert turn_budget(500, 10.0, "x", 20.0) == 200 and turn_budget(100, 10.0, "x", 20.0) == 100
     assert turn_budget("auto", None, "Hello", None) == 256
+    assert auto_budget("Solve 12 * 7 + 3", 100.0) == 4096  # a fast machine: the token cap
     assert turn_budget(None, 5.0, "x", None) is None  # waits for a measured speed
 
 
