@@ -28,6 +28,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -210,10 +211,19 @@ def run_tests(tree: Path, args: list[str], timeout: float) -> tuple[str, float]:
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
            f"--basetemp={tree.parent / 'pytest-tmp'}", *args]
     start = time.monotonic()
+    # its own process group, so that a timeout (or this runner's end) also stops what the tests spawned
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
-        rc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, timeout=timeout).returncode
+        rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - start
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     status = {0: "survived", 1: "killed", 2: "killed"}.get(rc, f"error (pytest rc {rc})")
     return status, time.monotonic() - start
 
@@ -274,6 +284,7 @@ def main() -> None:
     ap.add_argument("--overlay", nargs="*", default=[], metavar="PATH",
                     help="working-tree files copied over the snapshot (a new test not yet committed)")
     opts = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # clean up the snapshot and the tests
     for module in opts.modules:
         if module not in TARGETS:
             sys.exit(f"unknown module {module}; choose from {', '.join(TARGETS)}")
