@@ -99,14 +99,22 @@ def test_interrupt_inside_llama_quantizer_leaves_nothing(models, tmp_path, sig):
     """Ctrl-C or SIGTERM while llama.cpp quantizes: exit 130 soon, the float file and the output
     temporary both gone, nothing at the output name."""
     out = tmp_path / "m.gguf"
-    run = KQuantRun(models["untied"], out)
-    try:
-        run.wait_for_quantizer()
-        assert temporaries(tmp_path) == ["float", "partial"]   # both exist when the signal lands
-        run.proc.send_signal(sig)
-        assert run.proc.wait(60) == 130
-    finally:
-        run.proc.kill()
+    for attempt in range(3):
+        run = KQuantRun(models["untied"], out)
+        try:
+            run.wait_for_quantizer()
+            assert temporaries(tmp_path) == ["float", "partial"]   # both exist when the signal lands
+            run.proc.send_signal(sig)
+            code = run.proc.wait(60)
+        finally:
+            run.proc.kill()
+        if code == 0 and out.is_file() and attempt < 2:
+            # On a loaded machine the tiny model's last tensors can finish between the check above
+            # and the signal: that run interrupted nothing, so it proves nothing. Try again.
+            out.unlink()
+            continue
+        break
+    assert code == 130, run.stderr()
     assert "interrupted" in run.stderr()
     assert list(tmp_path.iterdir()) == []
 
