@@ -44,7 +44,7 @@ OUT = ROOT / "benchmarks" / ".cache" / "mutation"
 # tests/test_mutants_<stem>.py present in the snapshot is added.
 TARGETS: dict[str, list[str]] = {
     "edge/thinking_parser.py": ["tests/test_thinking_parser.py"],
-    "edge/modes.py": ["tests/test_modes_and_sampling.py"],
+    "edge/modes.py": ["tests/test_modes_and_sampling.py", "tests/test_modes_languages.py"],
     "edge/context_plan.py": ["tests/test_context_plan.py"],
     "quantize/gguf_header.py": ["tests/test_hostile_files.py::test_corpus_of_broken_ggufs",
                                 "tests/test_hostile_files.py::test_fuzz_gguf_checker"],
