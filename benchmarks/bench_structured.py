@@ -36,19 +36,19 @@ FORMATS = {
 def generation(tokens: int, reps: int) -> None:
     from edge import Chat, Engine
     with Engine.load(ensure_gguf(CACHE / "Qwen3-0.6B-random", "q4_k_m"), n_ctx=1024) as engine:
+        Chat(engine, mode="no_think", max_tokens=tokens).send("Warm up.")  # page in the weights first
+        results: dict[str, list] = {name: [] for name in FORMATS}
+        for rep in range(reps):  # formats interleaved, so drifting load hits them alike
+            for name, fmt in FORMATS.items():
+                r = Chat(engine, mode="no_think", max_tokens=tokens, seed=rep,
+                         sampling={"temperature": 0.7}).send("Write data.", response_format=fmt)
+                results[name].append(r)
         print(f"{'format':34} tok/s (median of {reps})  vs none  grammar full passes / tokens")
-        base = None
-        for name, fmt in FORMATS.items():
-            rates, rejections, generated = [], 0, 0
-            for rep in range(reps):
-                chat = Chat(engine, mode="no_think", max_tokens=tokens, seed=rep,
-                            sampling={"temperature": 0.7})
-                r = chat.send("Write data.", response_format=fmt)
-                rates.append(r.tokens_per_s)
-                rejections, generated = rejections + r.grammar_rejections, generated + r.generated_tokens
-            rate = statistics.median(rates)
-            base = base or rate
-            print(f"{name:34} {rate:8.1f}              {rate / base:5.2f}   {rejections} / {generated}")
+        base = statistics.median(r.tokens_per_s for r in results["none"])
+        for name, replies in results.items():
+            rate = statistics.median(r.tokens_per_s for r in replies)
+            passes, generated = sum(r.grammar_rejections for r in replies), sum(r.generated_tokens for r in replies)
+            print(f"{name:34} {rate:8.1f}              {rate / base:5.2f}   {passes} / {generated}")
 
 
 def first_tool_call() -> None:
