@@ -51,7 +51,7 @@ TARGETS: dict[str, list[str]] = {
     "edge/sampling.py": ["tests/test_modes_and_sampling.py", "tests/test_grammar.py",
                          *(f"tests/test_engine_chat.py::test_sampler_{t}" for t in
                            ("chain_is_qwens", "keeps_what_qwens_preset_keeps", "applies_each_override"))],
-    "edge/openai_api.py": ["tests/test_server.py"],
+    "edge/openai_api.py": ["tests/test_server.py", "tests/test_server_tools.py", "tests/test_api_fuzz.py"],
 }
 
 _COMPARE = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE,
@@ -186,7 +186,8 @@ def generate(source: str) -> list[tuple[Mutant, str]]:
             continue
         seen.add(text)
         after = _op(new) if not isinstance(node, ast.stmt) else ast.unparse(new).splitlines()[0]
-        out.append((Mutant(len(out), getattr(node, "lineno", 0), f"{_short(before)}  ->  {_short(after)}"), text))
+        line = next((n.lineno for n in ast.walk(node) if hasattr(n, "lineno")), 0)   # comprehensions have none
+        out.append((Mutant(len(out), line, f"{_short(before)}  ->  {_short(after)}"), text))
     return out
 
 
