@@ -17,7 +17,7 @@ minus, integer and float constants n -> n + 1, True <-> False, string constants 
 `return x` -> `return None`, negated if/while/comprehension conditions, a call statement replaced
 by `pass`, += <-> -=, break <-> continue, min <-> max. Not mutated: docstrings, annotations,
 `__all__`, and message text (string parts of f-strings and of `raise` statements), whose mutants
-would only test wording. Results go to benchmarks/.cache/mutation/<module>-<rev>[-partial].json.
+would only test wording. Results go to benchmarks/.cache/mutation/<module>-<rev>[-partial-<time>].json.
 """
 
 from __future__ import annotations
@@ -310,7 +310,8 @@ def main() -> None:
         for module in opts.modules:
             result = mutate_module(tree, module, opts.max_mutants, opts.only, opts.tests)
             result["rev"] = rev
-            partial = "" if opts.only is None and opts.tests is None and not opts.max_mutants else "-partial"
+            whole = opts.only is None and opts.tests is None and not opts.max_mutants
+            partial = "" if whole else time.strftime("-partial-%Y%m%d-%H%M%S")
             (OUT / f"{Path(module).stem}-{rev}{partial}.json").write_text(json.dumps(result, indent=1))
             summary.append(result)
     print("\n| module | generated | run | killed | timeout | survived | errors |\n|---|---|---|---|---|---|---|")
