@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from .thinking_parser import _marker_prefix_len
+
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
 
@@ -72,14 +74,6 @@ def parse_call(block: str, known: set[str] | None = None) -> ToolCall | InvalidC
     if known is not None and obj["name"] not in known:
         return InvalidCall(raw, f"no tool named {obj['name']!r}")
     return ToolCall(new_call_id(), obj["name"], args)
-
-
-def _marker_prefix_len(text: str, marker: str) -> int:
-    """Length of the longest suffix of text that is a proper prefix of marker."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0
 
 
 @dataclass

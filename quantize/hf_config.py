@@ -74,17 +74,23 @@ def _positive_int(raw: dict[str, Any], key: str, path: Path) -> int:
     return value
 
 
-def read_config(folder: Path) -> Qwen3Config:
-    """Read folder/config.json; refuse anything that is not a dense Qwen3 causal LM."""
-    path = folder / "config.json"
-    if not path.is_file():
-        raise QuantizeError(path, "not found: a Hugging Face model folder needs config.json")
+def _read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object; anything else is one QuantizeError line."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise QuantizeError(path, f"not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise QuantizeError(path, "not a JSON object")
+    return raw
+
+
+def read_config(folder: Path) -> Qwen3Config:
+    """Read folder/config.json; refuse anything that is not a dense Qwen3 causal LM."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise QuantizeError(path, "not found: a Hugging Face model folder needs config.json")
+    raw = _read_json_object(path)
     archs = raw.get("architectures") or []
     if archs != [ARCHITECTURE]:
         got = ", ".join(map(str, archs)) or raw.get("model_type") or "none given"
@@ -159,12 +165,7 @@ def read_generation_sampling(folder: Path) -> list[tuple[str, type, Any]]:
     path = folder / "generation_config.json"
     if not path.is_file():
         return []
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise QuantizeError(path, f"not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise QuantizeError(path, "not a JSON object")
+    raw = _read_json_object(path)
     out = []
     for fields, key, kind in SAMPLING_FIELDS:
         field = next((f for f in fields if raw.get(f) is not None), None)
