@@ -190,8 +190,8 @@ class Chat:
         generation_config.json) for the mode that preset was written for: a hybrid model's is its
         thinking preset, a single-mode model's is its only one; then the user's overrides."""
         base = preset(thinking)
-        carried = self.engine.info.sampling_defaults if hasattr(self.engine.info, "sampling_defaults") else {}
-        if carried and (thinking or getattr(self.engine, "kind", ModelKind.HYBRID) is not ModelKind.HYBRID):
+        carried = self.engine.info.sampling_defaults
+        if carried and (thinking or self.engine.kind is not ModelKind.HYBRID):
             base = base.with_overrides(**{k: v for k, v in carried.items() if k in ("temperature", "top_p", "top_k", "min_p")})
         return base.with_overrides(presence_penalty=self.presence_penalty or None, seed=self.seed,
                                                **self.sampling_overrides)
@@ -319,7 +319,7 @@ class Chat:
     def _thinking_for(self, text: str, switch: Mode | None) -> tuple[bool, str | None]:
         """Whether this turn thinks, and a notice when the model's kind overrides what was asked:
         a thinking-only model always thinks, a non-thinking-only one never; auto is for hybrids."""
-        kind = getattr(self.engine, "kind", ModelKind.HYBRID)
+        kind = self.engine.kind
         if kind is ModelKind.HYBRID:
             return thinking_for(self.mode, text), None
         always = kind is ModelKind.THINKING
