@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -60,12 +61,32 @@ def test_sigterm_removes_its_temporary(models, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+# Loaded into the child: each tensor llama.cpp quantizes reports through this callback, which now
+# takes 0.1 s, so the tiny model's quantize stage lasts a few seconds instead of milliseconds and a
+# signal sent once it has started lands inside it (on a quiet machine it used to finish first).
+SLOW_QUANTIZER = """
+import time
+import quantize.pipeline as pipeline
+_real = pipeline.llama_quantize
+def _slow(src, dst, file_type, threads=None, progress=None):
+    def report(p):
+        time.sleep(0.1)
+        if progress is not None:
+            progress(p)
+    return _real(src, dst, file_type, threads, report)
+pipeline.llama_quantize = _slow
+"""
+
+
 class KQuantRun:
     """`quantize -t q4_k_m` in a child whose progress bars (forced on through a pipe) say when
     llama.cpp's quantizer is at work: the "quantizing" bar is drawn from inside its log callback."""
 
     def __init__(self, src: Path, out: Path):
-        env = dict(os.environ, FORCE_COLOR="1", COLUMNS="200")
+        hooks = Path(tempfile.mkdtemp(prefix="slow-quantizer-"))
+        (hooks / "sitecustomize.py").write_text(SLOW_QUANTIZER)
+        env = dict(os.environ, FORCE_COLOR="1", COLUMNS="200",
+                   PYTHONPATH=os.pathsep.join([str(hooks), str(ROOT), os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen([sys.executable, "-m", "cli", "quantize", str(src), "-t", "q4_k_m", "-o", str(out)],
                                      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.err = bytearray()
