@@ -21,6 +21,7 @@ from quantize.gguf_header import read_header
 from quantize.gguf_info import sampling_defaults
 
 from .chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
+from .cpu_buffers import TunedLlama, cpu_extra_buffer_types, extra_buffers_safe
 from .context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, check_kv_types,
                            SIDE_BATCH, SIDE_CTX, model_rope_from_metadata, physical_cores, plan_memory, plan_rope,
                            plan_slots)
@@ -110,7 +111,8 @@ class Engine:
     def load(cls, path: str | Path, *, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None,
              n_gpu_layers: int | None = None, kv_cache_type: str = "f16", flash_attn: bool | None = None,
              available_bytes: int | None = None, n_batch: int = 512, use_mmap: bool = True,
-             verbose: bool = False, parallel: int | None = 1, max_parallel: int = 4) -> "Engine":
+             verbose: bool = False, parallel: int | None = 1, max_parallel: int = 4,
+             extra_buffers: bool | None = None) -> "Engine":
         """Open a Qwen3 GGUF (memory-mapped).
 
         n_ctx above the model's native context (32,768 for the original Qwen3 models, 262,144 for
@@ -127,8 +129,13 @@ class Engine:
         shared batches (scheduler.py; a Chat per task, each on its own thread); None picks as many
         slots as the memory plan fits, at most max_parallel. The KV cache of N slots enters the
         memory plan; the Llama's own context then shrinks to SIDE_CTX tokens (unused).
+
+        extra_buffers: llama.cpp's repacked weight layouts (CPU_REPACK, AMX); None uses them unless
+        the CPU backend offers AMX, whose kernels crash this llama.cpp (cpu_buffers.py).
         """
         path = Path(path)
+        if extra_buffers is None:  # llama.cpp's repacked weight layouts, unless one of them crashes
+            extra_buffers = extra_buffers_safe(cpu_extra_buffer_types())
         info = read_model_info(path)
         threads = n_threads or physical_cores()
         gpu_layers = (-1 if llama_cpp.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
@@ -168,15 +175,16 @@ class Engine:
             raise EngineError(f"{path}: unusable chat template ({e})") from None
         try:
             own_ctx, own_batch = (n_ctx, n_batch) if slots == 1 else (SIDE_CTX, SIDE_BATCH)
-            llama = llama_cpp.Llama(
+            llama = TunedLlama(
                 str(path), n_ctx=own_ctx, n_batch=own_batch, n_ubatch=own_batch, n_threads=threads,
                 n_threads_batch=threads,
                 n_gpu_layers=gpu_layers, use_mmap=use_mmap, use_mlock=False, flash_attn=flash_attn,
                 type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
-                verbose=verbose, **rope.llama_kwargs())
+                verbose=verbose, model_overrides={"use_extra_bufts": extra_buffers}, **rope.llama_kwargs())
         except (ValueError, RuntimeError) as e:
             raise EngineError(f"{path}: llama.cpp could not load the model ({e})") from None
         engine = cls(llama, info, template, backend, rope, memory, threads, kv_cache_type)
+        engine.extra_buffers = extra_buffers
         if slots > 1:
             from .scheduler import Scheduler, SchedulerError
             try:
