@@ -12,6 +12,7 @@ from .info_cmd import info
 from .quantize_cmd import quantize
 from .serve_cmd import serve
 from .store_cmd import list_models, pull, rm
+from .worker_cmd import worker
 
 app = typer.Typer(name="qwen3-edge", help="Run Qwen3 on a small machine.", no_args_is_help=True,
                   add_completion=True, pretty_exceptions_enable=False)
@@ -24,6 +25,7 @@ app.command()(bench)
 app.command()(serve)
 app.command()(quantize)
 app.command()(info)
+app.command()(worker)
 
 
 def _version(value: bool) -> None:

@@ -33,6 +33,7 @@ from .engine import Engine
 from .grammar import Constraints, GrammarError, plan_constraints
 from .model_kind import ModelKind, prompt_opens_thinking
 from .modes import Mode, soft_switch, thinking_for
+from .rpc import WorkerLost
 from .sampling import Grammar, GrammarCompileError, SamplingParams, TokenSampler, preset
 from .sequence import open_sequence
 from .text_check import text_problem, tree_problem
@@ -343,6 +344,8 @@ class Chat:
         try:
             evaluated = turn.seq.prefill(prompt) if turn.seq is not None else 0
             return (yield from self._loop(turn, prompt, thinking, started, evaluated))
+        except WorkerLost as e:  # an RPC worker died or stalled: this reply ends, the history stays
+            raise ChatError(str(e)) from None
         finally:
             if turn.seq is not None:
                 turn.seq.release()
