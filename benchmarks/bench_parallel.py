@@ -59,12 +59,12 @@ EXTRA: dict = {"chat_template_kwargs": {"enable_thinking": False}}
 REF_EXTRA: dict = {**EXTRA, "ignore_eos": True}  # llama-server only (ours refuses unknown fields)
 
 
-def ask(client: openai.OpenAI, prompt: str, tokens: int, extra: dict) -> tuple[int, float]:
+def ask(client: openai.OpenAI, prompt: str, tokens: int, extra: dict, temperature: float = 0) -> tuple[int, float]:
     """Completion tokens and time to the first content token of one streamed request."""
     started, first, n = time.perf_counter(), None, 0
     stream = client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": prompt + " /no_think"}], max_tokens=tokens,
-        temperature=0, stream=True, stream_options={"include_usage": True},
+        temperature=temperature, seed=1, stream=True, stream_options={"include_usage": True},
         extra_body=extra)
     for c in stream:
         if c.choices and first is None and (c.choices[0].delta.content or ""):
@@ -88,7 +88,8 @@ def ttft_under_load(client: openai.OpenAI, tokens: int, extra: dict) -> float:
     for t in busy:
         t.start()
     time.sleep(2.0)
-    _, first = ask(client, PROMPTS[3], 8, extra)
+    # sampled, not greedy: greedy random weights repeat "\n\n", which an answer's start drops
+    _, first = ask(client, PROMPTS[3], 8, extra, temperature=1.0)
     for t in busy:
         t.join()
     return first
@@ -164,9 +165,9 @@ def main() -> None:
                    "-np", str(n), "-t", str(args.threads), "--jinja", "-fa", args.flash_attn]
             theirs = run_server(cmd + ([] if repack else ["--no-repack"]), port, n, args.tokens, ttft=n == 4, extra=REF_EXTRA)
         results[n] = (ours, theirs)
-        line = f"{n} client(s): ours {ours['tps']:.1f} tok/s (peak RSS {ours['rss'] / 1e9:.2f} GB)"
+        line = f"{n} client(s): ours {ours['tps']:.1f} tok/s (peak RSS {ours['rss'] / (1 << 30):.2f} GiB)"
         if theirs:
-            line += (f", llama-server {theirs['tps']:.1f} tok/s (peak RSS {theirs['rss'] / 1e9:.2f} GB), "
+            line += (f", llama-server {theirs['tps']:.1f} tok/s (peak RSS {theirs['rss'] / (1 << 30):.2f} GiB), "
                      f"ratio {ours['tps'] / theirs['tps']:.2f}")
         first = results[args.clients[0]][0]["tps"]
         print(line + f", ours vs our {args.clients[0]} client(s) {ours['tps'] / first:.2f}x", flush=True)
