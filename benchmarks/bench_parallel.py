@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -103,28 +104,32 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def run_server(cmd: list[str], port: int, clients: int, tokens: int, ttft: bool, extra: dict) -> dict:
-    """Start a server, measure aggregate tok/s at `clients` (best of 2 rounds, after a warm-up),
-    time to first token beside 3 decoding requests when asked, and the server's peak RSS."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_up(port, proc)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600)
-        out = {"tps": max(aggregate(client, clients, tokens, extra) for _ in range(2))}
-        if ttft:
-            out["ttft"] = ttft_under_load(client, tokens, extra)
-        out["rss"] = peak_rss(proc.pid)
-        return out
-    finally:
-        proc.terminate()
+class Server:
+    """A server process on a free port, with an openai client; stop() returns its peak RSS."""
+
+    def __init__(self, cmd: list[str], port: int, extra: dict, name: str):
+        self.name, self.extra, self.port = name, extra, port
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_up(port, self.proc)
+        self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600)
+
+    def stop(self) -> tuple[int, str]:
+        """(peak RSS in bytes, the line our server prints at start-up)."""
+        rss = peak_rss(self.proc.pid)
+        self.proc.terminate()
         try:
-            _, errors = proc.communicate(timeout=30)
+            _, errors = self.proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            _, errors = proc.communicate()
-        out_lines = [line for line in (errors or "").splitlines() if line.startswith("serving ")]
-        if out_lines:
-            print("  " + out_lines[0])
+            self.proc.kill()
+            _, errors = self.proc.communicate()
+        lines = [line for line in (errors or "").splitlines() if line.startswith("serving ")]
+        return rss, (lines[0] if lines else "")
+
+
+def interleaved(servers: list[Server], rounds: int, measure) -> list[list[float]]:
+    """`measure(server)` for each server in turn, `rounds` times: [[a1, b1], [a2, b2], ...], so both
+    see the same moments of a noisy machine."""
+    return [[measure(srv) for srv in servers] for _ in range(rounds)]
 
 
 def extra_buffers() -> bool:
@@ -140,6 +145,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per client count (medians reported)")
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
     ap.add_argument("--flash-attn", choices=["on", "off"], default="off",
                     help="llama-server's -fa (ours: off on the CPU with an f16 cache, as the Engine opens models)")
@@ -147,33 +153,38 @@ def main() -> None:
     args = ap.parse_args()
     repack = extra_buffers()
     print(f"{args.gguf.name}, {args.threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
-          f"{args.tokens} tokens per request, slots = clients, weight repacking {'on' if repack else 'off'}, "
-          f"llama-server -fa {args.flash_attn}")
-    have_ref = args.llama_server.exists()
-    if not have_ref:
-        print(f"no llama-server at {args.llama_server}: ours only")
-    results = {}
-    for n in args.clients:  # ours and llama-server alternate, each with as many slots as clients
+          f"{args.tokens} tokens per request, slots = clients, {args.rounds} alternating rounds, weight repacking "
+          f"{'on' if repack else 'off'}, llama-server -fa {args.flash_attn}")
+    if not args.llama_server.exists():
+        raise SystemExit(f"no llama-server at {args.llama_server} (benchmarks/README.md builds it)")
+    base = None
+    for n in args.clients:  # both servers up at once, each with as many slots as clients, measured in turn
         port = free_port()
-        ours = run_server([sys.executable, "-m", "cli", "serve", str(args.gguf), "--port", str(port), "--ctx",
-                           str(args.ctx), "--threads", str(args.threads), "--parallel", str(n)],
-                          port, n, args.tokens, ttft=n == 4, extra=EXTRA)
-        theirs = None
-        if have_ref:
-            port = free_port()
-            cmd = [str(args.llama_server), "-m", str(args.gguf), "--port", str(port), "-c", str(args.ctx * n),
-                   "-np", str(n), "-t", str(args.threads), "--jinja", "-fa", args.flash_attn]
-            theirs = run_server(cmd + ([] if repack else ["--no-repack"]), port, n, args.tokens, ttft=n == 4, extra=REF_EXTRA)
-        results[n] = (ours, theirs)
-        line = f"{n} client(s): ours {ours['tps']:.1f} tok/s (peak RSS {ours['rss'] / (1 << 30):.2f} GiB)"
-        if theirs:
-            line += (f", llama-server {theirs['tps']:.1f} tok/s (peak RSS {theirs['rss'] / (1 << 30):.2f} GiB), "
-                     f"ratio {ours['tps'] / theirs['tps']:.2f}")
-        first = results[args.clients[0]][0]["tps"]
-        print(line + f", ours vs our {args.clients[0]} client(s) {ours['tps'] / first:.2f}x", flush=True)
-        if "ttft" in ours:
-            print(f"time to first token beside 3 decoding: ours {ours['ttft']:.3f} s"
-                  + (f", llama-server {theirs['ttft']:.3f} s" if theirs else ""), flush=True)
+        ours = Server([sys.executable, "-m", "cli", "serve", str(args.gguf), "--port", str(port), "--ctx",
+                       str(args.ctx), "--threads", str(args.threads), "--parallel", str(n)], port, EXTRA, "ours")
+        port = free_port()
+        theirs = Server([str(args.llama_server), "-m", str(args.gguf), "--port", str(port), "-c", str(args.ctx * n),
+                         "-np", str(n), "-t", str(args.threads), "--jinja", "-fa", args.flash_attn]
+                        + ([] if repack else ["--no-repack"]), port, REF_EXTRA, "llama-server")
+        try:
+            for srv in (ours, theirs):
+                aggregate(srv.client, n, 16, srv.extra)  # warm-up
+            tps = interleaved([ours, theirs], args.rounds, lambda srv: aggregate(srv.client, n, args.tokens, srv.extra))
+            ttft = (interleaved([ours, theirs], args.rounds, lambda srv: ttft_under_load(srv.client, args.tokens, srv.extra))
+                    if n == 4 else None)
+        finally:
+            (rss_ours, line), (rss_theirs, _) = ours.stop(), theirs.stop()
+        med = lambda xs: statistics.median(xs)  # noqa: E731
+        ours_tps, theirs_tps = med([r[0] for r in tps]), med([r[1] for r in tps])
+        base = base or ours_tps
+        print(f"  {line}")
+        print(f"{n} client(s): ours {ours_tps:.1f} tok/s, llama-server {theirs_tps:.1f} tok/s, "
+              f"ratio {med([a / b for a, b in tps]):.2f} (rounds: {', '.join(f'{a / b:.2f}' for a, b in tps)}), "
+              f"ours vs our {args.clients[0]} client(s) {ours_tps / base:.2f}x; peak RSS ours "
+              f"{rss_ours / (1 << 30):.2f} GiB, llama-server {rss_theirs / (1 << 30):.2f} GiB", flush=True)
+        if ttft:
+            print(f"time to first token beside 3 decoding (median of {args.rounds}): ours {med([r[0] for r in ttft]):.3f} s, "
+                  f"llama-server {med([r[1] for r in ttft]):.3f} s", flush=True)
     print(f"load after: {os.getloadavg()[0]:.1f}")
 
 
