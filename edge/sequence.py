@@ -23,8 +23,9 @@ def common_prefix(cached: list[int], prompt: list[int]) -> int:
 class LlamaSequence:
     """The Llama's own context: one conversation at a time (the KV prefix carries over)."""
 
-    def __init__(self, llama: llama_cpp.Llama):
+    def __init__(self, llama: llama_cpp.Llama, reserve=None):
         self.llama = llama
+        self.reserve = reserve  # reserve(n): a growing context makes room for n tokens (Engine.reserve_ctx)
 
     @property
     def n_tokens(self) -> int:
@@ -35,10 +36,14 @@ class LlamaSequence:
         llama = self.llama
         keep = common_prefix(llama.input_ids[: llama.n_tokens].tolist(), prompt)
         llama.n_tokens = keep
+        if self.reserve is not None:
+            self.reserve(len(prompt))
         llama.eval(prompt[keep:])
         return len(prompt) - keep
 
     def eval(self, tokens: list[int]) -> None:
+        if self.reserve is not None:
+            self.reserve(self.llama.n_tokens + len(tokens))
         self.llama.eval(tokens)
 
     def sample(self, sampler, is_eog) -> int:
@@ -53,5 +58,5 @@ def open_sequence(engine, prompt: list[int], cancel: threading.Event):
     one (waiting for a free slot; None if `cancel` is set meanwhile), else its Llama's context."""
     scheduler = getattr(engine, "scheduler", None)
     if scheduler is None:
-        return LlamaSequence(engine.llama)
+        return LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None)
     return scheduler.acquire(prompt, cancel)
