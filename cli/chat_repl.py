@@ -19,6 +19,7 @@ from edge.chat import Chat, ChatError, Reply, load_transcript, save_transcript
 from edge.modes import Mode
 
 from .chat_commands import COMMANDS, Command, CommandError, parse_budget, parse_command
+from .console import where
 
 
 def make_reader(history_file: Path | None) -> Callable[[str], str]:
@@ -96,6 +97,7 @@ class ChatRepl:
             parts.append("budget reached")
         if r.stop_reason != "eos":
             parts.append(r.stop_reason)
+        parts.append(self.chat.engine.backend)
         return " · ".join(parts)
 
     # ---- slash commands -----------------------------------------------------------------------
@@ -144,7 +146,7 @@ class ChatRepl:
     def show_stats(self) -> None:
         e = self.chat.engine
         budget = self.chat.budget if self.chat.budget is not None else "off"
-        self.console.print(f"model {escape(str(e.info.path))} · {e.backend} · ctx {e.n_ctx} · "
+        self.console.print(f"model {escape(str(e.info.path))} · {escape(where(e))} · ctx {e.n_ctx} · "
                            f"{e.n_threads} threads · kv {e.kv_cache_type} · mode {self.chat.mode.value} · "
                            f"budget {budget} · {len(self.chat.history)} messages", soft_wrap=True)
         if self.last is not None:

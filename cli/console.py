@@ -60,3 +60,8 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
     return f"{n:.2f} GB"
+
+
+def where(engine) -> str:
+    """Where a loaded Engine runs, as llama.cpp placed it: "vulkan on Vulkan0 (llvmpipe (...))"."""
+    return f"{engine.backend} on {engine.device}" if engine.device else engine.backend

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from rich.table import Table
 
 from edge.chat_template import QWEN3_CHAT_TEMPLATE, TemplateError, compile_template
 from edge.context_plan import model_rope_from_metadata
+from edge.devices import describe_devices, list_devices
+from edge.engine import detect_backend, local_offload_targets
 from edge.model_kind import detect_kind
 from quantize import describe_gguf
 from quantize.gguf_header import read_header
@@ -33,7 +36,18 @@ def runtime_view(path: Path) -> dict[str, Any]:
         view["native_context"], view["max_context"] = rope.native_ctx, rope.max_ctx
     except ValueError as e:
         view["native_context_error"] = str(e)
+    view.update(placement_view())
     return view
+
+
+def placement_view() -> dict[str, Any]:
+    """Where Engine.load would put the model by default, from ggml's device registry: the backend,
+    the device (the first llama.cpp offloads to, else the CPU) and every device this build sees."""
+    devices, targets = list_devices(), local_offload_targets()
+    cpu = next((d for d in devices if d.type == "cpu"), None)
+    first = targets[0] if targets else cpu
+    return {"backend": detect_backend(-1, targets), "device": first.label if first else "CPU",
+            "devices": [dataclasses.asdict(d) for d in devices]}
 
 
 def _sampling_text(sampling: dict[str, Any]) -> str:
@@ -64,6 +78,9 @@ def info(
     t.add_row("native context", f"{d['native_context']:,} tokens (YaRN up to {d['max_context']:,})"
               if d["native_context"] else f"refused ({d['native_context_error']})")
     t.add_row("sampling", _sampling_text(d["sampling"]))
+    t.add_row("runs on", f"{d['backend']} on {d['device']} (by default)")
+    for line in describe_devices(list_devices()):
+        t.add_row("device", line)
     types = ", ".join(f"{k} ×{v}" for k, v in d["tensors"]["types"].items())
     t.add_row("tensors", f"{d['tensors']['count']} ({types})")
     for k, v in d["hyperparameters"].items():

@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 
 from edge.chat import Chat, ChatError
-from edge.engine import DEFAULT_CTX, Engine
+from edge.engine import Engine, EngineError
 from edge.modes import Mode
+from edge.rpc import RpcError, parse_endpoints
 from edge.resolve import resolve_model
 from edge.store import ModelStore
 
@@ -22,25 +23,36 @@ MODEL_HELP = ("A GGUF file, a Hugging Face Qwen3 folder (quantized into the stor
               "such as qwen3-0.6b or qwen3-4b:q8_0 (pulled on first use). Default: qwen3-0.6b:q4_k_m.")
 
 # Typer options shared by the commands that run a model.
-CTX = typer.Option(DEFAULT_CTX, "--ctx", help="Context length in tokens; YaRN beyond the model's native context "
-                                               "(32768, or 262144 for the 2507 models), up to 4 times it.")
+CTX = typer.Option(None, "--ctx", help="Context length in tokens (default: what fits 3/4 of the free memory, up to "
+                                        "32768; it starts at 2048 and grows as the chat needs); YaRN beyond the "
+                                        "model's native context (32768, or 262144 for the 2507 models), up to 4 times it.")
 SOURCE = typer.Option(None, "--source", help="Hub to download a store name from: hf or modelscope "
                                              "(default: $QWEN3_EDGE_SOURCE, else hf).")
 THREADS = typer.Option(None, "--threads", help="CPU threads (default: physical cores).")
-GPU_LAYERS = typer.Option(None, "--gpu-layers", help="Layers to offload (default: all when the bindings have a GPU backend; 0 = CPU).")
-KV_CACHE = typer.Option("f16", "--kv-cache", help="KV cache type: f16, q8_0 or q4_0.")
-MMAP = typer.Option(True, "--mmap/--no-mmap", help="Memory-map the weights (fastest load) or read them in (smallest footprint with Q4 weights).")
+GPU_LAYERS = typer.Option(None, "--gpu-layers", help="Layers to offload (default: all when llama.cpp lists a GPU device; 0 = CPU).")
+KV_CACHE = typer.Option(None, "--kv-cache", help="KV cache type: f16, q8_0 or q4_0 (default: f16, quantized only "
+                                                 "when memory is short).")
+RPC = typer.Option(None, "--rpc", help="Split the model across `qwen3-edge worker`s: HOST:PORT[,HOST:PORT...] "
+                                        "(llama.cpp's RPC backend; the protocol has no authentication).")
+MMAP = typer.Option(None, "--mmap/--no-mmap", help="Memory-map the weights (fastest load) or read them in (one copy "
+                                                  "where llama.cpp repacks quantized weights; the default there).")
 
 
-def load_engine(model: Optional[str], ctx: int, threads: Optional[int], gpu_layers: Optional[int],
-                kv_cache: str, mmap: bool = True, parallel: int | None = 1, source: str | None = None) -> Engine:
+def load_engine(model: Optional[str], ctx: Optional[int], threads: Optional[int], gpu_layers: Optional[int],
+                kv_cache: Optional[str], mmap: Optional[bool] = None, parallel: int | None = 1, source: str | None = None,
+                rpc: str | None = None) -> Engine:
     """Resolve MODEL (pulling or quantizing with progress bars) and open it; warnings go to stderr."""
+    try:
+        rpc_servers = [str(e) for e in parse_endpoints(rpc)] if rpc is not None else None
+    except RpcError as e:
+        raise EngineError(str(e)) from None  # before any download
     with stage_bars() as bars:
         path = resolve_model(model, ModelStore(), progress=bars, source=source)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine = Engine.load(Path(path), n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers,
-                             kv_cache_type=kv_cache, use_mmap=mmap, parallel=parallel)
+                             kv_cache_type=kv_cache, use_mmap=mmap, parallel=parallel, rpc_servers=rpc_servers,
+                             grow=True)  # one local stream: the context grows up to --ctx as the chat needs
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
     return engine

@@ -23,7 +23,7 @@ from .sampling import THINKING, build_sampler
 @dataclass(frozen=True)
 class BenchResult:
     model: str
-    backend: str
+    backend: str            # where llama.cpp put the layers: "cpu", "vulkan", ... (Engine.backend)
     threads: int
     n_prompt: int
     n_gen: int
@@ -32,6 +32,7 @@ class BenchResult:
     tg_tokens_per_s: float
     ttft_s: float
     peak_rss_bytes: int
+    device: str = ""        # the device(s) holding the layers, as llama.cpp names them (Engine.device)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,11 +44,12 @@ def peak_rss_bytes() -> int:
 
 
 def run_bench(path: str | Path, *, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 1,
-              n_threads: int | None = None, n_gpu_layers: int | None = None, seed: int = 0) -> BenchResult:
+              n_threads: int | None = None, n_gpu_layers: int | None = None, seed: int = 0,
+              rpc_servers: str | list[str] | None = None) -> BenchResult:
     """Best of `repetitions` for pp and tg, context sized like llama-bench's (n_prompt + n_gen)."""
     started = time.perf_counter()
     engine = Engine.load(path, n_ctx=n_prompt + n_gen, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                         n_batch=max(n_prompt, 1))
+                         n_batch=max(n_prompt, 1), rpc_servers=rpc_servers)
     load_s = time.perf_counter() - started
     llama = engine.llama
     rng = random.Random(seed)
@@ -73,4 +75,4 @@ def run_bench(path: str | Path, *, n_prompt: int = 512, n_gen: int = 128, repeti
         engine.close()
     return BenchResult(str(path), engine.backend, engine.n_threads, n_prompt, n_gen, round(load_s, 3),
                        round(n_prompt / best_pp, 2), round(n_gen / best_tg, 2) if n_gen else 0.0,
-                       round(best_ttft, 4), peak_rss_bytes())
+                       round(best_ttft, 4), peak_rss_bytes(), engine.device)

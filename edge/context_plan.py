@@ -238,6 +238,11 @@ class MemoryPlan:
     max_ctx: int        # largest multiple of 256 (<= ctx_limit) that fits; 0 if even 256 does not
     n_ctx: int = 0
     n_seq: int = 1      # parallel slots of n_ctx tokens each (max_ctx is then per slot)
+    device: "DeviceShare | None" = None   # what the offload device holds, when layers are offloaded
+
+    @property
+    def device_fits(self) -> bool:
+        return self.device is None or self.device.fits
 
     def describe(self) -> str:
         """One line for users: what the context costs and, when it does not fit, what would."""
@@ -245,6 +250,8 @@ class MemoryPlan:
         tokens = f"{self.n_ctx} tokens" if self.n_seq == 1 else f"{self.n_seq} slots of {self.n_ctx} tokens"
         head = (f"model {gib(self.model_bytes)} + KV cache {gib(self.kv_bytes)} ({tokens}) + "
                 f"overhead {gib(self.overhead_bytes)} = {gib(self.total_bytes)} of {gib(self.available_bytes)} available")
+        if self.device is not None:
+            head += f"; {self.device.describe()}"
         if self.fits:
             return f"{head}: fits (up to {self.max_ctx} tokens would)"
         if self.max_ctx == 0:
@@ -254,6 +261,52 @@ class MemoryPlan:
 
 def _gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB"
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    """What one offload device (a GPU, lavapipe's Vulkan0) holds: its weights, the KV cache of its
+    layers and its compute buffer, against the free memory it reports."""
+    name: str
+    free_bytes: int
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+
+    @property
+    def need_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.need_bytes <= self.free_bytes
+
+    def describe(self) -> str:
+        return (f"on {self.name}: weights {_gib(self.weights_bytes)} + KV {_gib(self.kv_bytes)} + compute "
+                f"{_gib(self.compute_bytes)} = {_gib(self.need_bytes)} of {_gib(self.free_bytes)} free")
+
+
+def offloaded_layers(n_gpu_layers: int, n_layers: int) -> tuple[int, bool]:
+    """(repeating layers on the device, whether the output layer is), as llama.cpp assigns them:
+    the last n_gpu_layers of [layer 0 .. layer n_layers-1, output]; negative means all."""
+    k = n_layers + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layers + 1)
+    return max(k - 1, 0), k >= 1
+
+
+_BLOCK = re.compile(r"blk\.(\d+)\.")
+
+
+def offloaded_weight_bytes(tensors: Mapping[str, int], n_layers: int, n_gpu_layers: int) -> int:
+    """Bytes of the weights llama.cpp puts on the device for n_gpu_layers, from the GGUF's tensor
+    sizes: the offloaded blocks, and with the output layer output_norm and output.weight (a copy of
+    token_embd when the embeddings are tied). token_embd itself always stays on the CPU."""
+    repeating, output = offloaded_layers(n_gpu_layers, n_layers)
+    first = n_layers - repeating
+    total = sum(size for name, size in tensors.items() if (m := _BLOCK.match(name)) and first <= int(m.group(1)) < n_layers)
+    if output:
+        total += tensors.get("output_norm.weight", 0)
+        total += tensors.get("output.weight", tensors.get("token_embd.weight", 0))
+    return total
 
 
 SIDE_CTX, SIDE_BATCH = 256, 32  # the Llama's own context when parallel slots do the work
@@ -277,7 +330,8 @@ def overhead_bytes(n_ctx: int, n_vocab: int = 151936, n_batch: int = 512, *,
 def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, head_dim: int,
                 available_bytes: int, type_k: str = "f16", type_v: str = "f16", n_vocab: int = 151936,
                 n_batch: int = 512, *, n_heads: int = 0, flash_attn: bool = False,
-                ctx_limit: int = MAX_CTX, n_seq: int = 1) -> MemoryPlan:
+                ctx_limit: int = MAX_CTX, n_seq: int = 1, device: str | None = None, device_free_bytes: int = 0,
+                device_weight_bytes: int = 0, device_layers: int = 0) -> MemoryPlan:
     """Whether weights + KV cache + compute buffers for `n_ctx` fit in `available_bytes`, and
     the largest context up to `ctx_limit` (the model's `ModelRope.max_ctx`) that would. Pass
     n_heads (query heads) for the attention-score buffer, which outgrows the logits buffer
@@ -285,26 +339,42 @@ def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, he
 
     n_seq > 1 plans parallel slots (scheduler.py): one batched context whose unified KV pool
     holds n_seq * n_ctx tokens (every slot may fill its context at once), plus the Llama's own
-    small context (SIDE_CTX tokens, batch SIDE_BATCH) that the Engine then keeps unused."""
-    def total(ctx: int) -> tuple[int, int, int]:
+    small context (SIDE_CTX tokens, batch SIDE_BATCH) that the Engine then keeps unused.
+
+    With `device` (a name such as "Vulkan0") the layers go to one offload device whose free
+    memory is `device_free_bytes`: it must hold `device_weight_bytes` (offloaded_weight_bytes),
+    the KV cache of its `device_layers` repeating layers and a compute buffer sized as on the CPU
+    (overhead_bytes less its 64 MiB for the process). The host check stays as without a device
+    (the model file passes through RAM, mapped or read, and on an integrated or software GPU such
+    as lavapipe the device's memory is the host's anyway), so offloading never loosens it."""
+    def total(ctx: int) -> tuple[int, int, int, DeviceShare | None]:
         kv = kv_cache_bytes(ctx * n_seq, n_layers, n_kv_heads, head_dim, type_k, type_v)
         extra = overhead_bytes(ctx * n_seq, n_vocab, n_batch, n_heads=n_heads, flash_attn=flash_attn)
         if n_seq > 1:
             kv += kv_cache_bytes(SIDE_CTX, n_layers, n_kv_heads, head_dim, type_k, type_v)
             extra += overhead_bytes(SIDE_CTX, n_vocab, SIDE_BATCH, n_heads=n_heads, flash_attn=flash_attn)
-        return kv, extra, model_bytes + kv + extra
+        share = None
+        if device is not None:
+            on_dev = min(device_layers, n_layers)
+            dev_kv = kv * on_dev // n_layers if n_layers else 0
+            share = DeviceShare(device, device_free_bytes, device_weight_bytes, dev_kv, extra - 64 * MIB)
+        return kv, extra, model_bytes + kv + extra, share
 
-    kv, extra, need = total(n_ctx)
+    def fits(plan: tuple[int, int, int, DeviceShare | None]) -> bool:
+        return plan[2] <= available_bytes and (plan[3] is None or plan[3].fits)
+
+    now = total(n_ctx)
+    kv, extra, need, share = now
     # Total grows with the context, so binary-search the largest fitting multiple of CTX_STEP.
     lo, hi = 0, ctx_limit // CTX_STEP
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if total(mid * CTX_STEP)[2] <= available_bytes:
+        if fits(total(mid * CTX_STEP)):
             lo = mid
         else:
             hi = mid - 1
-    return MemoryPlan(model_bytes, kv, extra, need, available_bytes, need <= available_bytes,
-                      lo * CTX_STEP, n_ctx, n_seq)
+    return MemoryPlan(model_bytes, kv, extra, need, available_bytes, fits(now),
+                      lo * CTX_STEP, n_ctx, n_seq, share)
 
 
 def plan_slots(most: int, plan) -> int:

@@ -7,7 +7,7 @@ refused with the largest one that would, instead of an out-of-memory kill.
 
 from __future__ import annotations
 
-import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +21,18 @@ from quantize.gguf_header import read_header
 from quantize.gguf_info import sampling_defaults
 
 from .chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
+from .context_growth import GrowthError, resize_context
 from .cpu_buffers import TunedLlama, cpu_extra_buffer_types, extra_buffers_safe
 from .context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, check_kv_types,
-                           SIDE_BATCH, SIDE_CTX, model_rope_from_metadata, physical_cores, plan_memory, plan_rope,
-                           plan_slots)
+                           SIDE_BATCH, SIDE_CTX, model_rope_from_metadata, offloaded_layers, offloaded_weight_bytes,
+                           physical_cores, plan_memory, plan_rope, plan_slots)
+from .footprint import Footprint, choose_footprint, next_ctx
+from .devices import (Device, Placement, capture_llama_log, list_devices, no_device_message, offload_targets,
+                      parse_load_log, placement_backend, placement_device, registry_names)
 from .model_kind import ModelKind, detect_kind
+from . import rpc
 
-DEFAULT_CTX = 8192
+DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: footprint.py chooses)
 
 
 class EngineError(Exception):
@@ -79,15 +84,31 @@ def read_model_info(path: Path) -> ModelInfo:
     )
 
 
-def detect_backend(n_gpu_layers: int) -> str:
-    """"cpu", or the GPU backend the bindings were built with when layers are offloaded."""
-    if n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload():
-        return "cpu"
-    info = llama_cpp.llama_print_system_info().decode(errors="replace").lower()
-    for name in ("metal", "vulkan", "cuda", "hip", "sycl", "opencl"):
-        if name in info:
-            return name
-    return "metal" if sys.platform == "darwin" else "gpu"
+def local_offload_targets() -> list[Device]:
+    """The devices of this machine that llama.cpp would offload layers to, from ggml's registry.
+    RPC devices are left out: they exist only once servers are registered (rpc.py), and a
+    registry keeps those of earlier loads. Not llama_supports_gpu_offload(), which is true for
+    any build with the RPC backend, GPU or none."""
+    return [d for d in offload_targets(list_devices()) if d.registry != "RPC"]
+
+
+def detect_backend(n_gpu_layers: int, targets: list[Device] | None = None) -> str:
+    """"cpu", or the registry's name of the device the layers would go to ("vulkan", "metal",
+    "cuda", ...), before loading; after loading, Engine.backend says where they went."""
+    targets = local_offload_targets() if targets is None else targets
+    return targets[0].backend if n_gpu_layers != 0 and targets else "cpu"
+
+
+def device_refusal(memory: MemoryPlan, n_ctx: int, asked_layers: int, fitting_layers: int) -> str:
+    """One line for a model that its offload device cannot hold: what it needs there, and what
+    would fit (a shorter context, fewer offloaded layers, the CPU)."""
+    ways = []
+    if memory.max_ctx:
+        ways.append(f"a context of at most {memory.max_ctx} tokens (--ctx {memory.max_ctx})")
+    if fitting_layers:
+        ways.append(f"{fitting_layers} of its {asked_layers} layers on the device (--gpu-layers {fitting_layers})")
+    ways.append("the CPU (--gpu-layers 0)")
+    return (f"context {n_ctx} does not fit {memory.device.describe()}; what fits: {', or '.join(ways)}")
 
 
 class Engine:
@@ -106,18 +127,39 @@ class Engine:
         # The preset the GGUF carries (general.sampling.*: temperature, top_p, top_k, min_p), if any.
         self.sampling_defaults: dict[str, float | int] = dict(info.sampling_defaults)
         self.scheduler = None  # parallel slots (scheduler.py), when loaded with parallel > 1
+        self.footprint: Footprint | None = None  # the ctx, KV type and mmap asked or chosen (footprint.py)
+        self.max_ctx: int | None = None  # a growing context's ceiling (None: it does not grow)
+        self.growths: list[tuple[int, int, float]] = []  # (from, to, seconds) of each growth
+        self.rpc: rpc.RpcCluster | None = None      # the workers, when loaded with rpc_servers
+        self.split_plan = None                      # split_plan.SplitPlan over them
+        # Where llama.cpp put the layers (devices.Placement, from its load log), and the device(s)
+        # holding them as users read them: "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))", "CPU (...)".
+        self.placement: Placement | None = None
+        self.device: str = ""
 
     @classmethod
-    def load(cls, path: str | Path, *, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None,
-             n_gpu_layers: int | None = None, kv_cache_type: str = "f16", flash_attn: bool | None = None,
-             available_bytes: int | None = None, n_batch: int = 512, use_mmap: bool = True,
+    def load(cls, path: str | Path, *, n_ctx: int | None = None, n_threads: int | None = None,
+             n_gpu_layers: int | None = None, kv_cache_type: str | None = None, flash_attn: bool | None = None,
+             available_bytes: int | None = None, n_batch: int = 512, use_mmap: bool | None = None,
              verbose: bool = False, parallel: int | None = 1, max_parallel: int = 4,
-             extra_buffers: bool | None = None) -> "Engine":
-        """Open a Qwen3 GGUF (memory-mapped).
+             extra_buffers: bool | None = None, rpc_servers: str | list[str] | None = None,
+             rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None) -> "Engine":
+        """Open a Qwen3 GGUF.
+
+        n_ctx, kv_cache_type and use_mmap left None are chosen from the memory plan and the memory
+        available (footprint.py; `engine.footprint.describe()` says what): quantized weights read
+        in where llama.cpp repacks them, an f16 KV cache unless memory is short, and the largest
+        context that fits a share of memory, up to the native context and 32,768. With grow
+        (default: when n_ctx is None and one local stream runs) llama.cpp's context starts at
+        2,048 tokens and is re-created larger, keeping what is cached, when the chat outgrows it
+        (context_growth.py); `engine.n_ctx` is then the ceiling, `engine.allocated_ctx` the size now.
+        Parallel slots keep the old defaults (8,192 tokens, f16) and a fixed pool.
 
         n_ctx above the model's native context (32,768 for the original Qwen3 models, 262,144 for
         the 2507 ones) turns YaRN on (factor ceil(n_ctx/native), at most 4). n_gpu_layers
-        None offloads every layer when the bindings support a GPU, else runs on the CPU.
+        None offloads every layer when ggml's registry lists a GPU device, else runs on the CPU;
+        a number without a device is refused in one line. After loading, `backend`, `device` and
+        `placement` say where llama.cpp put the layers (from its load log, devices.py).
         kv_cache_type f16, q8_0 or q4_0; a quantized cache turns flash attention on (llama.cpp
         needs it for a quantized V cache); it is also on when layers are offloaded to a GPU, and off
         otherwise (on CPUs it slows generation at chat depths). n_threads defaults to the physical
@@ -132,18 +174,72 @@ class Engine:
 
         extra_buffers: llama.cpp's repacked weight layouts (CPU_REPACK, AMX); None uses them unless
         the CPU backend offers AMX, whose kernels crash this llama.cpp (cpu_buffers.py).
+
+        rpc_servers "host:port,..." (or a list) splits the layers across `qwen3-edge worker`s
+        (llama.cpp's RPC backend, rpc.py): each is probed with bounded connects and reads first,
+        the memory plan splits weights and KV cache the way llama.cpp will (split_plan.py), and a
+        worker that stops answering for rpc_timeout seconds, or dies, ends the reply with
+        rpc.WorkerLost (a ChatError in a Chat) instead of a hang or an abort.
         """
         path = Path(path)
         if extra_buffers is None:  # llama.cpp's repacked weight layouts, unless one of them crashes
             extra_buffers = extra_buffers_safe(cpu_extra_buffer_types())
         info = read_model_info(path)
         threads = n_threads or physical_cores()
-        gpu_layers = (-1 if llama_cpp.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
-        backend = detect_backend(gpu_layers)
-        if flash_attn is None:
+        workers = None
+        if rpc_servers is not None:
+            if parallel != 1:
+                raise EngineError("parallel slots over RPC workers are not supported yet: use parallel=1")
+            try:
+                workers = rpc.probe_workers(rpc_servers)
+            except rpc.RpcError as e:
+                raise EngineError(str(e)) from None
+        targets = local_offload_targets()
+        gpu_layers = (-1 if targets or workers else 0) if n_gpu_layers is None else n_gpu_layers
+        if gpu_layers != 0 and not targets and not workers:
+            raise EngineError(f"--gpu-layers {gpu_layers}: {no_device_message(registry_names())}")
+        backend = "rpc" if workers and gpu_layers != 0 else detect_backend(gpu_layers, targets)
+        avail = available_bytes if available_bytes is not None else available_memory_bytes()
+        asked_flash_attn = flash_attn
+        tensor_bytes: dict[str, int] = {}
+
+        def on_device(layers: int) -> dict[str, Any]:
+            """plan_memory's device arguments for `layers` offloaded to the local device(s), whose
+            free memory counts as llama.cpp reports it ({} on the CPU, or for a device that reports
+            no memory, where llama.cpp itself falls back to the host's)."""
+            free = sum(d.memory_free for d in targets)
+            if layers == 0 or workers is not None or not targets or (free == 0 and not any(d.memory_total for d in targets)):
+                return {}
+            if not tensor_bytes:
+                tensor_bytes.update((t.name, t.n_bytes) for t in read_header(path).tensors)
+            return dict(device=" + ".join(d.name for d in targets), device_free_bytes=free,
+                        device_weight_bytes=offloaded_weight_bytes(tensor_bytes, info.n_layers, layers),
+                        device_layers=offloaded_layers(layers, info.n_layers)[0])
+        device_kwargs = on_device(gpu_layers)
+
+        def attention(kv: str) -> bool:
             # On the CPU flash attention slows generation at chat depths (benchmarks/RESULTS.md);
             # GPU backends gain from it, and a quantized V cache needs it.
-            flash_attn = kv_cache_type != "f16" or backend != "cpu"
+            return (kv != "f16" or backend != "cpu") if asked_flash_attn is None else asked_flash_attn
+
+        def plan_one(ctx: int, kv: str, budget: int) -> MemoryPlan:
+            return plan_memory(info.size_bytes, ctx, info.n_layers, info.n_kv_heads, info.head_dim, budget,
+                               type_k=kv, type_v=kv, n_batch=n_batch, n_heads=info.n_heads,
+                               flash_attn=attention(kv), ctx_limit=info.rope.max_ctx, **device_kwargs)
+        single = parallel == 1 and workers is None
+        try:
+            if kv_cache_type is not None:
+                check_kv_types(kv_cache_type, kv_cache_type, True)  # an unknown name, before planning
+            footprint = choose_footprint(
+                asked_ctx=n_ctx if n_ctx is not None or single else DEFAULT_CTX,
+                asked_kv=kv_cache_type if kv_cache_type is not None or single else "f16",
+                asked_mmap=use_mmap, grow=single and (n_ctx is None if grow is None else grow), plan=plan_one,
+                available_bytes=avail, native_ctx=info.native_ctx, file_type=info.file_type,
+                repacks=bool(extra_buffers) and backend == "cpu")
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+        n_ctx, kv_cache_type, use_mmap = footprint.n_ctx, footprint.kv_cache_type, footprint.use_mmap
+        flash_attn = attention(kv_cache_type)
         try:
             check_kv_types(kv_cache_type, kv_cache_type, flash_attn)
             rope = plan_rope(n_ctx, native_ctx=info.native_ctx, gguf_yarn=info.yarn, size_label=info.size_label,
@@ -152,16 +248,32 @@ class Engine:
             raise EngineError(str(e)) from None
         if rope.warning:
             warnings.warn(rope.warning, stacklevel=2)
-        avail = available_bytes if available_bytes is not None else available_memory_bytes()
 
         def plan(n_seq: int):
             return plan_memory(info.size_bytes, n_ctx, info.n_layers, info.n_kv_heads, info.head_dim, avail,
                                type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch, n_heads=info.n_heads,
-                               flash_attn=flash_attn, ctx_limit=info.rope.max_ctx, n_seq=n_seq)
+                               flash_attn=flash_attn, ctx_limit=info.rope.max_ctx, n_seq=n_seq, **device_kwargs)
         slots = (plan_slots(max_parallel, plan) or 1) if parallel is None else parallel
         if slots < 1:
             raise EngineError(f"parallel must be at least 1, not {slots}")
         memory = plan(slots)
+        if workers is not None:  # the host keeps only what llama.cpp leaves on the CPU
+            split = rpc.plan_over_workers(
+                workers, [(t.name, t.n_bytes) for t in read_header(path).tensors], info.n_layers, avail, n_ctx,
+                n_kv_heads=info.n_kv_heads, head_dim=info.head_dim, n_heads=info.n_heads, n_gpu_layers=gpu_layers,
+                type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch, flash_attn=flash_attn,
+                ctx_limit=info.rope.max_ctx)
+            if not split.fits:
+                raise EngineError(f"{path}: {split.refusal()}")
+            memory = split.memory_plan()
+        if not memory.fits and not memory.device_fits:
+            def fits_with(layers: int) -> bool:
+                return plan_memory(info.size_bytes, n_ctx, info.n_layers, info.n_kv_heads, info.head_dim, avail,
+                                   type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch, n_heads=info.n_heads,
+                                   flash_attn=flash_attn, ctx_limit=info.rope.max_ctx, n_seq=slots,
+                                   **on_device(layers)).fits
+            most = info.n_layers + 1 if gpu_layers < 0 else min(gpu_layers, info.n_layers + 1)
+            raise EngineError(f"{path}: {device_refusal(memory, n_ctx, most, next((k for k in range(most - 1, 0, -1) if fits_with(k)), 0))}")
         if not memory.fits:
             if slots > 1:
                 raise EngineError(f"{path}: {slots} parallel slots of {n_ctx} tokens do not fit in memory "
@@ -173,17 +285,36 @@ class Engine:
             template = compile_template(info.chat_template or QWEN3_CHAT_TEMPLATE)
         except TemplateError as e:
             raise EngineError(f"{path}: unusable chat template ({e})") from None
+        load = None
         try:
-            own_ctx, own_batch = (n_ctx, n_batch) if slots == 1 else (SIDE_CTX, SIDE_BATCH)
-            llama = TunedLlama(
-                str(path), n_ctx=own_ctx, n_batch=own_batch, n_ubatch=own_batch, n_threads=threads,
-                n_threads_batch=threads,
-                n_gpu_layers=gpu_layers, use_mmap=use_mmap, use_mlock=False, flash_attn=flash_attn,
-                type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
-                verbose=verbose, model_overrides={"use_extra_bufts": extra_buffers}, **rope.llama_kwargs())
-        except (ValueError, RuntimeError) as e:
+            own_ctx, own_batch = (footprint.start_ctx, n_batch) if slots == 1 else (SIDE_CTX, SIDE_BATCH)
+            load = rpc.connect_workers(workers, split, io_timeout=rpc_timeout) if workers is not None else None
+            choice = load.choice if load is not None else rpc.local_choice()
+            with capture_llama_log() as load_log:
+                llama = rpc.llama_class(TunedLlama, load and load.cluster)(
+                    str(path), n_ctx=own_ctx, n_batch=own_batch, n_ubatch=own_batch, n_threads=threads,
+                    n_threads_batch=threads,
+                    n_gpu_layers=gpu_layers, use_mmap=use_mmap, use_mlock=False, flash_attn=flash_attn,
+                    type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
+                    verbose=verbose, model_overrides={"use_extra_bufts": extra_buffers, **(choice.overrides if choice else {})},
+                    **rope.llama_kwargs())
+        except (rpc.RpcError, ValueError, RuntimeError) as e:
+            if load is not None:
+                load.cluster.retire()
+            if isinstance(e, rpc.RpcError):
+                raise EngineError(f"{path}: {e}") from None
             raise EngineError(f"{path}: llama.cpp could not load the model ({e})") from None
         engine = cls(llama, info, template, backend, rope, memory, threads, kv_cache_type)
+        engine.placement = parse_load_log("".join(load_log))
+        if engine.placement.layers:  # what llama.cpp did, over what was asked
+            devices = list_devices()
+            engine.backend = placement_backend(engine.placement, devices)
+            engine.device = placement_device(engine.placement, devices)
+        engine.footprint = footprint
+        if footprint.grows and slots == 1:
+            engine.max_ctx = footprint.n_ctx
+        if load is not None:
+            engine.rpc, engine.split_plan = load.cluster, load.split
         engine.extra_buffers = extra_buffers
         if slots > 1:
             from .scheduler import Scheduler, SchedulerError
@@ -205,7 +336,30 @@ class Engine:
         token buffer holds exactly the requested length. With parallel slots: each slot's context."""
         if self.scheduler is not None:
             return self.scheduler.n_ctx
+        if self.max_ctx is not None:
+            return self.max_ctx  # a growing context: what the chat may fill (allocated_ctx: now)
+        return self.allocated_ctx
+
+    @property
+    def allocated_ctx(self) -> int:
+        """The context llama.cpp holds now (a growing one's current size)."""
         return min(self.llama.n_ctx(), len(self.llama.input_ids))
+
+    def reserve_ctx(self, n_tokens: int) -> None:
+        """Grow a growing context so that it holds n_tokens (doubling, up to n_ctx), keeping what
+        is cached. If llama.cpp cannot make the larger context, the current one stays, n_ctx
+        drops to it (so the next turn is trimmed to fit), and EngineError says so."""
+        have = self.allocated_ctx
+        if self.max_ctx is None or n_tokens <= have or have >= self.max_ctx:
+            return
+        size = next_ctx(have, n_tokens, self.max_ctx)
+        started = time.perf_counter()
+        try:
+            resize_context(self.llama, size)
+        except GrowthError as e:
+            self.max_ctx = self.allocated_ctx
+            raise EngineError(str(e)) from None
+        self.growths.append((have, size, time.perf_counter() - started))
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a rendered prompt: special tokens parsed, no BOS (Qwen adds none)."""
@@ -215,6 +369,8 @@ class Engine:
         if self.scheduler is not None:
             self.scheduler.close()
         self.llama.close()
+        if self.rpc is not None:
+            self.rpc.retire()
 
     def __enter__(self) -> "Engine":
         return self
