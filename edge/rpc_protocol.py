@@ -102,7 +102,8 @@ def expected_answer(cmd: int, payload: bytes) -> int | None:
 def stand_in_answer(cmd: int, payload: bytes) -> bytes | None:
     """What the relay answers for a worker that is gone: well-formed zeros (so llama.cpp's
     client, which aborts the process on any broken answer, returns instead), except the
-    handshake, which must carry our version."""
+    handshake, which must carry our version, and the buffer type's alignment and maximum size,
+    which ggml checks (a stale device's buffer type may be created after its worker is gone)."""
     size = expected_answer(cmd, payload)
     if size is None:
         return None
@@ -110,6 +111,10 @@ def stand_in_answer(cmd: int, payload: bytes) -> bytes | None:
         body = bytes(PROTO_VERSION) + bytes(1 + CONN_CAPS_SIZE)
     elif cmd == DEVICE_COUNT:
         body = struct.pack("<I", 1)
+    elif cmd == GET_ALIGNMENT:
+        body = struct.pack("<Q", 32)        # ggml asserts a power of two
+    elif cmd == GET_MAX_SIZE:
+        body = struct.pack("<Q", (1 << 64) - 1)
     else:
         body = bytes(size)
     return struct.pack("<Q", len(body)) + body

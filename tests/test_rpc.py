@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from edge import Chat, ChatError, Engine, EngineError
-from edge.rpc import Endpoint, RpcError, probe, rpc_available
+from edge.cpu_buffers import TunedLlama
+from edge.devices import capture_llama_log, parse_load_log
+from edge.rpc import Endpoint, RpcError, WorkerLost, local_choice, probe, registry_has_rpc, rpc_available
 from tests.model_factory import TINY_TIED, build_model
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 
@@ -194,6 +196,36 @@ def test_worker_killed_mid_reply(scripted_gguf):
     finally:
         for w in pair:
             w.stop()
+
+
+def test_eval_raises_when_the_worker_dies_during_it(random_gguf):
+    """The stand-in zeros of a dead worker never come back as logits: the eval that met the
+    failure raises, not the next one."""
+    pair = [Worker(), Worker()]
+    try:
+        with load(random_gguf, [w.endpoint for w in pair]) as engine:
+            engine.llama.eval(TOKENS[:4])
+            pair[0].proc.kill()
+            pair[0].proc.wait(10)
+            with pytest.raises(WorkerLost, match=f"RPC worker {pair[0].endpoint} closed the connection"):
+                engine.llama.eval(TOKENS[4:6])
+    finally:
+        for w in pair:
+            w.stop()
+
+
+def test_later_plain_loads_keep_off_stale_rpc_devices(random_gguf, workers):
+    """llama.cpp's registry keeps the devices of every server registered in the process; a load
+    without workers names its devices (the local accelerators: none here) instead of its default."""
+    with load(random_gguf, [w.endpoint for w in workers]) as engine:
+        stale = {d.name for d in engine.rpc.devices}
+    assert registry_has_rpc()
+    choice = local_choice()
+    assert choice is not None and not stale & set(choice.names)
+    with capture_llama_log() as log:
+        llm = TunedLlama(str(random_gguf), n_ctx=64, n_gpu_layers=-1, verbose=False, model_overrides=choice.overrides)
+    llm.close()
+    assert set(parse_load_log("".join(log)).layers) == {"CPU"}
 
 
 def test_worker_stalled_mid_reply_is_bounded(scripted_gguf):

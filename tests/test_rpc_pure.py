@@ -88,6 +88,8 @@ def test_stand_in_answers_are_well_formed():
     got = proto.stand_in_answer(proto.GET_TENSOR, bytes(296) + struct.pack("<QQ", 0, 12))
     assert got == struct.pack("<Q", 12) + bytes(12)
     assert proto.stand_in_answer(proto.SET_TENSOR, b"abc") is None
+    assert proto.stand_in_answer(proto.GET_ALIGNMENT, bytes(4)) == struct.pack("<QQ", 8, 32)
+    assert proto.stand_in_answer(proto.GET_MAX_SIZE, bytes(4)) == struct.pack("<QQ", 8, (1 << 64) - 1)
 
 
 # ---- llama.cpp's layer split (llama_model_base::load_tensors) ------------------------------------
@@ -140,7 +142,8 @@ def test_split_plan_shares():
     assert host.layers == () and a.layers == tuple(range(15)) and b.layers == tuple(range(15, 29))
     assert a.weights_bytes == 15 * GIB // 8 and b.weights_bytes == 13 * GIB // 8 + GIB // 2
     # KV: 4096 tokens x 2 (K, V) x 8 x 128 x 2 bytes per layer
-    assert a.kv_bytes == 15 * 4096 * 2 * 8 * 128 * 2 and host.kv_bytes == 0
+    per_layer = 4096 * 2 * 8 * 128 * 2
+    assert a.kv_bytes == 15 * per_layer and b.kv_bytes == 13 * per_layer and host.kv_bytes == 0  # output: no KV
     assert host.weights_bytes == GIB // 2
     assert plan.fits and plan.refusal() is None and plan.max_ctx >= 4096
 
@@ -352,7 +355,7 @@ def test_relay_bounds_a_stalled_worker():
         conn.sendall(struct.pack("<Q", 28) + bytes([7, 0, 0]) + bytes(25))
         time.sleep(30)
     server = FakeServer(stall)
-    relay = Relay("127.0.0.1", server.port, connect_timeout=1, io_timeout=0.5)
+    relay = Relay("127.0.0.1", server.port, connect_timeout=5, io_timeout=0.5)
     try:
         host, port = relay.address.split(":")
         with socket.create_connection((host, int(port)), timeout=5) as c:
@@ -366,12 +369,15 @@ def test_relay_bounds_a_stalled_worker():
 
 
 def test_retired_relay_answers_without_the_worker():
-    server = fake_worker()
+    server = fake_worker(memory=(5, 6))
     relay = Relay("127.0.0.1", server.port, connect_timeout=1, io_timeout=1)
     relay.retire()
-    server.close()
-    host, port = relay.address.split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as c:
-        assert proto.parse_hello(_ask(c, proto.HELLO, bytes(24), 28)) == proto.Version(7, 0, 0)
-        assert _ask(c, proto.DEVICE_COUNT, b"", 4) == struct.pack("<I", 1)
-    assert relay.failure is None   # retiring is not a failure
+    try:
+        host, port = relay.address.split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as c:
+            assert proto.parse_hello(_ask(c, proto.HELLO, bytes(24), 28)) == proto.Version(7, 0, 0)
+            assert _ask(c, proto.DEVICE_COUNT, b"", 4) == struct.pack("<I", 1)
+            assert _ask(c, proto.GET_DEVICE_MEMORY, struct.pack("<I", 0), 16) == bytes(16)
+        assert server.conns == [] and relay.failure is None   # the worker was not asked; not a failure
+    finally:
+        server.close()
