@@ -290,7 +290,8 @@ def test_cli_refuses_a_dead_endpoint_in_one_line(scripted_gguf):
     started = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and time.monotonic() - started < 30
-    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    # ours is one line; a Vulkan build of llama.cpp prints "ggml_vulkan: No devices found." itself at start-up
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith("ggml_vulkan:")]
     assert len(lines) == 1 and "connection refused" in lines[0], done.stderr
 
 
