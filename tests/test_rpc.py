@@ -22,7 +22,7 @@ import pytest
 
 from edge import Chat, ChatError, Engine, EngineError
 from edge.cpu_buffers import TunedLlama
-from edge.devices import capture_llama_log, parse_load_log
+from edge.devices import capture_llama_log, parse_load_log, registry_names
 from edge.rpc import Endpoint, RpcError, WorkerLost, local_choice, probe, registry_has_rpc, rpc_available
 from tests.model_factory import TINY_TIED, build_model
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
@@ -47,12 +47,13 @@ def free_port() -> int:
 class Worker:
     """`qwen3-edge worker` in a child process on a free loopback port."""
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, env: dict | None = None):
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--port", str(self.port),
                                       "--threads", str(threads)], cwd=ROOT, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=None if env is None else {**os.environ, **env})
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -101,6 +102,29 @@ def test_a_layer_on_a_split_point_goes_to_the_next_device(three_layer_gguf, work
         a, b = [d.name for d in engine.rpc.devices]
         assert engine.placement.layers == (a, a, b, b)
         assert [s.layers for s in engine.split_plan.shares] == [(), (0, 1), (2, 3)]
+
+
+@pytest.mark.skipif("Vulkan" not in registry_names(), reason="needs the Vulkan backend for a worker of another size")
+def test_split_follows_unequal_free_memory(tmp_path):
+    """A worker serving Mesa's lavapipe (2048 MiB free) beside a CPU worker (the host's RAM): 12 layers
+    + output split in proportion, where llama.cpp and split_plan must agree layer for layer (the
+    main process itself does not see lavapipe: GGML_VK_VISIBLE_DEVICES is set for that worker only)."""
+    from quantize import quantize_model
+    folder = build_model(tmp_path / "twelve", TINY_TIED.with_(layers=12), seed=5)
+    gguf = Path(quantize_model(folder, "f32", tmp_path / "twelve-f32.gguf").output)
+    pair = [Worker(env={"GGML_VK_VISIBLE_DEVICES": "0"}), Worker()]
+    try:
+        with load(gguf, [w.endpoint for w in pair]) as engine:
+            small, big = engine.rpc.devices
+            if small.total >= big.total:
+                pytest.skip("no lavapipe device for the first worker")
+            planned = [s.layers for s in engine.split_plan.shares]
+            assert planned[0] == () and len(planned[1]) < len(planned[2])
+            expected = tuple(small.name if il in planned[1] else big.name for il in range(13))
+            assert engine.placement.layers == expected
+    finally:
+        for w in pair:
+            w.stop()
 
 
 def logits(engine: Engine) -> np.ndarray:
