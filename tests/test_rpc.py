@@ -301,6 +301,20 @@ def test_port_that_sends_garbage_or_nothing(random_gguf):
             assert "no answer within 5 s" in line
 
 
+def test_a_share_that_does_not_fit_is_refused_before_llama_cpp_sees_it(random_gguf):
+    """A worker (here a Python stand-in) reporting 1 MiB: one line naming it and its share; it is
+    never registered with llama.cpp (whose own connect would abort on a fake)."""
+    from tests.test_rpc_pure import fake_worker
+    server = fake_worker(memory=(1 << 20, 1 << 20))
+    try:
+        line, seconds = _bounded_refusal(f"127.0.0.1:{server.port}", random_gguf)
+    finally:
+        server.close()
+    assert f"RPC worker 127.0.0.1:{server.port}: layers 0-4" in line and "of 0.00 GiB free" in line
+    assert "does not fit at 256 tokens" in line and "\n" not in line and seconds < 5
+    assert len(server.conns) == 1   # the probe only
+
+
 def test_cli_run_over_workers(scripted_gguf, workers):
     cmd = [sys.executable, "-m", "cli", "run", str(scripted_gguf), "Count.", "--ctx", "256", "--hide-thinking",
            "--rpc", ",".join(w.endpoint for w in workers)]
