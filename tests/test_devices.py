@@ -241,11 +241,23 @@ def test_weights_too_big_for_the_device_fit_no_context():
 def test_captures_nest_and_both_see_the_lines(tiny_gguf):
     """Engine.load captures the load log itself; a caller capturing around it must neither
     deadlock nor lose the lines."""
+    import threading
+
     import llama_cpp
     before = _log_callback()
-    with capture_llama_log() as outer:
-        with capture_llama_log() as inner:
-            llama_cpp.Llama(str(tiny_gguf), n_ctx=64, n_gpu_layers=0, verbose=False).close()
-        assert _log_callback() != before
-    assert _log_callback() == before
-    assert any("assigned to device CPU" in ln for ln in inner) and any("assigned to device CPU" in ln for ln in outer)
+    seen: dict[str, list[str]] = {}
+
+    def nested() -> None:
+        with capture_llama_log() as outer:
+            with capture_llama_log() as inner:
+                llama_cpp.Llama(str(tiny_gguf), n_ctx=64, n_gpu_layers=0, verbose=False).close()
+            seen.update(inner=list(inner), after_inner=[str(_log_callback() != before)])
+        seen["outer"] = list(outer)
+
+    t = threading.Thread(target=nested, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "nested captures deadlocked"
+    assert _log_callback() == before and seen["after_inner"] == ["True"]
+    assert any("assigned to device CPU" in ln for ln in seen["inner"])
+    assert any("assigned to device CPU" in ln for ln in seen["outer"])

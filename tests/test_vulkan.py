@@ -154,16 +154,52 @@ def test_a_model_the_device_cannot_hold_is_refused_in_one_line(converted, tmp_pa
         assert engine.backend == "vulkan"
     layers = assigned("".join(lines))
     assert sum(1 for d in layers.values() if d == VULKAN[0].name) == k
+    with pytest.raises(EngineError, match=f"on {VULKAN[0].name}"):   # k is the most that fits
+        Engine.load(big, n_ctx=4096, kv_cache_type="f16", n_gpu_layers=k + 1)
 
 
 def test_the_device_limits_the_context(converted, tmp_path):
     """A context whose KV cache outgrows the device but not the host is refused with the largest
     that fits there, and that one loads."""
+    if VULKAN[0].memory_free > 4 * 1024 * MIB:
+        pytest.skip(f"{VULKAN[0].name} has {VULKAN[0].memory_free // MIB} MiB free: room for a 4 GiB KV cache")
     shaped = write_zero_gguf(tmp_path / "qwen3-0.6b-shape.gguf", QWEN3_0_6B.with_(layers=8), like=converted("tied", "f16"))
     with pytest.raises(EngineError) as e:
         Engine.load(shaped, n_ctx=131072, kv_cache_type="f16")
     line = str(e.value)
     most = int(re.search(r"--ctx (\d+)\)", line).group(1))
     assert "\n" not in line and 0 < most < 131072
-    with Engine.load(shaped, n_ctx=most, kv_cache_type="f16") as engine:
+    with capture_llama_log() as lines, Engine.load(shaped, n_ctx=most, kv_cache_type="f16") as engine:
         assert engine.backend == "vulkan" and engine.memory_plan.device.fits
+        share = engine.memory_plan.device
+    log = "".join(lines)
+    assert f"{share.kv_bytes / MIB:.2f}" == f"{buffer_mib(log, VULKAN[0].name, 'KV'):.2f}"
+    # at this depth the device's compute buffer (flash attention's mask) is tens of MiB: still within the plan
+    assert buffer_mib(log, VULKAN[0].name, "compute") * MIB <= share.compute_bytes
+
+
+def test_cli_shows_backend_and_device(scripted_gguf, tmp_path, monkeypatch):
+    """chat's start-up line, reply footer and /stats, bench and info name the backend and the
+    device llama.cpp used."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    monkeypatch.setenv("QWEN3_EDGE_HOME", str(tmp_path / "home"))
+    runner = CliRunner(env={"COLUMNS": "300"})
+    name = VULKAN[0].name
+    r = runner.invoke(app, ["chat", str(scripted_gguf), "--seed", "1", "--ctx", "512"], input="Hello\n/stats\n/exit\n")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert any(ln.startswith("qwen3-edge") and f"vulkan on {name} (" in ln for ln in lines)   # start-up line
+    assert any("thinking 13/∞" in ln and ln.rstrip().endswith("· vulkan") for ln in lines)  # footer
+    assert any("model " in ln and f"vulkan on {name} (" in ln and "threads" in ln for ln in lines)  # /stats
+    r = runner.invoke(app, ["bench", str(scripted_gguf), "-p", "16", "-n", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["backend"] == "vulkan" and d["device"].startswith(f"{name} (")
+    r = runner.invoke(app, ["info", str(scripted_gguf), "--json"])
+    d = json.loads(r.stdout)
+    assert d["backend"] == "vulkan" and d["device"].startswith(f"{name} (")
+    assert {dev["name"] for dev in d["devices"]} >= {name, "CPU"}
