@@ -346,7 +346,10 @@ def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, he
     the KV cache of its `device_layers` repeating layers and a compute buffer sized as on the CPU
     (overhead_bytes less its 64 MiB for the process). The host check stays as without a device
     (the model file passes through RAM, mapped or read, and on an integrated or software GPU such
-    as lavapipe the device's memory is the host's anyway), so offloading never loosens it."""
+    as lavapipe the device's memory is the host's anyway), so offloading never loosens it. The
+    device share is an upper bound: llama.cpp keeps a weight on the CPU when the device cannot run
+    its op (lavapipe keeps the output layer, whose 151,936-token logits exceed its 128 MiB
+    storage-buffer range, and with it the logits' compute buffer)."""
     def total(ctx: int) -> tuple[int, int, int, DeviceShare | None]:
         kv = kv_cache_bytes(ctx * n_seq, n_layers, n_kv_heads, head_dim, type_k, type_v)
         extra = overhead_bytes(ctx * n_seq, n_vocab, n_batch, n_heads=n_heads, flash_attn=flash_attn)
