@@ -29,6 +29,7 @@ import llama_cpp
 
 from .budget import answer_reserve, turn_budget
 from .chat_template import TemplateError
+from .context_growth import GrowthError
 from .engine import Engine
 from .grammar import Constraints, GrammarError, plan_constraints
 from .model_kind import ModelKind, prompt_opens_thinking
@@ -345,6 +346,8 @@ class Chat:
             evaluated = turn.seq.prefill(prompt) if turn.seq is not None else 0
             return (yield from self._loop(turn, prompt, thinking, started, evaluated))
         except WorkerLost as e:  # an RPC worker died or stalled: this reply ends, the history stays
+            raise ChatError(str(e)) from None
+        except GrowthError as e:  # llama.cpp could not make a larger context: the same
             raise ChatError(str(e)) from None
         finally:
             if turn.seq is not None:

@@ -108,7 +108,8 @@ def device_refusal(memory: MemoryPlan, n_ctx: int, asked_layers: int, fitting_la
     if fitting_layers:
         ways.append(f"{fitting_layers} of its {asked_layers} layers on the device (--gpu-layers {fitting_layers})")
     ways.append("the CPU (--gpu-layers 0)")
-    return (f"context {n_ctx} does not fit {memory.device.describe()}; what fits: {', or '.join(ways)}")
+    return (f"the model with a {n_ctx}-token context does not fit {memory.device.describe()}; "
+            f"what fits: {', or '.join(ways)}")
 
 
 class Engine:
@@ -348,7 +349,8 @@ class Engine:
     def reserve_ctx(self, n_tokens: int) -> None:
         """Grow a growing context so that it holds n_tokens (doubling, up to n_ctx), keeping what
         is cached. If llama.cpp cannot make the larger context, the current one stays, n_ctx
-        drops to it (so the next turn is trimmed to fit), and EngineError says so."""
+        drops to it (so the next turn is trimmed to fit), and GrowthError says so (a ChatError
+        in a Chat: that reply ends, the history stays)."""
         have = self.allocated_ctx
         if self.max_ctx is None or n_tokens <= have or have >= self.max_ctx:
             return
@@ -356,9 +358,9 @@ class Engine:
         started = time.perf_counter()
         try:
             resize_context(self.llama, size)
-        except GrowthError as e:
+        except GrowthError:
             self.max_ctx = self.allocated_ctx
-            raise EngineError(str(e)) from None
+            raise
         self.growths.append((have, size, time.perf_counter() - started))
 
     def tokenize(self, text: str) -> list[int]:
