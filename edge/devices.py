@@ -40,12 +40,6 @@ class Device:
         return self.registry.lower()
 
     @property
-    def offloads(self) -> bool:
-        """Whether llama.cpp puts model layers on it (GPU and integrated GPU devices; the CPU and
-        accelerators such as BLAS work beside the CPU backend)."""
-        return self.type in ("gpu", "igpu")
-
-    @property
     def label(self) -> str:
         """"Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))"."""
         return f"{self.name} ({self.description})" if self.description and self.description != self.name else self.name
