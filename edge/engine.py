@@ -316,6 +316,8 @@ class Engine:
             engine.max_ctx = footprint.n_ctx
         if load is not None:
             engine.rpc, engine.split_plan = load.cluster, load.split
+            for relay in load.cluster.relays:  # llama.cpp knows the workers by their relays' addresses
+                engine.device = engine.device.replace(relay.address, relay.worker)
         engine.extra_buffers = extra_buffers
         if slots > 1:
             from .scheduler import Scheduler, SchedulerError

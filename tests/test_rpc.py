@@ -153,6 +153,7 @@ def test_layers_go_where_the_split_plan_says(random_gguf, workers):
         assert set(model) == relays and all(v > 0 for v in model.values())
         assert {k[k.index("[") + 1:-1] for k in engine.placement.buffers["KV"] if "[" in k} == relays
         assert engine.backend == "rpc"
+        assert engine.device == ", ".join(f"{n} ({w.endpoint})" for n, w in zip(names, workers))
 
 
 def test_logits_equal_the_local_run(random_gguf, workers):
