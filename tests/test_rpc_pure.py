@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from edge import rpc_protocol as proto
-from edge.rpc import Endpoint, RpcError, parse_endpoint, parse_endpoints, probe
+from edge.rpc import Endpoint, RpcError, parse_endpoint, parse_endpoints, probe, rpc_available
 from edge.rpc_relay import Relay
 from edge.rpc_worker import check_bind_host, is_loopback
 from edge.split_plan import ModelBytes, layer_devices, model_bytes, plan_split
@@ -381,3 +384,34 @@ def test_retired_relay_answers_without_the_worker():
         assert server.conns == [] and relay.failure is None   # the worker was not asked; not a failure
     finally:
         server.close()
+
+
+# ---- the command line, on any build -------------------------------------------------------------
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=root, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _our_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("ggml_vulkan:")]
+
+
+def test_worker_refuses_a_remote_bind_without_the_flag():
+    done = _cli("worker", "--host", "0.0.0.0", "--port", str(_free_port()))
+    lines = _our_lines(done.stderr)
+    assert done.returncode == 2 and len(lines) == 1 and "--allow-remote" in lines[0] and "no authentication" in lines[0]
+
+
+@pytest.mark.skipif(rpc_available(), reason="these bindings have RPC")
+def test_worker_without_rpc_says_how_to_build():
+    done = _cli("worker", "--port", str(_free_port()))
+    lines = _our_lines(done.stderr)
+    assert done.returncode == 1 and len(lines) == 1 and 'CMAKE_ARGS="-DGGML_RPC=on"' in lines[0]
+
+
+def test_bad_rpc_option_is_one_line_before_any_download(tmp_path):
+    done = _cli("run", "qwen3-0.6b", "hi", "--rpc", "host-without-port", timeout=60)
+    lines = _our_lines(done.stderr)
+    assert done.returncode == 1 and len(lines) == 1 and "is not HOST:PORT" in lines[0]
