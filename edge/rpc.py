@@ -4,9 +4,10 @@ rpc-server) on each board, `Engine.load(..., rpc_servers=["host:port", ...])` on
 Why each step is done the way it is:
 - ggml is reached through libllama's own handle (dlsym searches its dependencies), never a
   separately opened libggml: a second copy has its own device registry, and a server registered
-  there is invisible to llama.cpp, which then puts every layer on the CPU (the cause of the first
-  try's CPU-only placement; llama_cpp._ggml even opens the package's libggml when
-  LLAMA_CPP_LIB_PATH points libllama elsewhere).
+  there is invisible to llama.cpp, which then puts every layer on the CPU. That was the first
+  try's CPU-only placement: pip installs the wheel's lib/libggml.so, libggml.so.0 and
+  libggml.so.0.25.3 as three separate files (not symlinks), libllama loads libggml.so.0 by its
+  soname, and llama_cpp._ggml opens libggml.so: two copies in one process (/proc/self/maps).
 - Every endpoint is probed first with a bounded connect and handshake (probe), because llama.cpp's
   own connect and reads have no timeout and any failure aborts the process.
 - llama.cpp talks to each worker through a loopback relay (rpc_relay.py) that bounds every read and
