@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from edge.cpu_buffers import safe_llama
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -65,7 +66,7 @@ def compare_tensors(a: Path, b: Path) -> tuple[int, int, list[str]]:
 
 def logits(path: Path, tokens: list[int]) -> np.ndarray:
     import llama_cpp
-    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, type_k=0, type_v=0, verbose=False)
+    llm = safe_llama(str(path), n_ctx=64, logits_all=True, type_k=0, type_v=0, verbose=False)
     llm.eval(tokens)
     out = np.array(llm.scores[: len(tokens)])
     llm.close()

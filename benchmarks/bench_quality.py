@@ -20,6 +20,7 @@ from benchmarks.bench_runtime import CACHE, ensure_gguf  # noqa: E402
 from quantize.gguf_header import read_header  # noqa: E402
 from quantize.gguf_info import bits_per_weight  # noqa: E402
 from tests.reference_qwen3 import kl_divergence  # noqa: E402
+from edge.cpu_buffers import safe_llama
 
 TEXT = ("The quick brown fox jumps over the lazy dog. 你好，世界！今天的天气怎么样？ "
         "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
@@ -28,7 +29,7 @@ TEXT = ("The quick brown fox jumps over the lazy dog. 你好，世界！今天�
 
 def all_logits(path: Path, tokens: list[int]) -> np.ndarray:
     import llama_cpp
-    llm = llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, logits_all=True, verbose=False)
+    llm = safe_llama(str(path), n_ctx=512, n_batch=512, logits_all=True, verbose=False)
     llm.eval(tokens)
     out = np.array(llm.scores[: len(tokens)], dtype=np.float64)
     llm.close()
@@ -42,7 +43,7 @@ def main() -> None:
     folder = CACHE / "Qwen3-0.6B-random"
     import llama_cpp
     base = ensure_gguf(folder, "f16")
-    vocab = llama_cpp.Llama(str(base), vocab_only=True, verbose=False)
+    vocab = safe_llama(str(base), vocab_only=True, verbose=False)
     tokens = vocab.tokenize(TEXT.encode(), add_bos=False, special=True)
     ref = all_logits(base, tokens)
     print(f"{len(tokens)} tokens of multilingual text; reference F16 ({bits_per_weight(read_header(base))} bits/weight)")

@@ -78,3 +78,10 @@ class TunedLlama(llama_cpp.Llama):
         for name, value in self._model_overrides.items():
             setattr(params, name, value)
         self.__dict__["_model_params"] = params
+
+
+def safe_llama(*args, **kwargs) -> TunedLlama:
+    """A llama_cpp.Llama whose weights avoid the extra buffers that crash here (for tools and
+    tests that open a GGUF without an Engine)."""
+    return TunedLlama(*args, model_overrides={"use_extra_bufts": extra_buffers_safe(cpu_extra_buffer_types())},
+                      **kwargs)

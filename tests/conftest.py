@@ -11,6 +11,7 @@ import pytest
 from quantize import quantize_model
 from tests.model_factory import TINY_TIED, TINY_UNTIED_SHARDED, build_model
 from tests.scripted_model import QWEN3_SCRIPT, build_scripted_model
+from edge.cpu_buffers import safe_llama
 
 # Tokens that cross the vocabulary: text, punctuation, control tokens, digits.
 SAMPLE_TOKENS = [9707, 11, 1879, 0, 151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 151667]
@@ -61,7 +62,7 @@ def converted(models, tmp_path_factory):
 def llama_logits(gguf_path: Path, tokens: list[int]) -> np.ndarray:
     """llama.cpp's logits for every position, with an F32 KV cache (F16 alone costs ~1e-3)."""
     import llama_cpp
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=64, n_batch=64, logits_all=True, type_k=0, type_v=0,
+    llm = safe_llama(str(gguf_path), n_ctx=64, n_batch=64, logits_all=True, type_k=0, type_v=0,
                           n_threads=2, verbose=False)
     try:
         llm.eval(tokens)
@@ -73,7 +74,7 @@ def llama_logits(gguf_path: Path, tokens: list[int]) -> np.ndarray:
 def llama_model_desc(gguf_path: Path) -> str:
     """llama.cpp's own one-line description of a loaded model, e.g. "qwen3 ?B Q4_K - Medium"."""
     import llama_cpp
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=16, vocab_only=False, verbose=False)
+    llm = safe_llama(str(gguf_path), n_ctx=16, vocab_only=False, verbose=False)
     try:
         buf = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(llm.model, buf, ctypes.sizeof(buf))

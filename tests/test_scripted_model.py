@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 
 from quantize import quantize_model
 from tests.model_factory import FIXTURES
+from edge.cpu_buffers import safe_llama
 from tests.scripted_model import (
     BUDGET_END, DOUBLE_NEWLINE, END_THINK, IM_END, NEWLINE, QWEN3_SCRIPT, SCRIPT_ANSWER_IDS, SCRIPT_ANSWER_MODE_IDS,
     SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_IDS, SCRIPT_THINKING_MODE_IDS, SCRIPT_THINKING_TEXT, THINK,
@@ -40,7 +41,7 @@ def scripted_gguf(tmp_path_factory) -> Path:
 
 def generate(gguf: Path, prompt: str, seed: int, limit: int = 64) -> list[int]:
     """Token ids sampled with Qwen's thinking settings, up to and including <|im_end|>."""
-    llm = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=2, verbose=False, seed=seed)
+    llm = safe_llama(str(gguf), n_ctx=512, n_threads=2, verbose=False, seed=seed)
     try:
         tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         out: list[int] = []
@@ -101,7 +102,7 @@ def test_budget_cut_continues_into_the_answer(scripted_gguf):
 def test_how_llama_cpp_detokenizes_the_script(scripted_gguf):
     """<think> and </think> are ordinary added tokens (not "special"), so llama.cpp renders them
     even with special=False; <|im_end|> appears only with special=True."""
-    llm = llama_cpp.Llama(str(scripted_gguf), n_ctx=64, verbose=False, vocab_only=True)
+    llm = safe_llama(str(scripted_gguf), n_ctx=64, verbose=False, vocab_only=True)
     try:
         body = f"<think>{SCRIPT_THINKING_TEXT}\n</think>\n\n{SCRIPT_ANSWER_TEXT}"
         assert llm.detokenize(SCRIPT_THINKING_MODE_IDS).decode() == body
@@ -116,7 +117,7 @@ def test_how_llama_cpp_detokenizes_the_script(scripted_gguf):
 def test_rope_plan_kwargs_are_accepted_by_llama_cpp(scripted_gguf, n_ctx):
     from edge.context_plan import plan_rope
     plan = plan_rope(n_ctx)
-    llm = llama_cpp.Llama(str(scripted_gguf), n_ctx=n_ctx, n_threads=2, verbose=False, seed=5,
+    llm = safe_llama(str(scripted_gguf), n_ctx=n_ctx, n_threads=2, verbose=False, seed=5,
                           **plan.llama_kwargs())
     try:
         assert llm.n_ctx() == n_ctx
