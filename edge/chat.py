@@ -52,6 +52,11 @@ class ChatError(Exception):
     """A turn that cannot run (too long for the context, a broken template); history is unchanged."""
 
 
+class BackendError(ChatError):
+    """A reply the model's backend could not finish (an RPC worker lost, a larger context llama.cpp
+    refused): not the request's fault, so a server answers 503; history is unchanged."""
+
+
 @dataclass
 class Message:
     role: str                 # "user", "assistant" or "tool"
@@ -346,9 +351,9 @@ class Chat:
             evaluated = turn.seq.prefill(prompt) if turn.seq is not None else 0
             return (yield from self._loop(turn, prompt, thinking, started, evaluated))
         except WorkerLost as e:  # an RPC worker died or stalled: this reply ends, the history stays
-            raise ChatError(str(e)) from None
+            raise BackendError(str(e)) from None
         except GrowthError as e:  # llama.cpp could not make a larger context: the same
-            raise ChatError(str(e)) from None
+            raise BackendError(str(e)) from None
         finally:
             if turn.seq is not None:
                 turn.seq.release()

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .chat import Chat, ChatError, Event
+from .chat import BackendError, Chat, ChatError, Event
 from .engine import Engine
 from .openai_api import (ChatRequest, RequestError, StopFilter, chunk, completion, completion_id, decode_body,
                          error_body, finish_reason, parse_request, tool_call_deltas, usage)
@@ -161,6 +161,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
         events: list[Event] = []
         try:
             await run_in_threadpool(generation.run, events.append)
+        except BackendError as e:
+            return _error(503, str(e), kind="server_error")
         except ChatError as e:
             return _error(400, str(e))
         finally:
@@ -214,7 +216,7 @@ async def _sse(generation: _Generation, cid: str, model: str, ticket: _Ticket) -
         yield data(chunk(cid, model, {"role": "assistant", "content": ""}))
         while (item := await queue.get()) is not None:
             if isinstance(item, Exception):
-                yield data(error_body(str(item), kind="server_error" if not isinstance(item, ChatError) else "invalid_request_error"))
+                yield data(error_body(str(item), kind="invalid_request_error" if isinstance(item, ChatError) and not isinstance(item, BackendError) else "server_error"))
                 continue
             if item.kind == "thinking":
                 yield data(chunk(cid, model, {"reasoning_content": item.text}))

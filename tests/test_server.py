@@ -281,3 +281,26 @@ def test_serve_warns_off_loopback_without_key():
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.10")
     r = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["serve", "missing.gguf", "--host", "0.0.0.0"])
     assert r.exit_code == 1 and "without --api-key" in r.stderr and "missing.gguf" in r.stderr
+
+
+def test_a_backend_failure_is_a_503_and_the_server_serves_on(client, monkeypatch):
+    """A reply the backend cannot finish (an RPC worker lost, a context llama.cpp could not grow) is
+    the server's fault, not the request's: 503 with an OpenAI server_error object, streamed or not."""
+    from edge.chat import BackendError, Chat
+
+    def lost(self, *args, **kwargs):
+        raise BackendError("RPC worker 127.0.0.1:50052 stopped answering")
+        yield  # a generator, like Chat.stream
+
+    messages = [{"role": "user", "content": "Hi"}]
+    with monkeypatch.context() as m:
+        m.setattr(Chat, "stream", lost)
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model="scripted", messages=messages)
+        assert e.value.status_code == 503
+        assert e.value.body["type"] == "server_error" and "stopped answering" in e.value.body["message"]
+        with pytest.raises(openai.APIError) as e:
+            list(client.chat.completions.create(model="scripted", messages=messages, stream=True))
+        assert "stopped answering" in str(e.value)
+    r = client.chat.completions.create(model="scripted", messages=messages)
+    assert r.choices[0].message.content == SCRIPT_ANSWER_TEXT
