@@ -1,7 +1,7 @@
 """The default chat's footprint, before and after the defaults that follow the machine: peak RSS
 and generation speed of `qwen3-edge run MODEL PROMPT` with no flags, each run in its own process.
 
-    python benchmarks/bench_footprint.py [--shapes 0.6b 1.7b 4b] [--before TREE] [--reps 3]
+    python benchmarks/bench_footprint.py [--shapes 0.6b 1.7b 4b] [--before TREE] [--reps 3] [--threads N]
     python benchmarks/bench_footprint.py --part growth [--shape 0.6b]
 
 "before" runs the same command in another checkout of the project (TREE: a `git worktree` at the
@@ -119,8 +119,10 @@ def main() -> None:
     ap.add_argument("--shape", default="0.6b")
     ap.add_argument("--before", type=Path, default=Path("/tmp/h_before"))
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--flags", nargs="*", default=[], help="extra flags for both runs")
+    ap.add_argument("--threads", type=int, help="--threads for both runs (1 keeps a shared 2-core machine's "
+                                                "other jobs from stalling llama.cpp's thread barrier)")
     args = ap.parse_args()
+    args.flags = ["--threads", str(args.threads)] if args.threads else []
     if args.part == "growth":
         growth(args)
     else:

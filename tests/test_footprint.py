@@ -104,6 +104,17 @@ def test_nothing_fits_leaves_the_refusal_to_the_engine():
     assert not plan(fp.n_ctx, fp.kv_cache_type, int(0.2 * GIB)).fits
 
 
+def test_a_native_context_below_the_useful_size_is_useful_enough():
+    """A model native to 2048 tokens: 2048 is its useful context, so q8_0 that holds it in the
+    share is taken before falling back to f16 in all of memory."""
+    avail = int(1.25e9)
+    assert not plan(2048, "f16", int(avail * 0.75)).fits and plan(2048, "f16", avail).fits
+    assert plan(2048, "q8_0", int(avail * 0.75)).fits
+    fp = choose_footprint(asked_ctx=None, asked_kv=None, asked_mmap=None, grow=True, plan=plan,
+                          available_bytes=avail, native_ctx=2048, file_type=Q4_K_M, repacks=True)
+    assert (fp.n_ctx, fp.kv_cache_type, fp.grows) == (2048, "q8_0", False)
+
+
 def test_explicit_kv_type_wins_and_sizes_the_context():
     fp = choose(4.0, kv="q8_0")
     assert fp.kv_cache_type == "q8_0" and fp.n_ctx == 32768 and fp.chosen == ("ctx", "mmap")
@@ -146,7 +157,7 @@ def test_without_growth_the_whole_context_is_made_at_once():
 @pytest.mark.parametrize("current, needed, ceiling, expected", [
     (2048, 2049, 32768, 4096), (2048, 2048, 32768, 2048), (2048, 5000, 32768, 8192),
     (2048, 9000, 12000, 12000), (8192, 9000, 8192, 8192), (300, 301, 32768, 768), (100, 50, 32768, 256),
-    (2048, 33000, 32768, 32768)])
+    (2048, 33000, 32768, 32768), (3, 700, 32768, 1024)])
 def test_next_ctx_doubles_up_to_the_ceiling(current, needed, ceiling, expected):
     assert next_ctx(current, needed, ceiling) == expected
 
