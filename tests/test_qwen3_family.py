@@ -110,7 +110,7 @@ def test_memory_plan_reaches_past_131072_for_a_2507_model(family):
     path = family["instruct-2507"]
     with pytest.warns(UserWarning, match="beyond this model's native 262144"), \
             pytest.raises(EngineError, match=r"the largest that fits is (\d+)") as err:
-        Engine.load(path, n_ctx=1048576, n_batch=64, flash_attn=True, available_bytes=400 << 20)
+        Engine.load(path, n_ctx=1048576, n_batch=64, flash_attn=True, available_bytes=400 << 20, kv_cache_type="f16")
     largest = int(re.search(r"the largest that fits is (\d+)$", str(err.value)).group(1))
     assert 131072 < largest < 1048576
 
