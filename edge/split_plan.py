@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .context_plan import CTX_STEP, MAX_CTX, MIB, MemoryPlan, _gib, kv_cache_bytes, overhead_bytes
+from .context_plan import CTX_STEP, MAX_CTX, MIB, DeviceShare, MemoryPlan, _gib, kv_cache_bytes, overhead_bytes
 
 HOST = "host"
 
@@ -84,22 +84,10 @@ def model_bytes(tensors: Sequence[tuple[str, int]], n_layer: int) -> ModelBytes:
 
 
 @dataclass(frozen=True)
-class Share:
-    """One device's part of the model: its layers (indices into 0..n_layer), and bytes."""
-    name: str
-    layers: tuple[int, ...]
-    weights_bytes: int
-    kv_bytes: int
-    compute_bytes: int
-    free_bytes: int
-
-    @property
-    def need_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes
-
-    @property
-    def fits(self) -> bool:
-        return self.need_bytes <= self.free_bytes
+class Share(DeviceShare):
+    """One device's part of the model: a DeviceShare (bytes against free memory) with its layers
+    (indices into 0..n_layer)."""
+    layers: tuple[int, ...] = ()
 
     def describe(self) -> str:
         if self.layers:
@@ -169,7 +157,8 @@ def plan_split(weights: ModelBytes, devices: Sequence[tuple[str, int]], host_fre
             if idx is None:
                 w += weights.input_bytes
                 compute += 64 * MIB
-            out.append(Share(name, mine, w, kv, compute, free or host_free))
+            out.append(Share(name=name, layers=mine, weights_bytes=w, kv_bytes=kv, compute_bytes=compute,
+                             free_bytes=free or host_free))
         return tuple(out)
 
     lo, hi = 0, ctx_limit // CTX_STEP
