@@ -85,14 +85,14 @@ def footprint(args) -> None:
 
 
 def growth(args) -> None:
-    """Grow a context 2048 -> 4096 -> 8192 -> 16384 with a full cache each time; each pause
+    """Grow a context 2048 -> 4096 -> 8192 -> 16384 (--grow-past) with a full cache each time; each pause
     against re-evaluating the cached tokens in a fresh context of the new size."""
     import numpy as np
 
     from edge.engine import Engine
     gguf = model(args.shape)
     rng = np.random.default_rng(0)
-    with Engine.load(gguf) as engine:
+    with Engine.load(gguf, n_threads=args.threads) as engine:
         print(engine.footprint.describe())
         vocab = engine.llama.n_vocab()
         tokens = rng.integers(1000, vocab - 1000, size=16384).tolist()
@@ -100,11 +100,11 @@ def growth(args) -> None:
         import threading
         seq = open_sequence(engine, tokens[:1], threading.Event())
         seq.prefill(tokens[:2040])
-        for size in (2048, 4096, 8192):
+        for size in args.grow_past:
             seq.eval(tokens[seq.n_tokens:size + 8])   # crosses `size`: one growth, then the rest
         growths = list(engine.growths)
     for old, new, seconds in growths:
-        with Engine.load(gguf, n_ctx=new, grow=False) as fresh:
+        with Engine.load(gguf, n_ctx=new, grow=False, n_threads=args.threads) as fresh:
             start = time.perf_counter()
             fresh.llama.eval(tokens[:old])
             again = time.perf_counter() - start
@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--shape", default="0.6b")
     ap.add_argument("--before", type=Path, default=Path("/tmp/h_before"))
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--grow-past", type=int, nargs="+", default=[2048, 4096, 8192],
+                    help="growth part: the sizes the cache crosses")
     ap.add_argument("--threads", type=int, help="--threads for both runs (1 keeps a shared 2-core machine's "
                                                 "other jobs from stalling llama.cpp's thread barrier)")
     args = ap.parse_args()
