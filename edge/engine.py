@@ -56,6 +56,7 @@ class ModelInfo:
     chat_template: str | None
     rope: ModelRope
     sampling_defaults: dict[str, float | int]   # the GGUF's own preset: temperature, top_p, top_k, min_p
+    tensor_bytes: dict[str, int]                 # bytes of each tensor, by name (the device and RPC plans)
 
     @property
     def native_ctx(self) -> int:
@@ -81,6 +82,7 @@ def read_model_info(path: Path) -> ModelInfo:
         n_layers=dims.layers, n_heads=dims.heads, n_kv_heads=dims.kv_heads, head_dim=dims.head_dim,
         n_ctx_train=rope.context_length, yarn=rope.yarn,
         chat_template=h.get("tokenizer.chat_template"), rope=rope, sampling_defaults=sampling,
+        tensor_bytes={t.name: t.n_bytes for t in h.tensors},
     )
 
 
@@ -202,7 +204,6 @@ class Engine:
         backend = "rpc" if workers and gpu_layers != 0 else detect_backend(gpu_layers, targets)
         avail = available_bytes if available_bytes is not None else available_memory_bytes()
         asked_flash_attn = flash_attn
-        tensor_bytes: dict[str, int] = {}
 
         def on_device(layers: int) -> dict[str, Any]:
             """plan_memory's device arguments for `layers` offloaded to the local device(s), whose
@@ -211,10 +212,8 @@ class Engine:
             free = sum(d.memory_free for d in targets)
             if layers == 0 or workers is not None or not targets or (free == 0 and not any(d.memory_total for d in targets)):
                 return {}
-            if not tensor_bytes:
-                tensor_bytes.update((t.name, t.n_bytes) for t in read_header(path).tensors)
             return dict(device=" + ".join(d.name for d in targets), device_free_bytes=free,
-                        device_weight_bytes=offloaded_weight_bytes(tensor_bytes, info.n_layers, layers),
+                        device_weight_bytes=offloaded_weight_bytes(info.tensor_bytes, info.n_layers, layers),
                         device_layers=offloaded_layers(layers, info.n_layers)[0])
         device_kwargs = on_device(gpu_layers)
 
@@ -223,10 +222,14 @@ class Engine:
             # GPU backends gain from it, and a quantized V cache needs it.
             return (kv != "f16" or backend != "cpu") if asked_flash_attn is None else asked_flash_attn
 
-        def plan_one(ctx: int, kv: str, budget: int) -> MemoryPlan:
+        def planned(ctx: int, kv: str, budget: int = avail, n_seq: int = 1,
+                    device: dict[str, Any] | None = None) -> MemoryPlan:
+            """The memory plan of `n_seq` contexts of `ctx` tokens with a `kv` cache in `budget` bytes,
+            with the asked offload (or `device`, on_device's arguments for another layer count)."""
             return plan_memory(info.size_bytes, ctx, info.n_layers, info.n_kv_heads, info.head_dim, budget,
-                               type_k=kv, type_v=kv, n_batch=n_batch, n_heads=info.n_heads,
-                               flash_attn=attention(kv), ctx_limit=info.rope.max_ctx, **device_kwargs)
+                               type_k=kv, type_v=kv, n_batch=n_batch, n_heads=info.n_heads, flash_attn=attention(kv),
+                               ctx_limit=info.rope.max_ctx, n_seq=n_seq,
+                               **(device_kwargs if device is None else device))
         single = parallel == 1 and workers is None
         try:
             if kv_cache_type is not None:
@@ -234,7 +237,7 @@ class Engine:
             footprint = choose_footprint(
                 asked_ctx=n_ctx if n_ctx is not None or single else DEFAULT_CTX,
                 asked_kv=kv_cache_type if kv_cache_type is not None or single else "f16",
-                asked_mmap=use_mmap, grow=single and (n_ctx is None if grow is None else grow), plan=plan_one,
+                asked_mmap=use_mmap, grow=single and (n_ctx is None if grow is None else grow), plan=planned,
                 available_bytes=avail, native_ctx=info.native_ctx, file_type=info.file_type,
                 repacks=bool(extra_buffers) and backend == "cpu")
         except ValueError as e:
@@ -250,17 +253,15 @@ class Engine:
         if rope.warning:
             warnings.warn(rope.warning, stacklevel=2)
 
-        def plan(n_seq: int):
-            return plan_memory(info.size_bytes, n_ctx, info.n_layers, info.n_kv_heads, info.head_dim, avail,
-                               type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch, n_heads=info.n_heads,
-                               flash_attn=flash_attn, ctx_limit=info.rope.max_ctx, n_seq=n_seq, **device_kwargs)
+        def plan(n_seq: int) -> MemoryPlan:
+            return planned(n_ctx, kv_cache_type, n_seq=n_seq)
         slots = (plan_slots(max_parallel, plan) or 1) if parallel is None else parallel
         if slots < 1:
             raise EngineError(f"parallel must be at least 1, not {slots}")
         memory = plan(slots)
         if workers is not None:  # the host keeps only what llama.cpp leaves on the CPU
             split = rpc.plan_over_workers(
-                workers, [(t.name, t.n_bytes) for t in read_header(path).tensors], info.n_layers, avail, n_ctx,
+                workers, list(info.tensor_bytes.items()), info.n_layers, avail, n_ctx,
                 n_kv_heads=info.n_kv_heads, head_dim=info.head_dim, n_heads=info.n_heads, n_gpu_layers=gpu_layers,
                 type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch, flash_attn=flash_attn,
                 ctx_limit=info.rope.max_ctx)
@@ -269,10 +270,7 @@ class Engine:
             memory = split.memory_plan()
         if not memory.fits and not memory.device_fits:
             def fits_with(layers: int) -> bool:
-                return plan_memory(info.size_bytes, n_ctx, info.n_layers, info.n_kv_heads, info.head_dim, avail,
-                                   type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch, n_heads=info.n_heads,
-                                   flash_attn=flash_attn, ctx_limit=info.rope.max_ctx, n_seq=slots,
-                                   **on_device(layers)).fits
+                return planned(n_ctx, kv_cache_type, n_seq=slots, device=on_device(layers)).fits
             most = info.n_layers + 1 if gpu_layers < 0 else min(gpu_layers, info.n_layers + 1)
             raise EngineError(f"{path}: {device_refusal(memory, n_ctx, most, next((k for k in range(most - 1, 0, -1) if fits_with(k)), 0))}")
         if not memory.fits:
