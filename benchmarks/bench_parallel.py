@@ -26,6 +26,8 @@ from pathlib import Path
 
 import openai
 
+from edge.cpu_buffers import default_extra_buffers
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
 DEFAULT_GGUF = CACHE / "Qwen3-0.6B-random-q4_k_m.gguf"
@@ -132,13 +134,6 @@ def interleaved(servers: list[Server], rounds: int, measure) -> list[list[float]
     return [[measure(srv) for srv in servers] for _ in range(rounds)]
 
 
-def extra_buffers() -> bool:
-    """Whether our Engine lets llama.cpp repack weights here (edge/cpu_buffers.py: off where the CPU
-    offers AMX, whose kernels crash this llama.cpp); llama-server gets the same (--no-repack)."""
-    from edge.cpu_buffers import cpu_extra_buffer_types, extra_buffers_safe
-    return extra_buffers_safe(cpu_extra_buffer_types())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", type=Path, default=DEFAULT_GGUF)
@@ -151,7 +146,7 @@ def main() -> None:
                     help="llama-server's -fa (ours: off on the CPU with an f16 cache, as the Engine opens models)")
     ap.add_argument("--llama-server", type=Path, default=DEFAULT_SERVER)
     args = ap.parse_args()
-    repack = extra_buffers()
+    repack = default_extra_buffers()
     print(f"{args.gguf.name}, {args.threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
           f"{args.tokens} tokens per request, slots = clients, {args.rounds} alternating rounds, weight repacking "
           f"{'on' if repack else 'off'}, llama-server -fa {args.flash_attn}")

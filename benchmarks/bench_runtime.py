@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from quantize import quantize_model  # noqa: E402
 from quantize.gguf_header import read_header  # noqa: E402
+from edge.cpu_buffers import default_extra_buffers  # noqa: E402
 
 DEFAULT_LLAMA_BENCH = CACHE / "llama.cpp-src" / "build" / "bin" / "llama-bench"
 
@@ -39,18 +40,11 @@ def ensure_gguf(folder: Path, qtype: str) -> Path:
     return out
 
 
-def same_buffers() -> bool:
-    """Whether the Engine lets llama.cpp repack weights here (off where the CPU offers AMX, whose
-    kernels crash this llama.cpp: edge/cpu_buffers.py); llama-bench is run the same way."""
-    from edge.cpu_buffers import cpu_extra_buffer_types, extra_buffers_safe
-    return extra_buffers_safe(cpu_extra_buffer_types())
-
-
 def llama_bench(binary: Path, model: Path, threads: int, reps: int, n_prompt: int, n_gen: int) -> dict[str, float]:
     # Flash attention off, as the Engine opens models (on this CPU it speeds depth 0 and slows
     # generation at the depths a chat runs at; see benchmarks/RESULTS.md).
     cmd = [str(binary), "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-t", str(threads),
-           "-r", str(reps), "-fa", "off", "-o", "json", "--repack", "1" if same_buffers() else "0"]
+           "-r", str(reps), "-fa", "off", "-o", "json", "--repack", "1" if default_extra_buffers() else "0"]
     rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     result = {}
     for row in rows:

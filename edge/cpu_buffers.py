@@ -60,6 +60,12 @@ def extra_buffers_safe(names: list[str]) -> bool:
     return not CRASHING.intersection(names)
 
 
+def default_extra_buffers() -> bool:
+    """The rule everything that opens a model here follows (the Engine, safe_llama, the
+    benchmarks' reference tools): the extra buffers on unless this CPU backend offers AMX."""
+    return extra_buffers_safe(cpu_extra_buffer_types())
+
+
 class TunedLlama(llama_cpp.Llama):
     """llama_cpp.Llama with model params its constructor does not take (use_extra_bufts, ...):
     `model_overrides` are set on the llama_model_params the constructor creates, before it loads
@@ -83,5 +89,5 @@ class TunedLlama(llama_cpp.Llama):
 def safe_llama(*args, **kwargs) -> TunedLlama:
     """A llama_cpp.Llama whose weights avoid the extra buffers that crash here (for tools and
     tests that open a GGUF without an Engine)."""
-    return TunedLlama(*args, model_overrides={"use_extra_bufts": extra_buffers_safe(cpu_extra_buffer_types())},
+    return TunedLlama(*args, model_overrides={"use_extra_bufts": default_extra_buffers()},
                       **kwargs)

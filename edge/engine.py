@@ -22,7 +22,7 @@ from quantize.gguf_info import sampling_defaults
 
 from .chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
 from .context_growth import GrowthError, resize_context
-from .cpu_buffers import TunedLlama, cpu_extra_buffer_types, extra_buffers_safe
+from .cpu_buffers import TunedLlama, default_extra_buffers
 from .context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, check_kv_types,
                            SIDE_BATCH, SIDE_CTX, model_rope_from_metadata, offloaded_layers, offloaded_weight_bytes,
                            physical_cores, plan_memory, plan_rope, plan_slots)
@@ -186,7 +186,7 @@ class Engine:
         """
         path = Path(path)
         if extra_buffers is None:  # llama.cpp's repacked weight layouts, unless one of them crashes
-            extra_buffers = extra_buffers_safe(cpu_extra_buffer_types())
+            extra_buffers = default_extra_buffers()
         info = read_model_info(path)
         threads = n_threads or physical_cores()
         workers = None
