@@ -16,27 +16,30 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 
+from .async_bridge import iterate_in_thread
 from .budget import answer_reserve, turn_budget
 from .chat_template import TemplateError
 from .context_growth import GrowthError
-from .engine import Engine
+from .engine import Engine, EngineClosedError
 from .grammar import Constraints, GrammarError, plan_constraints
 from .model_kind import ModelKind, prompt_opens_thinking
 from .modes import Mode, soft_switch, thinking_for
 from .rpc import WorkerLost
 from .sampling import Grammar, GrammarCompileError, SamplingParams, TokenSampler, preset
-from .sequence import open_sequence
+from .scheduler import SchedulerError
+from .sequence import DecodeError, StreamUnavailable, open_sequence
 from .text_check import text_problem, tree_problem
 from .thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
 from .tool_calls import TOOL_OPEN, Content, InvalidCall, ToolCall, ToolCallParser
@@ -139,8 +142,30 @@ class _Turn:
             self.sampler.arm(self.answer_grammar)
 
 
+def _one_turn_at_a_time(stream):
+    """A Chat answers one turn at a time: a second stream/send on the same Chat while one runs (from
+    another thread, or an asyncio task) is a ChatError, not a race on its history. The turn counts
+    as a use of the engine, so Engine.close() waits for it, and a closed engine is a ChatError."""
+    @functools.wraps(stream)
+    def exclusive(self, *args, **kwargs):
+        if not self._busy.acquire(blocking=False):
+            raise ChatError("this Chat is already answering (on another thread or task): use one Chat per "
+                            "conversation, or wait for its reply")
+        try:
+            with self.engine.using():
+                yield from stream(self, *args, **kwargs)
+        except EngineClosedError as e:
+            raise ChatError(str(e)) from None
+        finally:
+            self._busy.release()
+    return exclusive
+
+
 class Chat:
-    """One conversation. Not thread-safe, except cancel(), which any thread may call.
+    """One conversation. Many Chats may share an Engine from any threads: a Chat whose engine's
+    streams are all busy waits for one, in arrival order (`wait_timeout` seconds at most, then a
+    ChatError; cancel() stops the wait). One Chat answers one turn at a time; cancel() may be
+    called from any thread.
 
     Tools and a response format may be set for the whole chat (`tools=`) or per turn
     (`stream(..., tools=, tool_choice=, response_format=)`). A reply that calls tools ends with
@@ -151,8 +176,12 @@ class Chat:
     def __init__(self, engine: Engine, *, system: str | None = None, mode: Mode | str = Mode.THINK,
                  budget: int | None = None, max_tokens: int | None = None, presence_penalty: float = 0.0,
                  seed: int | None = None, sampling: dict | None = None, tools: list[dict] | None = None,
-                 think_time: float | None = None):
+                 think_time: float | None = None, wait_timeout: float | None = None):
+        if engine.closed:
+            raise ChatError(str(EngineClosedError()))
         self.engine = engine
+        self.wait_timeout = wait_timeout  # seconds to wait for a free stream of the engine (None: no limit)
+        self._busy = threading.Lock()     # held by the turn in progress
         self.system = system
         self.mode = Mode(mode)
         self.budget = budget          # thinking tokens, "auto" (budget.py), or None
@@ -269,6 +298,22 @@ class Chat:
         assert reply is not None
         return reply
 
+    async def asend(self, text: str | None = None, **turn) -> Reply:
+        """send() for asyncio: the turn runs on a worker thread, the event loop stays free.
+        Cancelling the awaiting task stops the reply within a token; the partial answer is kept in
+        the history before the cancellation reaches the caller."""
+        reply = None
+        async for event in self.astream(text, **turn):
+            reply = event.reply or reply
+        assert reply is not None
+        return reply
+
+    async def astream(self, text: str | None = None, **turn) -> AsyncIterator[Event]:
+        """stream() for asyncio (`async for event in chat.astream(...)`), with asend()'s cancellation."""
+        async for event in iterate_in_thread(lambda: self.stream(text, **turn), self.cancel):
+            yield event
+
+    @_one_turn_at_a_time
     def stream(self, text: str | None = None, *, tools: list[dict] | None = None, tool_choice: str | dict = "auto",
                response_format: dict | str | None = None, parallel_tool_calls: bool = True,
                constrain_tool_calls: bool = True) -> Iterator[Event]:
@@ -346,13 +391,16 @@ class Chat:
         """The generation on a sequence of the engine (its own context, or a parallel slot that
         may first have to wait for a free one); released when the generation ends."""
         started = time.perf_counter()
-        turn.seq = open_sequence(self.engine, prompt, self._cancel)
+        try:
+            turn.seq = open_sequence(self.engine, prompt, self._cancel, self.wait_timeout)
+        except StreamUnavailable as e:  # closed, or no stream within wait_timeout
+            raise ChatError(str(e)) from None
         try:
             evaluated = turn.seq.prefill(prompt) if turn.seq is not None else 0
             return (yield from self._loop(turn, prompt, thinking, started, evaluated))
-        except WorkerLost as e:  # an RPC worker died or stalled: this reply ends, the history stays
-            raise BackendError(str(e)) from None
-        except GrowthError as e:  # llama.cpp could not make a larger context: the same
+        # An RPC worker died or stalled, llama.cpp could not make a larger context or decode (the
+        # sequence's cache was reset), the scheduler failed: this reply ends, the history stays.
+        except (WorkerLost, GrowthError, DecodeError, SchedulerError) as e:
             raise BackendError(str(e)) from None
         finally:
             if turn.seq is not None:

@@ -30,6 +30,7 @@ from .footprint import Footprint, choose_footprint, next_ctx
 from .devices import (Device, Placement, capture_llama_log, list_devices, no_device_message, offload_targets,
                       parse_load_log, placement_backend, placement_device, registry_names)
 from .model_kind import ModelKind, detect_kind
+from .stream_lock import Closed, EngineLife, FairLock
 from . import rpc
 
 DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: footprint.py chooses)
@@ -37,6 +38,13 @@ DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: fo
 
 class EngineError(Exception):
     """A model that cannot be opened as asked, told in one line."""
+
+
+class EngineClosedError(EngineError):
+    """The engine was closed: load the model again to go on."""
+
+    def __init__(self):
+        super().__init__("the engine is closed: load the model again")
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,10 @@ class Engine:
         # holding them as users read them: "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))", "CPU (...)".
         self.placement: Placement | None = None
         self.device: str = ""
+        # Threads share one llama.cpp context only through these (stream_lock.py): a generation on
+        # the Llama's own context holds stream_lock; `life` counts the calls using the model.
+        self.stream_lock = FairLock()
+        self.life = EngineLife()
 
     @classmethod
     def load(cls, path: str | Path, *, n_ctx: int | None = None, n_threads: int | None = None,
@@ -365,11 +377,31 @@ class Engine:
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a rendered prompt: special tokens parsed, no BOS (Qwen adds none)."""
-        return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        with self.using():
+            return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def close(self) -> None:
+    @property
+    def closed(self) -> bool:
+        return self.life.closed
+
+    def using(self) -> "_Using":
+        """`with engine.using():` around a call that touches the model; EngineClosedError after close()."""
+        return _Using(self.life)
+
+    def close(self, wait: float = 30.0) -> None:
+        """Free llama.cpp's model and contexts. A reply in progress on another thread is stopped
+        (it ends as cancelled, or with a ChatError on parallel slots) and waited for; Chats waiting
+        for a stream get a ChatError. If a call is still running after `wait` seconds the memory is
+        left allocated rather than freed under it."""
+        if self.life.closed:
+            return
+        self.life.closed = True          # no new turn starts
+        self.stream_lock.close(wait)      # the running single-stream reply stops within a token
         if self.scheduler is not None:
-            self.scheduler.close()
+            self.scheduler.close()        # queued and running slot work ends with an error
+        if not self.life.close(wait):
+            warnings.warn("a reply still runs on this engine after close(); its memory was not freed", stacklevel=2)
+            return
         self.llama.close()
         if self.rpc is not None:
             self.rpc.retire()
@@ -379,3 +411,19 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Using:
+    """engine.using()'s context: one call in progress, counted by the engine's life."""
+
+    def __init__(self, life: EngineLife):
+        self.life = life
+
+    def __enter__(self) -> None:
+        try:
+            self.life.enter()
+        except Closed:
+            raise EngineClosedError() from None
+
+    def __exit__(self, *exc: object) -> None:
+        self.life.leave()

@@ -18,11 +18,13 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import deque
 
 import llama_cpp
 import numpy as np
 
 from .sequence import common_prefix
+from .stream_lock import POLL_S, Closed, WaitTimeout, first_in_line
 
 PROMPT_CHUNK = 128   # prompt tokens per step while other slots generate
 GATHER_S = 0.02      # how long a step waits for the slots it just served to queue their next token
@@ -114,6 +116,8 @@ class Scheduler:
         self.slots = [_Slot(i) for i in range(n_slots)]
         self.steps = 0                    # decodes run (tests check that streams shared them)
         self._clock = itertools.count(1)
+        self._tickets = itertools.count()
+        self._waiting: deque[int] = deque()  # generations waiting for a slot, in arrival order
         self._cv = threading.Condition()
         self._queue: list[_Work] = []
         self._expect: set[_Slot] = set()  # slots served by the last step
@@ -122,21 +126,33 @@ class Scheduler:
         self._thread.start()
 
     # ---- the generations' side ------------------------------------------------------------------
-    def acquire(self, prompt: list[int], cancel: threading.Event) -> BatchSequence | None:
-        """A free slot for `prompt` (longest cached prefix, else least recently used), waiting for
-        one while all are busy; None once `cancel` is set."""
+    def acquire(self, prompt: list[int], cancel: threading.Event | None = None,
+                timeout: float | None = None) -> BatchSequence | None:
+        """A free slot for `prompt` (longest cached prefix, else least recently used), waiting in
+        arrival order while all are busy; None once `cancel` is set, WaitTimeout after `timeout`
+        seconds, Closed once the scheduler is closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while True:
-                if self._closed:
-                    raise SchedulerError("the model is closed")
-                if cancel.is_set():
-                    return None
-                free = [s for s in self.slots if not s.busy]
-                if free:
-                    slot = self._pick(free, prompt)
-                    slot.busy = True
-                    return BatchSequence(self, slot)
-                self._cv.wait(0.05)
+            ticket = next(self._tickets)
+            self._waiting.append(ticket)
+            try:
+                while True:
+                    if self._closed:
+                        raise Closed()
+                    if cancel is not None and cancel.is_set():
+                        return None
+                    free = [s for s in self.slots if not s.busy]
+                    if free and first_in_line(self._waiting, ticket):
+                        slot = self._pick(free, prompt)
+                        slot.busy = True
+                        return BatchSequence(self, slot)
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise WaitTimeout()
+                    self._cv.wait(POLL_S if left is None else min(POLL_S, left))
+            finally:
+                self._waiting.remove(ticket)
+                self._cv.notify_all()
 
     def _pick(self, free: list[_Slot], prompt: list[int]) -> _Slot:
         """The slot sharing the longest prefix with `prompt` when that is over SIMILAR of it (its

@@ -4,6 +4,10 @@ Chat._generate talks only to a sequence: prefill(prompt), eval(tokens), sample(s
 n_tokens, release(). LlamaSequence is the single stream on the Llama's own context, with exactly
 the calls the loop made before (no cost on the one-stream path); scheduler.BatchSequence is one
 slot of a batched context shared by several generations (continuous batching).
+
+Either is held by one generation at a time: the Llama's context through the engine's stream lock
+(stream_lock.py), a slot through the scheduler. A decode that llama.cpp refuses raises DecodeError
+after the cache is put back in a known state (emptied), so the next generation is exact.
 """
 
 from __future__ import annotations
@@ -11,6 +15,16 @@ from __future__ import annotations
 import threading
 
 import llama_cpp
+
+from .stream_lock import Closed, WaitTimeout
+
+
+class DecodeError(RuntimeError):
+    """llama.cpp could not decode; the sequence's cache was reset, the next generation is exact."""
+
+
+class StreamUnavailable(RuntimeError):
+    """No stream for this generation: the engine is closed, or the wait timed out."""
 
 
 def common_prefix(cached: list[int], prompt: list[int]) -> int:
@@ -23,9 +37,10 @@ def common_prefix(cached: list[int], prompt: list[int]) -> int:
 class LlamaSequence:
     """The Llama's own context: one conversation at a time (the KV prefix carries over)."""
 
-    def __init__(self, llama: llama_cpp.Llama, reserve=None):
+    def __init__(self, llama: llama_cpp.Llama, reserve=None, lock=None):
         self.llama = llama
         self.reserve = reserve  # reserve(n): a growing context makes room for n tokens (Engine.reserve_ctx)
+        self.lock = lock        # the engine's stream lock, held until release()
 
     @property
     def n_tokens(self) -> int:
@@ -38,25 +53,51 @@ class LlamaSequence:
         llama.n_tokens = keep
         if self.reserve is not None:
             self.reserve(len(prompt))
-        llama.eval(prompt[keep:])
+        self._decode(prompt[keep:])
         return len(prompt) - keep
 
     def eval(self, tokens: list[int]) -> None:
         if self.reserve is not None:
             self.reserve(self.llama.n_tokens + len(tokens))
-        self.llama.eval(tokens)
+        self._decode(tokens)
+
+    def _decode(self, tokens: list[int]) -> None:
+        """llama.eval, and on failure an empty cache: llama.cpp may hold part of the batch, which
+        the bindings' token list does not know about."""
+        try:
+            self.llama.eval(tokens)
+        except RuntimeError as e:
+            self.reset()
+            raise DecodeError(f"llama.cpp failed to decode ({e}); the cache was cleared") from None
+
+    def reset(self) -> None:
+        """Forget everything cached: the next prompt is evaluated from its first token."""
+        self.llama.n_tokens = 0
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llama._ctx.ctx), True)
 
     def sample(self, sampler, is_eog) -> int:
         return sampler.sample(self.llama._ctx, is_eog)
 
     def release(self) -> None:
-        pass
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
-def open_sequence(engine, prompt: list[int], cancel: threading.Event):
+def open_sequence(engine, prompt: list[int], cancel: threading.Event, timeout: float | None = None):
     """The engine's sequence for a generation of `prompt`: a slot of its scheduler when it has
-    one (waiting for a free slot; None if `cancel` is set meanwhile), else its Llama's context."""
+    one, else its Llama's context, waiting in arrival order while all are busy. None if `cancel`
+    is set meanwhile; StreamUnavailable once the engine is closed or after `timeout` seconds."""
     scheduler = getattr(engine, "scheduler", None)
-    if scheduler is None:
-        return LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None)
-    return scheduler.acquire(prompt, cancel)
+    try:
+        if scheduler is not None:
+            return scheduler.acquire(prompt, cancel, timeout)
+        if not engine.stream_lock.acquire(cancel, timeout):
+            return None
+    except WaitTimeout:
+        raise StreamUnavailable(f"no stream of the model became free within {timeout:g} s "
+                                f"({engine.parallel} in use)") from None
+    except Closed:
+        raise StreamUnavailable("the engine is closed: load the model again") from None
+    return LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None,
+                         engine.stream_lock)
