@@ -9,6 +9,7 @@ import typer
 from .bench_cmd import bench
 from .chat_cmd import chat, run
 from .info_cmd import info
+from .plan_cmd import plan
 from .quantize_cmd import quantize
 from .serve_cmd import serve
 from .store_cmd import list_models, pull, rm
@@ -25,6 +26,7 @@ app.command()(bench)
 app.command()(serve)
 app.command()(quantize)
 app.command()(info)
+app.command()(plan)
 app.command()(worker)
 
 

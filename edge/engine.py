@@ -23,18 +23,15 @@ from quantize.gguf_info import sampling_defaults
 from .chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
 from .context_growth import GrowthError, resize_context
 from .cpu_buffers import TunedLlama, default_extra_buffers
-from .context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, check_kv_types,
-                           SIDE_BATCH, SIDE_CTX, model_rope_from_metadata, offloaded_layers, offloaded_weight_bytes,
-                           physical_cores, plan_memory, plan_rope, plan_slots)
-from .footprint import Footprint, choose_footprint, next_ctx
-from .devices import (Device, Placement, capture_llama_log, list_devices, no_device_message, offload_targets,
-                      parse_load_log, placement_backend, placement_device, registry_names)
+from .context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, SIDE_BATCH, SIDE_CTX,
+                           model_rope_from_metadata, physical_cores)
+from .footprint import Footprint, next_ctx
+from .devices import (Device, Placement, capture_llama_log, list_devices, offload_targets, parse_load_log,
+                      placement_backend, placement_device, registry_names)
+from .load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadRequest, MachineFacts, device_refusal, plan_load  # noqa: F401 (re-exported)
 from .model_kind import ModelKind, detect_kind
 from .stream_lock import Closed, EngineLife, FairLock
 from . import rpc
-
-DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: footprint.py chooses)
-
 
 class EngineError(Exception):
     """A model that cannot be opened as asked, told in one line."""
@@ -109,17 +106,14 @@ def detect_backend(n_gpu_layers: int, targets: list[Device] | None = None) -> st
     return targets[0].backend if n_gpu_layers != 0 and targets else "cpu"
 
 
-def device_refusal(memory: MemoryPlan, n_ctx: int, asked_layers: int, fitting_layers: int) -> str:
-    """One line for a model that its offload device cannot hold: what it needs there, and what
-    would fit (a shorter context, fewer offloaded layers, the CPU)."""
-    ways = []
-    if memory.max_ctx:
-        ways.append(f"a context of at most {memory.max_ctx} tokens (--ctx {memory.max_ctx})")
-    if fitting_layers:
-        ways.append(f"{fitting_layers} of its {asked_layers} layers on the device (--gpu-layers {fitting_layers})")
-    ways.append("the CPU (--gpu-layers 0)")
-    return (f"the model with a {n_ctx}-token context does not fit {memory.device.describe()}; "
-            f"what fits: {', or '.join(ways)}")
+def probe_machine(available_bytes: int | None = None, workers=None) -> MachineFacts:
+    """What this machine offers the plan: memory, physical cores, ggml's offload devices, whether
+    llama.cpp's repacked buffers are safe, and the probed workers' devices."""
+    return MachineFacts(
+        available_bytes=available_memory_bytes() if available_bytes is None else available_bytes,
+        physical_cores=physical_cores(), targets=tuple(local_offload_targets()), registries=tuple(registry_names()),
+        extra_buffers=default_extra_buffers(), workers=None if workers is None else tuple(workers),
+        split_devices=tuple(rpc.split_devices(workers)) if workers else ())
 
 
 class Engine:
@@ -139,6 +133,7 @@ class Engine:
         self.sampling_defaults: dict[str, float | int] = dict(info.sampling_defaults)
         self.scheduler = None  # parallel slots (scheduler.py), when loaded with parallel > 1
         self.footprint: Footprint | None = None  # the ctx, KV type and mmap asked or chosen (footprint.py)
+        self.plan: LoadPlan | None = None        # every loading decision and why (load_plan.py)
         self.max_ctx: int | None = None  # a growing context's ceiling (None: it does not grow)
         self.growths: list[tuple[int, int, float]] = []  # (from, to, seconds) of each growth
         self.rpc: rpc.RpcCluster | None = None      # the workers, when loaded with rpc_servers
@@ -197,115 +192,47 @@ class Engine:
         rpc.WorkerLost (a ChatError in a Chat) instead of a hang or an abort.
         """
         path = Path(path)
-        if extra_buffers is None:  # llama.cpp's repacked weight layouts, unless one of them crashes
-            extra_buffers = default_extra_buffers()
         info = read_model_info(path)
-        threads = n_threads or physical_cores()
+        asked = LoadRequest(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, kv_cache_type=kv_cache_type,
+                            flash_attn=flash_attn, n_batch=n_batch, use_mmap=use_mmap, parallel=parallel,
+                            max_parallel=max_parallel, extra_buffers=extra_buffers, grow=grow)
         workers = None
-        if rpc_servers is not None:
-            if parallel != 1:
-                raise EngineError("parallel slots over RPC workers are not supported yet: use parallel=1")
+        if rpc_servers is not None and parallel == 1:  # parallel over RPC: the plan refuses it, unprobed
             try:
                 workers = rpc.probe_workers(rpc_servers)
             except rpc.RpcError as e:
                 raise EngineError(str(e)) from None
-        targets = local_offload_targets()
-        gpu_layers = (-1 if targets or workers else 0) if n_gpu_layers is None else n_gpu_layers
-        if gpu_layers != 0 and not targets and not workers:
-            raise EngineError(f"--gpu-layers {gpu_layers}: {no_device_message(registry_names())}")
-        backend = "rpc" if workers and gpu_layers != 0 else detect_backend(gpu_layers, targets)
-        avail = available_bytes if available_bytes is not None else available_memory_bytes()
-        asked_flash_attn = flash_attn
-
-        def on_device(layers: int) -> dict[str, Any]:
-            """plan_memory's device arguments for `layers` offloaded to the local device(s), whose
-            free memory counts as llama.cpp reports it ({} on the CPU, or for a device that reports
-            no memory, where llama.cpp itself falls back to the host's)."""
-            free = sum(d.memory_free for d in targets)
-            if layers == 0 or workers is not None or not targets or (free == 0 and not any(d.memory_total for d in targets)):
-                return {}
-            return dict(device=" + ".join(d.name for d in targets), device_free_bytes=free,
-                        device_weight_bytes=offloaded_weight_bytes(info.tensor_bytes, info.n_layers, layers),
-                        device_layers=offloaded_layers(layers, info.n_layers)[0])
-        device_kwargs = on_device(gpu_layers)
-
-        def attention(kv: str) -> bool:
-            # On the CPU flash attention slows generation at chat depths (benchmarks/RESULTS.md);
-            # GPU backends gain from it, and a quantized V cache needs it.
-            return (kv != "f16" or backend != "cpu") if asked_flash_attn is None else asked_flash_attn
-
-        def planned(ctx: int, kv: str, budget: int = avail, n_seq: int = 1,
-                    device: dict[str, Any] | None = None) -> MemoryPlan:
-            """The memory plan of `n_seq` contexts of `ctx` tokens with a `kv` cache in `budget` bytes,
-            with the asked offload (or `device`, on_device's arguments for another layer count)."""
-            return plan_memory(info.size_bytes, ctx, info.n_layers, info.n_kv_heads, info.head_dim, budget,
-                               type_k=kv, type_v=kv, n_batch=n_batch, n_heads=info.n_heads, flash_attn=attention(kv),
-                               ctx_limit=info.rope.max_ctx, n_seq=n_seq,
-                               **(device_kwargs if device is None else device))
-        single = parallel == 1 and workers is None
+        machine = probe_machine(available_bytes, workers if rpc_servers is None or parallel == 1 else ())
         try:
-            if kv_cache_type is not None:
-                check_kv_types(kv_cache_type, kv_cache_type, True)  # an unknown name, before planning
-            footprint = choose_footprint(
-                asked_ctx=n_ctx if n_ctx is not None or single else DEFAULT_CTX,
-                asked_kv=kv_cache_type if kv_cache_type is not None or single else "f16",
-                asked_mmap=use_mmap, grow=single and (n_ctx is None if grow is None else grow), plan=planned,
-                available_bytes=avail, native_ctx=info.native_ctx, file_type=info.file_type,
-                repacks=bool(extra_buffers) and backend == "cpu")
-        except ValueError as e:
-            raise EngineError(str(e)) from None
-        n_ctx, kv_cache_type, use_mmap = footprint.n_ctx, footprint.kv_cache_type, footprint.use_mmap
-        flash_attn = attention(kv_cache_type)
-        try:
-            check_kv_types(kv_cache_type, kv_cache_type, flash_attn)
-            rope = plan_rope(n_ctx, native_ctx=info.native_ctx, gguf_yarn=info.yarn, size_label=info.size_label,
-                             original_family=info.rope.original_family)
-        except ValueError as e:
-            raise EngineError(str(e)) from None
-        if rope.warning:
-            warnings.warn(rope.warning, stacklevel=2)
+            plan = plan_load(info, asked, machine)
+        except LoadRefused as e:
+            for warning in e.warnings:
+                warnings.warn(warning, stacklevel=2)
+            raise EngineError(f"{path}: {e.message}" if e.about_file else e.message) from None
+        if plan.rope.warning:
+            warnings.warn(plan.rope.warning, stacklevel=2)
+        return cls._open(path, info, plan, workers, verbose=verbose, rpc_timeout=rpc_timeout)
 
-        def plan(n_seq: int) -> MemoryPlan:
-            return planned(n_ctx, kv_cache_type, n_seq=n_seq)
-        slots = (plan_slots(max_parallel, plan) or 1) if parallel is None else parallel
-        if slots < 1:
-            raise EngineError(f"parallel must be at least 1, not {slots}")
-        memory = plan(slots)
-        if workers is not None:  # the host keeps only what llama.cpp leaves on the CPU
-            split = rpc.plan_over_workers(
-                workers, list(info.tensor_bytes.items()), info.n_layers, avail, n_ctx,
-                n_kv_heads=info.n_kv_heads, head_dim=info.head_dim, n_heads=info.n_heads, n_gpu_layers=gpu_layers,
-                type_k=kv_cache_type, type_v=kv_cache_type, n_batch=n_batch, flash_attn=flash_attn,
-                ctx_limit=info.rope.max_ctx)
-            if not split.fits:
-                raise EngineError(f"{path}: {split.refusal()}")
-            memory = split.memory_plan()
-        if not memory.fits and not memory.device_fits:
-            def fits_with(layers: int) -> bool:
-                return planned(n_ctx, kv_cache_type, n_seq=slots, device=on_device(layers)).fits
-            most = info.n_layers + 1 if gpu_layers < 0 else min(gpu_layers, info.n_layers + 1)
-            raise EngineError(f"{path}: {device_refusal(memory, n_ctx, most, next((k for k in range(most - 1, 0, -1) if fits_with(k)), 0))}")
-        if not memory.fits:
-            if slots > 1:
-                raise EngineError(f"{path}: {slots} parallel slots of {n_ctx} tokens do not fit in memory "
-                                  f"({memory.describe()}); at this context {plan_slots(slots, plan)} slot(s) fit, "
-                                  f"and {slots} slots fit up to {memory.max_ctx} tokens each")
-            raise EngineError(f"{path}: context {n_ctx} does not fit in memory ({memory.describe()}); "
-                              f"the largest that fits is {memory.max_ctx}")
+    @classmethod
+    def _open(cls, path: Path, info: ModelInfo, plan: LoadPlan, workers, *, verbose: bool,
+              rpc_timeout: float) -> "Engine":
+        """Open llama.cpp as the plan says: the model, its context (or the scheduler's), the workers."""
+        n_ctx, kv_cache_type, slots, threads = plan.n_ctx, plan.kv_cache_type, plan.slots, plan.threads
+        n_batch, extra_buffers, memory, rope = plan.n_batch, plan.extra_buffers, plan.memory, plan.rope
         try:
             template = compile_template(info.chat_template or QWEN3_CHAT_TEMPLATE)
         except TemplateError as e:
             raise EngineError(f"{path}: unusable chat template ({e})") from None
         load = None
         try:
-            own_ctx, own_batch = (footprint.start_ctx, n_batch) if slots == 1 else (SIDE_CTX, SIDE_BATCH)
-            load = rpc.connect_workers(workers, split, io_timeout=rpc_timeout) if workers is not None else None
+            own_ctx, own_batch = (plan.start_ctx, n_batch) if slots == 1 else (SIDE_CTX, SIDE_BATCH)
+            load = rpc.connect_workers(workers, plan.split, io_timeout=rpc_timeout) if workers is not None else None
             choice = load.choice if load is not None else rpc.local_choice()
             with capture_llama_log() as load_log:
                 llama = rpc.llama_class(TunedLlama, load and load.cluster)(
                     str(path), n_ctx=own_ctx, n_batch=own_batch, n_ubatch=own_batch, n_threads=threads,
                     n_threads_batch=threads,
-                    n_gpu_layers=gpu_layers, use_mmap=use_mmap, use_mlock=False, flash_attn=flash_attn,
+                    n_gpu_layers=plan.gpu_layers, use_mmap=plan.use_mmap, use_mlock=False, flash_attn=plan.flash_attn,
                     type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
                     verbose=verbose, model_overrides={"use_extra_bufts": extra_buffers, **(choice.overrides if choice else {})},
                     **rope.llama_kwargs())
@@ -315,15 +242,16 @@ class Engine:
             if isinstance(e, rpc.RpcError):
                 raise EngineError(f"{path}: {e}") from None
             raise EngineError(f"{path}: llama.cpp could not load the model ({e})") from None
-        engine = cls(llama, info, template, backend, rope, memory, threads, kv_cache_type)
+        engine = cls(llama, info, template, plan.backend, rope, memory, threads, kv_cache_type)
+        engine.plan = plan
         engine.placement = parse_load_log("".join(load_log))
         if engine.placement.layers:  # what llama.cpp did, over what was asked
             devices = list_devices()
             engine.backend = placement_backend(engine.placement, devices)
             engine.device = placement_device(engine.placement, devices)
-        engine.footprint = footprint
-        if footprint.grows and slots == 1:
-            engine.max_ctx = footprint.n_ctx
+        engine.footprint = plan.footprint
+        if plan.grows:
+            engine.max_ctx = plan.n_ctx
         if load is not None:
             engine.rpc, engine.split_plan = load.cluster, load.split
             for relay in load.cluster.relays:  # llama.cpp knows the workers by their relays' addresses

@@ -343,17 +343,22 @@ def probe_workers(spec: str | Sequence[str], timeout: float = CONNECT_TIMEOUT) -
     return [probe(e, timeout) for e in parse_endpoints(spec)]
 
 
-def plan_over_workers(infos: Sequence[WorkerInfo], tensors: Sequence[tuple[str, int]], n_layer: int,
-                      host_free: int, n_ctx: int, **plan_kwargs) -> "SplitPlan":
-    """The split plan over the workers' devices (as their probe reported them) and the local
-    accelerators, in llama.cpp's order."""
-    from .split_plan import model_bytes, plan_split
+def split_devices(infos: Sequence[WorkerInfo]) -> list[tuple[str, int]]:
+    """(name, free bytes) of the workers' devices (as their probe reported them) and the local
+    accelerators, in llama.cpp's order: what the split plan divides the layers over."""
     devices = [(f"RPC worker {i.endpoint}" + (f" device {k}" if len(i.memory) > 1 else ""), free or total)
                for i in infos for k, (free, total) in enumerate(i.memory)]
     g = _Ggml()
     for h in local_accelerators():
         devices.append((g.dev_name(h).decode(), _device_memory(h)[0]))
-    return plan_split(model_bytes(tensors, n_layer), devices, host_free, n_ctx, **plan_kwargs)
+    return devices
+
+
+def plan_over_workers(infos: Sequence[WorkerInfo], tensors: Sequence[tuple[str, int]], n_layer: int,
+                      host_free: int, n_ctx: int, **plan_kwargs) -> "SplitPlan":
+    """The split plan over the workers' devices and the local accelerators, in llama.cpp's order."""
+    from .split_plan import model_bytes, plan_split
+    return plan_split(model_bytes(tensors, n_layer), split_devices(infos), host_free, n_ctx, **plan_kwargs)
 
 
 def connect_workers(infos: Sequence[WorkerInfo], split: "SplitPlan", *, connect_timeout: float = CONNECT_TIMEOUT,
