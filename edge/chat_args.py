@@ -36,7 +36,8 @@ def number_problem(name: str, value: Any, kind: type, low: float, high: float | 
     if ok and value >= low and (high is None or value <= high):
         return None
     what = "a whole number" if kind is int else "a number"
-    span = f"{low:g} or more" if high is None else f"from {low:g} to {high:g}"
+    shown = (lambda x: str(int(x))) if kind is int else (lambda x: f"{x:g}")
+    span = f"{shown(low)} or more" if high is None else f"from {shown(low)} to {shown(high)}"
     return f"{name} takes {what} {span}, not {_shown(value)}"
 
 
