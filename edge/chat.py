@@ -67,6 +67,12 @@ class BackendError(ChatError):
     refused): not the request's fault, so a server answers 503; history is unchanged."""
 
 
+def _check_open(engine: Engine) -> None:
+    """A closed Engine's llama.cpp context is freed: touching it would crash the process."""
+    if getattr(engine, "closed", False):
+        raise ChatError("the engine is closed; load the model again (Engine.load) to chat")
+
+
 @dataclass
 class Message:
     role: str                 # "user", "assistant" or "tool"
@@ -169,6 +175,7 @@ class Chat:
                                              presence_penalty=presence_penalty, sampling=sampling,
                                              think_time=think_time, system=system):
             raise ArgumentError(problem)
+        _check_open(engine)
         self.engine = engine
         self.system = system
         self.mode = Mode(mode)
@@ -303,6 +310,7 @@ class Chat:
         stop_reason "stop" (the thinking is not searched)."""
         if problem := max_tokens_problem(max_tokens) or stop_problem(stop):
             raise ArgumentError(problem)
+        _check_open(self.engine)
         self._check_text(text)
         self._cancel.clear()
         if text is None and (not self.history or self.history[-1].role != "tool"):

@@ -368,6 +368,7 @@ class Engine:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def close(self) -> None:
+        self.closed = True  # a Chat checks it: llama.cpp's freed context would crash the process
         if self.scheduler is not None:
             self.scheduler.close()
         self.llama.close()

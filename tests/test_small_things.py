@@ -151,3 +151,18 @@ def test_run_refuses_a_json_answer_cut_by_max_tokens(scripted_gguf):
 def test_run_names_a_bad_argument(scripted_gguf):
     r = runner.invoke(app, ["run", str(scripted_gguf), "Hi", "--temperature", "-1"])
     assert r.exit_code == 1 and "temperature takes a number from 0 to 2, not -1" in one_error_line(r.stderr)
+
+
+def test_a_chat_after_engine_close_is_a_clear_error(scripted_gguf):
+    """Before: a segmentation fault (llama.cpp's context was freed under the Chat)."""
+    engine = Engine.load(scripted_gguf, n_ctx=512)
+    chat = Chat(engine, mode="no_think", seed=1)
+    chat.send("Hi")
+    before = list(chat.history)
+    engine.close()
+    with pytest.raises(ChatError, match="the engine is closed"):
+        chat.send("Again")
+    with pytest.raises(ChatError, match="the engine is closed"):
+        Chat(engine)
+    assert chat.history == before
+    engine.close()   # twice is harmless
