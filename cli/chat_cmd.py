@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 
 from edge.chat import ChatError, Event
+from edge.json_answer import json_answer_problem
 from edge.store import ModelStore
 from edge.text_check import text_problem
 
@@ -83,7 +84,8 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP, json_schema: Optional[Path] = JSON_SCHEMA,
         json_object: bool = JSON_OBJECT, source: Optional[str] = SOURCE, rpc: Optional[str] = RPC) -> None:
     """One message, one reply: the answer on stdout, the thinking on stderr (or hidden).
-    With --json-schema or --json-object the answer is JSON a script can parse."""
+    With --json-schema or --json-object the answer is JSON a script can parse; an answer that is not
+    (cut by --max-tokens, say) exits 1 with the reason on stderr (and in --json's schema_error)."""
     with friendly_errors():
         text = read_stdin() if prompt == "-" else prompt
         if not text.strip():
@@ -101,10 +103,16 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
                 reply = event.reply or reply
                 if not as_json:
                     printer(event)
+    problem = json_answer_problem(reply.answer, fmt, reply.stop_reason)   # None without a format
     if as_json:
-        out.print_json(json.dumps({"model": str(engine.info.path), **dataclasses.asdict(reply)}))
+        fields = {"schema_error": problem} if fmt is not None else {}
+        out.print_json(json.dumps({"model": str(engine.info.path), **dataclasses.asdict(reply), **fields}))
     else:
         sys.stdout.write("\n")
+    if problem is not None:  # a script must not take a cut or invalid answer for the JSON it asked for
+        sys.stdout.flush()
+        err.print(f"[bold red]error:[/] {escape(problem)}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def read_stdin() -> str:

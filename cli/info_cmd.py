@@ -15,6 +15,8 @@ from edge.context_plan import model_rope_from_metadata
 from edge.devices import describe_devices, list_devices
 from edge.engine import detect_backend, local_offload_targets
 from edge.model_kind import detect_kind
+from edge.resolve import resolve_model
+from edge.store import ModelStore
 from quantize import describe_gguf
 from quantize.gguf_header import read_header
 
@@ -57,12 +59,14 @@ def _sampling_text(sampling: dict[str, Any]) -> str:
 
 
 def info(
-    path: Path = typer.Argument(..., help="A GGUF file."),
+    model: str = typer.Argument(..., help="What chat takes: a GGUF file, a store name (qwen3-0.6b, qwen3-4b:q8_0) "
+                                          "or a Hugging Face folder already converted into the store."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Show a GGUF's architecture, kind, native context, sampling preset, shapes, quant types,
-    tokenizer, template and size."""
+    tokenizer, template and size. Nothing is downloaded or converted."""
     with friendly_errors():
+        path = resolve_model(model, ModelStore(), create=False)
         d = describe_gguf(path)
         d.update(runtime_view(path))
     if as_json:

@@ -30,6 +30,7 @@ import llama_cpp
 
 from .async_bridge import iterate_in_thread
 from .budget import answer_reserve, turn_budget
+from .chat_args import chat_arguments_problem, max_tokens_problem, mode_problem, stop_list, stop_problem
 from .chat_template import TemplateError
 from .context_growth import GrowthError
 from .engine import Engine, EngineClosedError
@@ -40,12 +41,16 @@ from .rpc import WorkerLost
 from .sampling import Grammar, GrammarCompileError, SamplingParams, TokenSampler, preset
 from .scheduler import SchedulerError
 from .sequence import DecodeError, StreamUnavailable, open_sequence
+from .stop_strings import StopCutter
 from .text_check import text_problem, tree_problem
+from .thinking_calls import ThinkingCallHold
 from .thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
 from .tool_calls import TOOL_OPEN, Content, InvalidCall, ToolCall, ToolCallParser
 
-BUDGET_PHRASE = ("Considering the limited time by the user, I have to give the solution based on the "
-                 "thinking directly now.\n</think>.\n\n")
+# Qwen's model card (and vLLM's, SGLang's reproductions) start the phrase on new lines, so it is
+# never glued to the last word of the thinking.
+BUDGET_PHRASE = ("\n\nConsidering the limited time by the user, I have to give the solution based on the "
+                 "thinking directly now.\n</think>\n\n")
 CLOSE_THINKING = "\n</think>\n\n"  # how Qwen's template closes a think block
 DEFAULT_REPLY_RESERVE = 1024
 SPEED_SAMPLE = 8  # tokens generated before a time budget is set from this reply's speed
@@ -55,9 +60,20 @@ class ChatError(Exception):
     """A turn that cannot run (too long for the context, a broken template); history is unchanged."""
 
 
+class ArgumentError(ChatError, ValueError):
+    """An argument the Chat cannot take (Chat(mode="fast"), budget=-1, a negative temperature): the
+    line names the argument and what it takes; raised before anything changes."""
+
+
 class BackendError(ChatError):
     """A reply the model's backend could not finish (an RPC worker lost, a larger context llama.cpp
     refused): not the request's fault, so a server answers 503; history is unchanged."""
+
+
+def _check_open(engine: Engine) -> None:
+    """A closed Engine's llama.cpp context is freed: touching it would crash the process."""
+    if getattr(engine, "closed", False):
+        raise ChatError(str(EngineClosedError()))
 
 
 @dataclass
@@ -85,7 +101,7 @@ class Message:
 class Reply:
     thinking: str
     answer: str
-    stop_reason: str          # "eos", "tool_calls", "length" or "cancelled"
+    stop_reason: str          # "eos", "tool_calls", "length", "stop" (a stop string) or "cancelled"
     budget_hit: bool          # thinking was cut by the budget (the answer still came)
     thinking_enabled: bool
     prompt_tokens: int
@@ -135,6 +151,9 @@ class _Turn:
     think_done: bool = False
     budget_hit: bool = False
     seq: Any = None                # the KV sequence it runs on (sequence.py)
+    max_tokens: int | None = None  # this turn's cap (stream(max_tokens=) or the chat's)
+    stops: StopCutter | None = None  # this turn's stop strings, cutting the answer
+    call_hold: ThinkingCallHold | None = None  # with tools: a <tool_call> in the thinking, held
 
     def start_answer(self) -> None:
         """The answer begins: its grammar (response format, required call) now applies."""
@@ -177,8 +196,14 @@ class Chat:
                  budget: int | None = None, max_tokens: int | None = None, presence_penalty: float = 0.0,
                  seed: int | None = None, sampling: dict | None = None, tools: list[dict] | None = None,
                  think_time: float | None = None, wait_timeout: float | None = None):
-        if engine.closed:
-            raise ChatError(str(EngineClosedError()))
+        if problem := chat_arguments_problem(mode=mode, budget=budget, max_tokens=max_tokens, seed=seed,
+                                             presence_penalty=presence_penalty, sampling=sampling,
+                                             think_time=think_time, system=system):
+            raise ArgumentError(problem)
+        if wait_timeout is not None and (isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float))
+                                         or not wait_timeout >= 0):
+            raise ArgumentError(f"wait_timeout must be a number of seconds >= 0 or None, not {wait_timeout!r}")
+        _check_open(engine)
         self.engine = engine
         self.wait_timeout = wait_timeout  # seconds to wait for a free stream of the engine (None: no limit)
         self._busy = threading.Lock()     # held by the turn in progress
@@ -207,6 +232,8 @@ class Chat:
 
     @mode.setter
     def mode(self, value: Mode | str) -> None:
+        if problem := mode_problem(value):
+            raise ArgumentError(problem)
         self._mode = Mode(value)  # "think" and Mode.THINK alike
 
     # ---- prompt -------------------------------------------------------------------------------
@@ -232,9 +259,10 @@ class Chat:
         return base.with_overrides(presence_penalty=self.presence_penalty or None, seed=self.seed,
                                                **self.sampling_overrides)
 
-    def _fit(self, new: list[Message], thinking: bool, tools: list[dict] | None) -> tuple[list[Message], list[int], int, str]:
+    def _fit(self, new: list[Message], thinking: bool, tools: list[dict] | None,
+             max_tokens: int | None = None) -> tuple[list[Message], list[int], int, str]:
         """History trimmed (oldest turns first) so the prompt plus a reply reserve fits."""
-        reserve = min(self.max_tokens or DEFAULT_REPLY_RESERVE, self.engine.n_ctx // 4)
+        reserve = min(max_tokens or self.max_tokens or DEFAULT_REPLY_RESERVE, self.engine.n_ctx // 4)
         history, dropped = list(self.history), 0
         while True:
             text = self.render(self.messages(history + new), thinking, tools)
@@ -316,13 +344,19 @@ class Chat:
     @_one_turn_at_a_time
     def stream(self, text: str | None = None, *, tools: list[dict] | None = None, tool_choice: str | dict = "auto",
                response_format: dict | str | None = None, parallel_tool_calls: bool = True,
-               constrain_tool_calls: bool = True) -> Iterator[Event]:
+               constrain_tool_calls: bool = True, max_tokens: int | None = None,
+               stop: str | list[str] | None = None) -> Iterator[Event]:
         """Stream one turn: thinking, answer and tool-call events as they come, then a done event.
         `text` None continues after tool results (add_tool_result). tool_choice "auto", "none",
         "required" or {"type": "function", "function": {"name": ...}}; response_format OpenAI's
         {"type": "json_object"} / {"type": "json_schema", "json_schema": {"schema": ...}}, or a
         bare JSON schema. With constrain_tool_calls (the default) a call the model starts is held to
-        the tools' schemas by a grammar."""
+        the tools' schemas by a grammar. `max_tokens` caps this turn (else the chat's max_tokens);
+        `stop` (a string or a list) ends the answer just before the first stop string, with
+        stop_reason "stop" (the thinking is not searched)."""
+        if problem := max_tokens_problem(max_tokens) or stop_problem(stop):
+            raise ArgumentError(problem)
+        _check_open(self.engine)
         self._check_text(text)
         self._cancel.clear()
         if text is None and (not self.history or self.history[-1].role != "tool"):
@@ -334,13 +368,15 @@ class Chat:
         thinking, mode_notice = self._thinking_for(last_user, switch)
         constraints = self._constraints(tools, tool_choice, response_format, parallel_tool_calls)
         new = [Message("user", text)] if text is not None else []
-        history, prompt, dropped, rendered = self._fit(new, thinking, constraints.tools)
+        history, prompt, dropped, rendered = self._fit(new, thinking, constraints.tools, max_tokens)
         opened = prompt_opens_thinking(rendered)  # the template opened <think> (Thinking-2507)
         thinking = thinking or opened
         turn = _Turn(ThinkingParser(opened=opened),
                      TokenSampler(self.sampling_params(thinking), self.engine.llama.n_vocab()),
                      ToolCallParser(set(constraints.tool_names)) if constraints.parse_calls else None,
-                     in_think=opened, message=last_user)
+                     in_think=opened, message=last_user, max_tokens=max_tokens or self.max_tokens,
+                     stops=StopCutter(stop_list(stop)) if stop else None,
+                     call_hold=ThinkingCallHold() if constraints.parse_calls else None)
         turn.budget = turn_budget(self.budget, self.think_time, last_user, self.measured_tokens_per_s)
         turn.budget_pending = self.think_time is not None and self.measured_tokens_per_s is None
         try:
@@ -418,7 +454,10 @@ class Chat:
             if self._cancel.is_set():
                 stop = "cancelled"
                 break
-            if seq.n_tokens >= self.engine.n_ctx or (self.max_tokens and turn.generated >= self.max_tokens):
+            if turn.stops is not None and turn.stops.stopped:
+                stop = "stop"
+                break
+            if seq.n_tokens >= self.engine.n_ctx or (turn.max_tokens and turn.generated >= turn.max_tokens):
                 break
             if turn.budget_pending and turn.generated >= SPEED_SAMPLE:
                 speed = (turn.generated - 1) / max(time.perf_counter() - first_at, 1e-6)
@@ -429,7 +468,7 @@ class Chat:
                 turn.budget_hit, turn.cut = cut == "budget", cut
                 if cut == "max_tokens":
                     yield self._notice(turn, f"thinking was cut after {turn.thinking_tokens} tokens to leave room "
-                                             f"for an answer within max_tokens {self.max_tokens}")
+                                             f"for an answer within max_tokens {turn.max_tokens}")
                 yield from self._close_thinking(turn, self._budget_tokens, BUDGET_PHRASE[: BUDGET_PHRASE.index(THINK_CLOSE)])
             try:
                 token = seq.sample(sampler, is_eog)
@@ -460,6 +499,8 @@ class Chat:
         yield from self._emit(turn, None)
         if stop == "eos":
             yield from self._calls_in_open_thinking(turn)
+        if turn.call_hold is not None:  # cut, cancelled or no call after all: it was reasoning
+            yield from self._thought(turn, turn.call_hold.release())
         ended = time.perf_counter()
         calls = tuple(turn.tool_calls)
         return Reply(
@@ -497,44 +538,64 @@ class Chat:
         pieces = turn.parser.close() if text is None else turn.parser.feed(text)
         for p in pieces:
             if p.kind == "thinking":
-                turn.thinking.append(p.text)
-                yield Event("thinking", p.text)
-            elif turn.calls is None:
-                turn.answer.append(p.text)
-                yield Event("answer", p.text)
+                yield from self._thought(turn, p.text if turn.call_hold is None else turn.call_hold.feed(p.text))
+                continue
+            if turn.call_hold is not None:  # the think block closed: what it held was reasoning
+                yield from self._thought(turn, turn.call_hold.release())
+            if turn.calls is None:
+                yield from self._answer(turn, p.text)
             else:
                 yield from self._emit_calls(turn, turn.calls.feed(p.text))
         if text is None and turn.calls is not None:
             yield from self._emit_calls(turn, turn.calls.close())
+        if text is None and turn.stops is not None:
+            yield from self._answer(turn, turn.stops.flush(), cut=False)
+
+    def _thought(self, turn: _Turn, text: str) -> Iterator[Event]:
+        if text:
+            turn.thinking.append(text)
+            yield Event("thinking", text)
+
+    def _answer(self, turn: _Turn, text: str, cut: bool = True) -> Iterator[Event]:
+        """Answer text, cut by the turn's stop strings (nothing after the first one)."""
+        if cut and turn.stops is not None:
+            text = turn.stops.feed(text)
+        if text:
+            turn.answer.append(text)
+            yield Event("answer", text)
 
     def _emit_calls(self, turn: _Turn, items: list) -> Iterator[Event]:
         for item in items:
+            if turn.stops is not None and turn.stops.stopped:
+                return  # the answer ended at a stop string: nothing after it counts
             if isinstance(item, ToolCall):
                 turn.tool_calls.append(item)
                 yield Event("tool_call", call=item)
             elif isinstance(item, InvalidCall):
                 turn.invalid.append(item.reason)
-                turn.answer.append(item.text)
-                yield Event("answer", item.text)
+                yield from self._answer(turn, item.text)
                 yield Event("notice", f"not a valid tool call ({item.reason}); kept as text")
             elif isinstance(item, Content):
-                turn.answer.append(item.text)
-                yield Event("answer", item.text)
+                yield from self._answer(turn, item.text)
 
     def _calls_in_open_thinking(self, turn: _Turn) -> Iterator[Event]:
         """Small models sometimes write their call inside a think block they never close. When the
-        reply ends that way, with no answer and no other call, those calls are the reply's calls
-        (and leave the recorded thinking; streamed thinking already showed them)."""
-        if turn.calls is None or not turn.in_think or turn.tool_calls or "".join(turn.answer).strip():
+        reply ends that way, with no answer and no other call, those calls are the reply's calls;
+        the call_hold kept their markup out of the streamed reasoning (thinking_calls.py)."""
+        if turn.call_hold is None or not turn.call_hold.holding or not turn.in_think or turn.tool_calls \
+                or "".join(turn.answer).strip():
             return
         parser = ToolCallParser(turn.calls.known)
-        items = parser.feed("".join(turn.thinking)) + parser.close()
+        items = parser.feed(turn.call_hold.held) + parser.close()
         if not any(isinstance(i, ToolCall) for i in items):
-            return
-        turn.thinking = ["".join(i.text for i in items if isinstance(i, (Content, InvalidCall)))]
-        for call in (i for i in items if isinstance(i, ToolCall)):
-            turn.tool_calls.append(call)
-            yield Event("tool_call", call=call)
+            return  # not a call: released as reasoning by the caller
+        turn.call_hold.release()
+        for item in items:
+            if isinstance(item, ToolCall):
+                turn.tool_calls.append(item)
+                yield Event("tool_call", call=item)
+            else:
+                yield from self._thought(turn, item.text)
 
     def _thinking_cut(self, turn: _Turn) -> str | None:
         """"budget" when the thinking reached its budget; "max_tokens" when going on thinking
@@ -543,7 +604,7 @@ class Chat:
             return None
         if turn.budget is not None and turn.thinking_tokens >= turn.budget:
             return "budget"
-        if self.max_tokens and turn.generated >= self.max_tokens - answer_reserve(self.max_tokens):
+        if turn.max_tokens and turn.generated >= turn.max_tokens - answer_reserve(turn.max_tokens):
             return "max_tokens"
         return None
 
@@ -561,6 +622,14 @@ class Chat:
     def reset(self) -> None:
         """Forget the conversation (the system prompt and settings stay)."""
         self.history = []
+
+    def restore(self, messages: list[dict]) -> None:
+        """Replace the conversation with an OpenAI-shaped messages list (restore.py); its system
+        message, when it has one, replaces the system prompt. A bad list changes nothing."""
+        from .restore import conversation_from_messages
+        system, history = conversation_from_messages(messages)
+        self.system = system if system is not None else self.system
+        self.history = history
 
     def _single_token(self, text: str) -> int:
         ids = self.engine.tokenize(text)

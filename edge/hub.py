@@ -23,7 +23,8 @@ from quantize.gguf_header import read_header
 
 from .sources import SOURCE_ENV, Listing, Source, choose_source, get_source, other_sources
 from .sources.base import PullCallback, PullError, PullProgress, ignore_progress
-from .store import OFFICIAL_MODELS, ModelRef, ModelStore, ReadyRef, StoreError, parse_ready_ref, parse_ref, write_origin
+from .store import (OFFICIAL_MODELS, ModelRef, ModelStore, ReadyRef, StoreError, parse_ready_ref, parse_ref, read_origin,
+                    write_origin)
 
 __all__ = ["ALLOW_PATTERNS", "HINT", "PREBUILT", "PullCallback", "PullError", "PullProgress", "download", "pull"]
 
@@ -58,6 +59,8 @@ def pull(name_or_ref: str, store: ModelStore, *, progress: PullCallback | None =
         raise PullError(str(e)) from None
     existing = store.find(ref)
     if existing is not None:
+        if (problem := not_official(ref, read_origin(existing))) is not None:
+            raise PullError(problem)
         return existing
     repo_id = OFFICIAL_MODELS.get(ref.name)
     if repo_id is None:
@@ -72,6 +75,19 @@ def pull(name_or_ref: str, store: ModelStore, *, progress: PullCallback | None =
         return _convert(hub, repo_id, ref, store, revision, threads, report)
 
     return _with_hint(fetch, hub, named)
+
+
+def not_official(ref: ModelRef, origin: dict) -> str | None:
+    """Why the store's file under an official name is not that official model (its origin record
+    names a local folder or another repo), else None. A file with no record (stores older than the
+    record) cannot be told apart and passes."""
+    official = {OFFICIAL_MODELS.get(ref.name), PREBUILT.get(ref.name)} - {None}
+    if not official or not origin or (origin.get("repo") in official and origin.get("source") != "local"):
+        return None
+    what = (f"converted from the local folder {origin.get('repo')}" if origin.get("source") == "local"
+            else f"from {origin.get('source', '?')} {origin.get('repo') or 'an unknown repo'}")
+    return (f"{ref} in the store is not {OFFICIAL_MODELS[ref.name]}: it was {what}; remove it "
+            f"(qwen3-edge rm {ref}) to pull the official model")
 
 
 def download(repo_id: str, *, revision: str | None = None, progress: PullCallback | None = None,

@@ -23,6 +23,7 @@ from typing import Any
 from .chat import Message, Reply
 from .grammar import GrammarError, plan_constraints
 from .modes import Mode, soft_switch
+from .stop_strings import StopCutter
 from .text_check import text_problem
 from .tool_calls import ToolCall
 
@@ -468,25 +469,4 @@ def tool_call_deltas(index: int, call: ToolCall) -> list[dict[str, Any]]:
             {"tool_calls": [{"index": index, "function": {"arguments": call.arguments_json}}]}]
 
 
-class StopFilter:
-    """Cuts the answer at the first stop string, holding back only what may start one."""
-
-    def __init__(self, stops: list[str]):
-        self.stops, self.held, self.stopped = stops, "", False
-
-    def feed(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        self.held += text
-        hits = [i for i in (self.held.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.held, self.stopped = self.held[: min(hits)], "", True
-            return out
-        keep = max((k for s in self.stops for k in range(min(len(s) - 1, len(self.held)), 0, -1)
-                    if self.held.endswith(s[:k])), default=0)
-        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep:]
-        return out
-
-    def flush(self) -> str:
-        out, self.held = ("" if self.stopped else self.held), ""
-        return out
+StopFilter = StopCutter  # the rule lives in stop_strings.py, shared with Chat.stream(stop=...)

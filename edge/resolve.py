@@ -12,28 +12,40 @@ from pathlib import Path
 from quantize import quantize_model
 
 from .store import (DEFAULT_MODEL, OFFICIAL_MODELS, ModelRef, ModelStore, StoreError, machine_default_type,
-                    parse_ready_ref, parse_ref)
+                    parse_ready_ref, parse_ref, write_origin)
 
 
-def _folder_ref(folder: Path) -> ModelRef:
+LOCAL_PREFIX = "local--"   # a folder converted here: never mistaken for an official store name
+
+
+def folder_ref(folder: Path) -> ModelRef:
+    """Where a local Hugging Face folder is kept: `local--<folder name>`, so `./Qwen3-0.6B` does not
+    take the place of the official qwen3-0.6b (which `pull` would then report as ready)."""
     name = re.sub(r"[^a-z0-9._-]+", "-", folder.resolve().name.lower()).strip("-.") or "model"
-    return ModelRef(name, machine_default_type())
+    return ModelRef(LOCAL_PREFIX + name, machine_default_type())
 
 
 def resolve_model(spec: str | None, store: ModelStore, *, pull_missing: bool = True,
-                  progress: Callable | None = None, source: str | None = None) -> Path:
+                  progress: Callable | None = None, source: str | None = None, create: bool = True) -> Path:
     """The GGUF to load for `spec` (None: the default model). Raises StoreError, PullError or
-    QuantizeError with a one-line message. `source` picks the hub for a pull ("hf", "modelscope")."""
+    QuantizeError with a one-line message. `source` picks the hub for a pull ("hf", "modelscope").
+    With create=False (`info`) nothing is downloaded or converted: what is not there yet is an error."""
     spec = spec or DEFAULT_MODEL
+    pull_missing = pull_missing and create
     path = Path(spec).expanduser()
     if path.is_file():
         return path
     if path.is_dir():
-        ref = _folder_ref(path)
+        ref = folder_ref(path)
         if (found := store.find(ref)) is not None:
             return found
+        if not create:
+            raise StoreError(f"{spec}: not converted yet; `qwen3-edge chat {spec}` converts it into the store "
+                             f"(as {ref}), or `qwen3-edge quantize {spec}` writes a GGUF here")
         kwargs = {"progress": progress} if progress else {}
-        return Path(quantize_model(path, ref.type, store.prepare(ref), **kwargs).output)
+        out = Path(quantize_model(path, ref.type, store.prepare(ref), **kwargs).output)
+        write_origin(out, source="local", repo=str(path.resolve()), revision="", file="", made="converted here")
+        return out
     if (ready := parse_ready_ref(spec)) is not None:
         if (found := store.find(ready.ref)) is not None:
             return found

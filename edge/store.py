@@ -21,6 +21,7 @@ from pathlib import Path
 import platformdirs
 
 from quantize import DEFAULT_TYPE, QuantizeError, quant_type
+from quantize.atomic import publish_mode
 
 HOME_ENV = "QWEN3_EDGE_HOME"
 DEFAULT_MODEL = "qwen3-0.6b"
@@ -181,6 +182,7 @@ def write_origin(gguf: Path, **origin: str) -> None:
             json.dump(origin, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        publish_mode(Path(tmp))  # readable as the GGUF beside it is
         os.replace(tmp, origin_path(gguf))
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -40,7 +40,9 @@ class ThinkingParser:
 
     Before any content, whitespace is held: dropped if ``<think>`` follows, otherwise it starts the
     answer. ``<think>`` only counts at the very start; ``</think>`` only inside the think block;
-    after it everything (markers included) is answer text. Leading newlines of the thinking and of
+    after it everything (markers included) is answer text. A ``<think>`` that opens the think block
+    a second time (the template opened it and the model writes it again) is dropped once, before any
+    reasoning, as SGLang's reasoning parser drops it. Leading newlines of the thinking and of
     the answer, and trailing newlines of the thinking, are dropped.
     """
 
@@ -54,6 +56,7 @@ class ThinkingParser:
         self._partial = ""  # held suffix that may be the start of a marker
         self._newlines = 0  # held trailing newlines of the thinking
         self._segment_start = True  # no text emitted yet in the current thinking/answer segment
+        self._reopen_checked = False  # looked for a repeated <think> at the start of the thinking
 
     @property
     def in_thinking(self) -> bool:
@@ -125,6 +128,15 @@ class ThinkingParser:
     def _feed_thinking(self, text: str, out: list[Piece]) -> None:
         if self._partial:
             text, self._partial = self._partial + text, ""
+        if not self._reopen_checked:
+            body = text.lstrip()
+            if body.startswith(THINK_OPEN):  # the block is already open: the tag is not reasoning
+                text, self._reopen_checked = body[len(THINK_OPEN):], True
+            elif body and THINK_OPEN.startswith(body):
+                self._partial = text  # may still become a repeated <think>
+                return
+            elif body:
+                self._reopen_checked = True
         end = text.find(THINK_CLOSE)
         if end >= 0:
             self._emit_thinking(text[:end], out)

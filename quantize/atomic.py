@@ -53,9 +53,40 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
     return removed
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status);
+    elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def user_file_mode() -> int:
+    """The mode an ordinary new file gets (0644 under umask 022): what open() would give it.
+    mkstemp makes its files 0600, right for a temporary but not for a model the user keeps, which
+    another account or a service may need to read."""
+    return 0o666 & ~current_umask()
+
+
+def publish_mode(path: Path) -> None:
+    """Give a finished output the umask's mode. A hard link into a cache owned by someone else
+    keeps the mode it has (it already has the one its owner gave it)."""
+    try:
+        os.chmod(path, user_file_mode())
+    except PermissionError:
+        pass
+
+
 @contextmanager
 def atomic_path(out: Path, suffix: str = ".partial") -> Iterator[Path]:
-    """Yield a temporary path beside `out`; on success it becomes `out`."""
+    """Yield a temporary path beside `out`; on success it becomes `out`, with the mode the umask
+    gives new files (not mkstemp's 0600)."""
     check_writable_folder(out)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(out), suffix=suffix, dir=out.parent)
@@ -65,6 +96,7 @@ def atomic_path(out: Path, suffix: str = ".partial") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        publish_mode(tmp)
         os.replace(tmp, out)
     except OSError as e:
         raise QuantizeError(out, _os_error_text(e)) from None

@@ -22,7 +22,8 @@ from tests.model_factory import FIXTURES, TOKENIZER_FILES, Shape, config_dict, t
 
 NEWLINE = 198          # "\n": last token of the thinking-mode generation prompt
 DOUBLE_NEWLINE = 271   # "\n\n": after </think>; last token of the non-thinking prompt
-BUDGET_END = 382       # ".\n\n": last token of Qwen's thinking-budget phrase (after </think>)
+BUDGET_END = 382       # ".\n\n": last token of the budget phrase as Qwen's technical report prints it
+                       # ("</think>.\n\n"); the model card's spelling, the runtime's, ends in "\n\n" (271)
 THINK = 151667
 END_THINK = 151668
 IM_END = 151645

@@ -22,8 +22,8 @@ from tests.scripted_model import (QWEN3_SCRIPT, SCRIPT_ANSWER_IDS, SCRIPT_ANSWER
                                   SCRIPT_THINKING_MODE_IDS, SCRIPT_THINKING_TEXT, THINK, build_scripted_model)
 
 # Qwen's thinking-budget phrase, written out here (not imported) so that a reworded phrase fails.
-QWEN_BUDGET_PHRASE = ("Considering the limited time by the user, I have to give the solution based on the "
-                      "thinking directly now.\n</think>.\n\n")
+QWEN_BUDGET_PHRASE = ("\n\nConsidering the limited time by the user, I have to give the solution based on "
+                      "the thinking directly now.\n</think>\n\n")
 
 QWEN_TEMPLATE = json.loads((FIXTURES / "tokenizer_config.json").read_text())["chat_template"]
 
@@ -148,7 +148,8 @@ def test_budget_cuts_thinking_at_exactly_n_tokens(engine, budget):
     assert reply.budget_hit and reply.thinking_tokens == budget
     phrase = "Considering the limited time by the user, I have to give the solution based on the thinking directly now."
     first_n = engine.llama.detokenize(SCRIPT_THINKING_IDS[:budget]).decode()
-    assert reply.thinking == (first_n + phrase if budget else phrase)
+    # on new lines, as Qwen's model card writes it, never glued to the last word of the thinking
+    assert reply.thinking == (first_n + "\n\n" + phrase if budget else phrase)
     assert reply.answer == SCRIPT_ANSWER_TEXT and reply.stop_reason == "eos"
     # llama.cpp's cache holds the prompt once, the first N thinking tokens, exactly Qwen's phrase
     # (appended, not re-rendered), then the answer.

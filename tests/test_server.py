@@ -112,7 +112,7 @@ def test_thinking_budget(client, engine):
     assert r.usage.completion_tokens_details.reasoning_tokens == 4
     assert r.choices[0].message.content == SCRIPT_ANSWER_TEXT
     first_4 = engine.llama.detokenize(SCRIPT_THINKING_IDS[:4]).decode()
-    assert reasoning(r.choices[0].message) == (first_4 + "Considering the limited time by the user, I have to give "
+    assert reasoning(r.choices[0].message) == (first_4 + "\n\nConsidering the limited time by the user, I have to give "
                                                "the solution based on the thinking directly now.")
     # What llama.cpp's cache holds: the prompt, 4 thinking tokens, Qwen's phrase appended, the answer.
     prompt = engine.tokenize(reference_prompt([{"role": "user", "content": "Count"}], True))

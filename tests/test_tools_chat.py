@@ -168,12 +168,14 @@ def test_required_call_leaves_the_thinking_free(engines):
 
 @pytest.mark.parametrize("budget", [0, 2])
 def test_budget_and_soft_switch_work_with_tools(engines, budget):
-    chat = Chat(engines["think_then_call"], tools=TOOLS, budget=budget, seed=9)
-    reply = chat.send("Weather?")
+    """Qwen's phrase ends "</think>\n\n", the token after which call_then_answer calls."""
+    chat = Chat(engines["call_then_answer"], tools=TOOLS, budget=budget, seed=9, mode="no_think")
+    reply = chat.send("Weather? /think")
     assert reply.budget_hit and reply.thinking_tokens == budget
     assert reply.thinking.endswith("based on the thinking directly now.")
     assert [c.name for c in reply.tool_calls] == ["get_weather"]
-    assert chat.send("Just answer /no_think").answer == ANSWER_TEXT
+    chat.budget = None
+    assert chat.send("Just answer").answer == ANSWER_TEXT
 
 
 SCHEMAS = [

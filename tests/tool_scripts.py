@@ -57,8 +57,8 @@ def call_ids(json_text: str = CALL_JSON) -> list[int]:
 
 
 def think_then_call() -> dict[int, int]:
-    """Thinking mode: <think>THINKING</think><tool_call>...; non-thinking: the answer. After a
-    budget cut (".\\n\\n") it calls too."""
+    """Thinking mode: <think>THINKING</think><tool_call>...; non-thinking, and after a budget cut
+    (Qwen's phrase ends "</think>\\n\\n"), the answer."""
     return _table(chain(NEWLINE, [THINK, *ids(THINKING_TEXT), END_THINK, *call_ids()]),
                   chain(DOUBLE_NEWLINE, [*ids(ANSWER_TEXT), IM_END]),
                   {BUDGET_END: TOOL_OPEN})
