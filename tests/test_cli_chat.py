@@ -136,14 +136,14 @@ def test_hf_folder_is_quantized_into_the_store_once(models, store_home):
     folder = models["tied"]
     r = runner.invoke(app, ["run", str(folder), "Hi", "--max-tokens", "2", "--no-think"])
     assert r.exit_code == 0, r.output
-    stored = store_home / "models" / "tiny-tied" / "q4_k_m.gguf"
+    stored = store_home / "models" / "local--tiny-tied" / "q4_k_m.gguf"   # a name that says it is local
     mtime = stored.stat().st_mtime_ns
     runner.invoke(app, ["run", str(folder), "Hi", "--max-tokens", "2", "--no-think"])
     assert stored.stat().st_mtime_ns == mtime
     listed = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
-    assert [(e["name"], e["type"]) for e in listed] == [("tiny-tied", "q4_k_m")]
-    assert "tiny-tied" in runner.invoke(app, ["list"]).stdout
-    r = runner.invoke(app, ["rm", "tiny-tied:q4_k_m"])
+    assert [(e["name"], e["type"], e["source"]) for e in listed] == [("local--tiny-tied", "q4_k_m", "local")]
+    assert "local--tiny-tied" in runner.invoke(app, ["list"]).stdout
+    r = runner.invoke(app, ["rm", "local--tiny-tied:q4_k_m"])
     assert r.exit_code == 0 and not stored.exists()
     assert "no models" in runner.invoke(app, ["list"]).stdout
 
