@@ -30,6 +30,7 @@ from .footprint import Footprint, choose_footprint, next_ctx
 from .devices import (Device, Placement, capture_llama_log, list_devices, no_device_message, offload_targets,
                       parse_load_log, placement_backend, placement_device, registry_names)
 from .model_kind import ModelKind, detect_kind
+from .prompt_cache import PromptCache, open_prompt_cache
 from . import rpc
 
 DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: footprint.py chooses)
@@ -130,6 +131,7 @@ class Engine:
         # The preset the GGUF carries (general.sampling.*: temperature, top_p, top_k, min_p), if any.
         self.sampling_defaults: dict[str, float | int] = dict(info.sampling_defaults)
         self.scheduler = None  # parallel slots (scheduler.py), when loaded with parallel > 1
+        self.prompt_cache: PromptCache | None = None  # the system prompt's KV state on disk (prompt_cache.py)
         self.footprint: Footprint | None = None  # the ctx, KV type and mmap asked or chosen (footprint.py)
         self.max_ctx: int | None = None  # a growing context's ceiling (None: it does not grow)
         self.growths: list[tuple[int, int, float]] = []  # (from, to, seconds) of each growth
@@ -146,7 +148,8 @@ class Engine:
              available_bytes: int | None = None, n_batch: int = 512, use_mmap: bool | None = None,
              verbose: bool = False, parallel: int | None = 1, max_parallel: int = 4,
              extra_buffers: bool | None = None, rpc_servers: str | list[str] | None = None,
-             rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None) -> "Engine":
+             rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None,
+             prompt_cache: "bool | str | Path | PromptCache | None" = None) -> "Engine":
         """Open a Qwen3 GGUF.
 
         n_ctx, kv_cache_type and use_mmap left None are chosen from the memory plan and the memory
@@ -183,8 +186,17 @@ class Engine:
         the memory plan splits weights and KV cache the way llama.cpp will (split_plan.py), and a
         worker that stops answering for rpc_timeout seconds, or dies, ends the reply with
         rpc.WorkerLost (a ChatError in a Chat) instead of a hang or an abort.
+
+        prompt_cache keeps the KV state of a long system prompt on disk, so a later process with the
+        same one does not evaluate it again (prompt_cache.py): None (on, in the store's
+        cache/prompts, unless QWEN3_EDGE_PROMPT_CACHE=0), True, False, a folder, or a PromptCache
+        (folder, size cap, shortest prefix). One local stream only, for now.
         """
         path = Path(path)
+        try:
+            cache = open_prompt_cache(prompt_cache)
+        except ValueError as e:
+            raise EngineError(str(e)) from None
         if extra_buffers is None:  # llama.cpp's repacked weight layouts, unless one of them crashes
             extra_buffers = default_extra_buffers()
         info = read_model_info(path)
@@ -317,6 +329,8 @@ class Engine:
             for relay in load.cluster.relays:  # llama.cpp knows the workers by their relays' addresses
                 engine.device = engine.device.replace(relay.address, relay.worker)
         engine.extra_buffers = extra_buffers
+        if cache is not None and slots == 1 and load is None:
+            engine.prompt_cache = cache.attach(engine)
         if slots > 1:
             from .scheduler import Scheduler, SchedulerError
             try:

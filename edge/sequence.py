@@ -23,9 +23,10 @@ def common_prefix(cached: list[int], prompt: list[int]) -> int:
 class LlamaSequence:
     """The Llama's own context: one conversation at a time (the KV prefix carries over)."""
 
-    def __init__(self, llama: llama_cpp.Llama, reserve=None):
+    def __init__(self, llama: llama_cpp.Llama, reserve=None, prompt_cache=None):
         self.llama = llama
         self.reserve = reserve  # reserve(n): a growing context makes room for n tokens (Engine.reserve_ctx)
+        self.prompt_cache = prompt_cache  # prompt_cache.PromptCache: the system block from disk
 
     @property
     def n_tokens(self) -> int:
@@ -38,8 +39,9 @@ class LlamaSequence:
         llama.n_tokens = keep
         if self.reserve is not None:
             self.reserve(len(prompt))
-        llama.eval(prompt[keep:])
-        return len(prompt) - keep
+        loaded = self.prompt_cache.prefill(llama, prompt, keep) if self.prompt_cache is not None else 0
+        llama.eval(prompt[llama.n_tokens:])
+        return len(prompt) - keep - loaded
 
     def eval(self, tokens: list[int]) -> None:
         if self.reserve is not None:
@@ -58,5 +60,6 @@ def open_sequence(engine, prompt: list[int], cancel: threading.Event):
     one (waiting for a free slot; None if `cancel` is set meanwhile), else its Llama's context."""
     scheduler = getattr(engine, "scheduler", None)
     if scheduler is None:
-        return LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None)
+        return LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None,
+                             getattr(engine, "prompt_cache", None))
     return scheduler.acquire(prompt, cancel)
