@@ -213,7 +213,7 @@ class PromptCache:
                 blob = bytearray(size)
                 if f.readinto(blob) != size:
                     raise CacheFileError("changed while being read")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no file for this key (yet): a quiet miss
             return False
         except (OSError, MemoryError) as e:
             self._warn(f"prompt cache {path} cannot be read ({_reason(e)}); the prompt is evaluated instead")
