@@ -221,14 +221,14 @@ def test_a_scripted_reply_stays_exact_after_a_damaged_file(scripted_gguf, tmp_pa
 
 def test_another_model_or_kv_type_misses(scripted_gguf, tmp_path):
     folder = tmp_path / "c"
-    with Engine.load(scripted_gguf, n_threads=1, prompt_cache=cache_at(folder)) as engine:
+    with Engine.load(scripted_gguf, n_threads=1, flash_attn=True, prompt_cache=cache_at(folder)) as engine:
         send(engine)
     copy = tmp_path / "copy.gguf"
     copy.write_bytes(scripted_gguf.read_bytes())   # the same bytes elsewhere: another file identity
-    for path, kv in ((copy, None), (scripted_gguf, "q8_0")):
+    for path, kv in ((copy, None), (scripted_gguf, "q8_0")):   # flash attention on in all three: only the KV type differs
         with warnings.catch_warnings():
             warnings.simplefilter("error", PromptCacheWarning)  # a quiet miss: no file of its key exists
-            with Engine.load(path, n_threads=1, kv_cache_type=kv, prompt_cache=cache_at(folder)) as engine:
+            with Engine.load(path, n_threads=1, kv_cache_type=kv, flash_attn=True, prompt_cache=cache_at(folder)) as engine:
                 r = send(engine)
                 assert (engine.prompt_cache.hits, engine.prompt_cache.saves) == (0, 1)
                 assert r.answer == SCRIPT_ANSWER_TEXT and r.evaluated_tokens == r.prompt_tokens
