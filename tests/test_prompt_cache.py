@@ -315,3 +315,19 @@ def file_for(engine: Engine, system: str) -> str:
     prompt = engine.tokenize(chat.render(chat.messages() + [{"role": "user", "content": "Hi"}], True))
     n = system_prefix_length(prompt, *engine.prompt_cache.markers)
     return file_name(cache_key(engine.prompt_cache.identity, prompt[:n]))
+
+
+def test_a_growing_context_makes_room_before_the_state_goes_in(scripted_gguf, tmp_path, monkeypatch):
+    """The growing context starts small (here 256 tokens): the prefix's state needs its cells first."""
+    import edge.footprint
+    monkeypatch.setattr(edge.footprint, "START_CTX", 256)
+    folder, system = tmp_path / "c", SYSTEM_TEXT * 3    # about 400 tokens
+    with Engine.load(scripted_gguf, n_threads=1, n_ctx=4096, grow=True, prompt_cache=cache_at(folder)) as engine:
+        send(engine, system)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptCacheWarning)
+        with Engine.load(scripted_gguf, n_threads=1, n_ctx=4096, grow=True, prompt_cache=cache_at(folder)) as engine:
+            assert engine.allocated_ctx == 256
+            r = send(engine, system)
+            assert engine.prompt_cache.hits == 1 and engine.allocated_ctx == 512 and r.prompt_tokens > 256
+            assert (r.thinking.strip(), r.answer) == (SCRIPT_THINKING_TEXT, SCRIPT_ANSWER_TEXT)
