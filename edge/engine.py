@@ -190,7 +190,7 @@ class Engine:
         prompt_cache keeps the KV state of a long system prompt on disk, so a later process with the
         same one does not evaluate it again (prompt_cache.py): None (on, in the store's
         cache/prompts, unless QWEN3_EDGE_PROMPT_CACHE=0), True, False, a folder, or a PromptCache
-        (folder, size cap, shortest prefix). One local stream only, for now.
+        (folder, size cap, shortest prefix). Local streams and parallel slots; not over RPC workers.
         """
         path = Path(path)
         try:
@@ -329,7 +329,7 @@ class Engine:
             for relay in load.cluster.relays:  # llama.cpp knows the workers by their relays' addresses
                 engine.device = engine.device.replace(relay.address, relay.worker)
         engine.extra_buffers = extra_buffers
-        if cache is not None and slots == 1 and load is None:
+        if cache is not None and load is None:
             engine.prompt_cache = cache.attach(engine)
         if slots > 1:
             from .scheduler import Scheduler, SchedulerError
@@ -338,6 +338,7 @@ class Engine:
             except SchedulerError as e:
                 llama.close()
                 raise EngineError(f"{path}: {e}") from None
+            engine.scheduler.prompt_cache = engine.prompt_cache
         return engine
 
     @property

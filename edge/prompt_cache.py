@@ -187,25 +187,59 @@ class PromptCache:
         return n if n >= self.min_tokens else 0
 
     def prefill(self, llama: llama_cpp.Llama, prompt: list[int], keep: int) -> int:
-        """Make the KV cache hold at least the prompt's system block: from the file when there is a
-        good one, else by evaluating it (and writing the file). `llama` holds `keep` tokens of the
-        prompt (llama.n_tokens) and has room for all of it; afterwards llama.n_tokens says how many
-        it holds. Returns how many came from the file (0 on a miss)."""
+        """The single stream (sequence.LlamaSequence): make the Llama's KV cache hold at least the
+        prompt's system block, from the file when there is a good one, else by evaluating it (and
+        writing the file). `llama` holds `keep` tokens of the prompt (llama.n_tokens) and has room
+        for all of it; afterwards llama.n_tokens says how many it holds. Returns how many came from
+        the file (0 on a miss)."""
         n = self.prefix_length(prompt)
         if n == 0 or keep >= n:
             return 0
         prefix = prompt[:n]
         key = cache_key(self.identity, prefix)
-        if self._load(llama, key, prefix):
-            self.hits += 1
-            return n - keep
+        found = self.read(key, prefix)
+        if found is not None:
+            if apply_state(llama._ctx.ctx, SEQ, *found):
+                llama.input_ids[:n] = prefix
+                llama.n_tokens = n
+                self.hits += 1
+                return n - keep
+            llama.n_tokens = 0  # llama.cpp emptied the sequence when it refused the state
+            self.refused(key)
         self.misses += 1
         llama.eval(prefix[llama.n_tokens:])
-        self._save(llama, key, prefix)
+        self.write(key, prefix, snapshot_state(llama._ctx.ctx, SEQ))
         return 0
 
-    # ---- loading ----
-    def _load(self, llama: llama_cpp.Llama, key: bytes, prefix: list[int]) -> bool:
+    def prefill_slot(self, seq, prompt: list[int], keep: int) -> tuple[int, int]:
+        """The same for a parallel slot (scheduler.BatchSequence holding `keep` tokens of the prompt):
+        llama.cpp's calls run on the scheduler thread (Scheduler.call), the file is read, checked
+        and written on this one, and the prefix is evaluated through the batch like any prompt.
+        Returns (prompt tokens the slot holds now, how many came from the file)."""
+        n = self.prefix_length(prompt)
+        if n == 0 or keep >= n:
+            return keep, 0
+        prefix, scheduler, slot = prompt[:n], seq.scheduler, seq.slot
+        key = cache_key(self.identity, prefix)
+        found = self.read(key, prefix)
+        if found is not None:
+            def load(ctx) -> bool:
+                ok = apply_state(ctx, slot.seq_id, *found)
+                slot.tokens = list(prefix) if ok else []  # a refused state leaves the sequence empty
+                return ok
+            if scheduler.call(load):
+                self.hits += 1
+                return n, n - keep
+            self.refused(key)
+            keep = 0
+        self.misses += 1
+        seq._run(prefix[keep:], keep)
+        self.write(key, prefix, scheduler.call(lambda ctx: snapshot_state(ctx, slot.seq_id)))
+        return n, 0
+
+    def read(self, key: bytes, prefix: list[int]) -> tuple[bytearray, int, int] | None:
+        """The file's bytes and where its state lies in them, when it is there and passes every
+        check (else None, with a warning when a file was there but not usable)."""
         path = self.folder / file_name(key)
         try:
             with open(path, "rb") as f:
@@ -214,55 +248,44 @@ class PromptCache:
                 if f.readinto(blob) != size:
                     raise CacheFileError("changed while being read")
         except (FileNotFoundError, NotADirectoryError):  # no file for this key (yet): a quiet miss
-            return False
+            return None
         except (OSError, MemoryError) as e:
             self._warn(f"prompt cache {path} cannot be read ({_reason(e)}); the prompt is evaluated instead")
-            return False
+            return None
         try:
             offset, length = check_file(blob, key, prefix)
         except CacheFileError as e:
             self._warn(f"prompt cache {path} ignored: {e}; the prompt is evaluated instead")
-            return False
-        state = (ctypes.c_uint8 * length).from_buffer(blob, offset)
-        read = llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, state, length, SEQ)
-        if read != length:  # llama.cpp emptied the sequence when it refused the state
-            llama.n_tokens = 0
-            self._warn(f"prompt cache {path} ignored: llama.cpp refused the state; the prompt is evaluated instead")
-            return False
-        llama.input_ids[: len(prefix)] = prefix
-        llama.n_tokens = len(prefix)
+            return None
         try:
             os.utime(path)  # least recently used goes first
         except OSError:
             pass
-        return True
+        return blob, offset, length
 
-    # ---- saving ----
-    def _save(self, llama: llama_cpp.Llama, key: bytes, prefix: list[int]) -> None:
-        if self._unwritable:
+    def refused(self, key: bytes) -> None:
+        self._warn(f"prompt cache {self.folder / file_name(key)} ignored: llama.cpp refused the state; "
+                   f"the prompt is evaluated instead")
+
+    def write(self, key: bytes, prefix: list[int], state) -> None:
+        """Write a snapshot_state() as the file of `key`: atomically, within the cap (evicting the
+        least recently used), warning once if the folder cannot be written."""
+        if self._unwritable or state is None:
             return
-        ctx = llama._ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, SEQ)
-        total = _HEADER_SIZE + 4 * len(prefix) + size
+        payload = memoryview(state).cast("B")
+        total = _HEADER_SIZE + 4 * len(prefix) + len(payload)
         if total > self.max_bytes:
             self._warn(f"prompt cache: a {len(prefix)}-token prefix needs {total / 1e6:.0f} MB, over the "
                        f"cache's cap of {self.max_bytes / 1e6:.0f} MB; not saved")
             return
-        state = (ctypes.c_uint8 * max(size, 1))()
-        written = llama_cpp.llama_state_seq_get_data(ctx, state, size, SEQ)
-        if written != size:
-            self._warn("prompt cache: llama.cpp did not copy the prefix's state; not saved")
-            return
-        payload = memoryview(state).cast("B")[:written]
-        tokens = np.asarray(prefix, dtype="<i4").tobytes()
-        crc = zlib.crc32(payload, zlib.crc32(tokens))
+        crc = zlib.crc32(payload, zlib.crc32(np.asarray(prefix, dtype="<i4").tobytes()))
         target = self.folder / file_name(key)
         tmp = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=self.folder)  # mode 0600
             with os.fdopen(fd, "wb") as f:
-                f.write(encode_header(key, prefix, written, crc))
+                f.write(encode_header(key, prefix, len(payload), crc))
                 f.write(payload)
             os.replace(tmp, target)
             tmp = None
@@ -294,6 +317,22 @@ class PromptCache:
     def _warn(self, text: str) -> None:
         self.warnings.append(text)
         warnings.warn(text, PromptCacheWarning, stacklevel=4)
+
+
+def apply_state(ctx, seq_id: int, blob: bytearray, offset: int, length: int) -> bool:
+    """Hand a checked state to llama.cpp for `seq_id`; False if it refused it (the sequence is
+    then empty). Runs on the thread that owns the context."""
+    state = (ctypes.c_uint8 * length).from_buffer(blob, offset)
+    return llama_cpp.llama_state_seq_set_data(ctx, state, length, seq_id) == length
+
+
+def snapshot_state(ctx, seq_id: int):
+    """A copy of `seq_id`'s KV state (a ctypes byte array), or None if llama.cpp would not give
+    it. Runs on the thread that owns the context; writing it to disk can happen elsewhere."""
+    size = llama_cpp.llama_state_seq_get_size(ctx, seq_id)
+    state = (ctypes.c_uint8 * max(size, 1))()
+    written = llama_cpp.llama_state_seq_get_data(ctx, state, size, seq_id)
+    return state if size and written == size else None
 
 
 def engine_identity(engine) -> dict[str, Any]:

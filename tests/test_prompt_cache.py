@@ -331,3 +331,30 @@ def test_a_growing_context_makes_room_before_the_state_goes_in(scripted_gguf, tm
             r = send(engine, system)
             assert engine.prompt_cache.hits == 1 and engine.allocated_ctx == 512 and r.prompt_tokens > 256
             assert (r.thinking.strip(), r.answer) == (SCRIPT_THINKING_TEXT, SCRIPT_ANSWER_TEXT)
+
+
+def test_parallel_slots_read_the_file_on_the_scheduler_thread(random_f16, scripted_gguf, tmp_path):
+    """A file written by the single stream serves a slot of a parallel engine (the same key: the
+    KV bytes do not depend on how many sequences share the context), and a slot's miss writes one."""
+    folder = tmp_path / "c"
+    with Engine.load(random_f16, n_threads=1, n_ctx=1024, prompt_cache=cache_at(folder)) as single:
+        written = logits_after_prompt(single)
+    with Engine.load(random_f16, n_threads=1, n_ctx=1024, parallel=2, prompt_cache=cache_at(folder)) as engine:
+        chat = Chat(engine, system=SYSTEM_TEXT)
+        prompt = engine.tokenize(chat.render(chat.messages() + [{"role": "user", "content": "Which rule?"}], False))
+        seq = open_sequence(engine, prompt, threading.Event())
+        try:
+            evaluated = seq.prefill(prompt)
+            assert engine.prompt_cache.hits == 1 and evaluated == len(prompt) - prefix_len(engine)
+            assert seq.slot.tokens == prompt
+            assert np.abs(seq.logits - written).max() < 1e-3 * np.abs(written).max()
+        finally:
+            seq.release()
+    folder2 = tmp_path / "c2"
+    with Engine.load(scripted_gguf, n_threads=1, n_ctx=1024, parallel=2, prompt_cache=cache_at(folder2)) as engine:
+        r1 = send(engine)
+        assert (engine.prompt_cache.misses, engine.prompt_cache.saves) == (1, 1)
+    with Engine.load(scripted_gguf, n_threads=1, n_ctx=1024, parallel=2, prompt_cache=cache_at(folder2)) as engine:
+        r2 = send(engine)
+        assert engine.prompt_cache.hits == 1 and r2.evaluated_tokens == r2.prompt_tokens - prefix_len(engine)
+    assert (r1.thinking, r1.answer) == (r2.thinking, r2.answer) and r2.answer == SCRIPT_ANSWER_TEXT
