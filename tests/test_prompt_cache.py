@@ -358,3 +358,16 @@ def test_parallel_slots_read_the_file_on_the_scheduler_thread(random_f16, script
         r2 = send(engine)
         assert engine.prompt_cache.hits == 1 and r2.evaluated_tokens == r2.prompt_tokens - prefix_len(engine)
     assert (r1.thinking, r1.answer) == (r2.thinking, r2.answer) and r2.answer == SCRIPT_ANSWER_TEXT
+
+
+def test_the_cli_writes_a_cache_unless_told_not_to(scripted_gguf, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+    from cli.main import app
+    monkeypatch.setenv("QWEN3_EDGE_HOME", str(tmp_path))
+    monkeypatch.delenv(pc.ENV, raising=False)
+    folder = tmp_path / "cache" / "prompts"
+    args = ["run", str(scripted_gguf), "Hi", "--system", SYSTEM_TEXT * 3, "--seed", "0", "--threads", "1"]
+    r = CliRunner().invoke(app, args + ["--no-prompt-cache"])
+    assert r.exit_code == 0 and SCRIPT_ANSWER_TEXT in r.stdout and not folder.exists()
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and SCRIPT_ANSWER_TEXT in r.stdout and len(list(folder.glob("*.kvcache"))) == 1
