@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,7 @@ import typer
 from edge.chat import Chat, ChatError
 from edge.engine import Engine, EngineError
 from edge.modes import Mode
+from edge.prompt_cache import PromptCacheWarning
 from edge.rpc import RpcError, parse_endpoints
 from edge.resolve import resolve_model
 from edge.store import ModelStore
@@ -59,12 +61,17 @@ def load_engine(model: Optional[str], ctx: Optional[int], threads: Optional[int]
                              prompt_cache=None if prompt_cache else False)  # None: on unless QWEN3_EDGE_PROMPT_CACHE=0
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
-    warnings.showwarning = _print_warning  # later ones (a prompt cache that cannot be used) too, in one line
+    warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)  # during the chat too
     return engine
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+def _show_warning(previous, message, category, *args, **kwargs) -> None:
+    """A prompt cache that cannot be used (edge/prompt_cache.py) is said in one line, like the
+    warnings of the load; any other warning as before."""
+    if issubclass(category, PromptCacheWarning):
+        err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    else:
+        previous(message, category, *args, **kwargs)
 
 
 def make_chat(engine: Engine, *, think: Optional[bool], auto: bool, budget: Optional[str], system: Optional[str],

@@ -371,3 +371,19 @@ def test_the_cli_writes_a_cache_unless_told_not_to(scripted_gguf, tmp_path, monk
     assert r.exit_code == 0 and SCRIPT_ANSWER_TEXT in r.stdout and not folder.exists()
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0 and SCRIPT_ANSWER_TEXT in r.stdout and len(list(folder.glob("*.kvcache"))) == 1
+
+
+def test_the_cli_says_a_damaged_cache_in_one_line(scripted_gguf, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+    from cli.main import app
+    monkeypatch.setenv("QWEN3_EDGE_HOME", str(tmp_path))
+    monkeypatch.delenv(pc.ENV, raising=False)
+    args = ["run", str(scripted_gguf), "Hi", "--system", SYSTEM_TEXT * 3, "--seed", "0", "--threads", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    [f] = (tmp_path / "cache" / "prompts").glob("*.kvcache")
+    corrupt(f, "bit-flipped")
+    with warnings.catch_warnings():   # as outside pytest: the CLI shows the warning itself
+        r = CliRunner(env={"COLUMNS": "400"}).invoke(app, args)
+    assert r.exit_code == 0 and SCRIPT_ANSWER_TEXT in r.stdout
+    [line] = [ln for ln in r.stderr.splitlines() if "prompt cache" in ln]
+    assert line.startswith("warning: prompt cache") and "corrupt (checksum mismatch)" in line
