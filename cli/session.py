@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,7 @@ import typer
 from edge.chat import Chat, ChatError
 from edge.engine import Engine, EngineError
 from edge.modes import Mode
+from edge.prompt_cache import PromptCacheWarning
 from edge.rpc import RpcError, parse_endpoints
 from edge.resolve import resolve_model
 from edge.store import ModelStore
@@ -34,13 +36,16 @@ KV_CACHE = typer.Option(None, "--kv-cache", help="KV cache type: f16, q8_0 or q4
                                                  "when memory is short).")
 RPC = typer.Option(None, "--rpc", help="Split the model across `qwen3-edge worker`s: HOST:PORT[,HOST:PORT...] "
                                         "(llama.cpp's RPC backend; the protocol has no authentication).")
+PROMPT_CACHE = typer.Option(True, "--prompt-cache/--no-prompt-cache",
+                            help="Keep the KV state of a long system prompt (256 tokens or more) on disk, so the "
+                                 "next start does not evaluate it again (<store>/cache/prompts, 2 GiB at most).")
 MMAP = typer.Option(None, "--mmap/--no-mmap", help="Memory-map the weights (fastest load) or read them in (one copy "
                                                   "where llama.cpp repacks quantized weights; the default there).")
 
 
 def load_engine(model: Optional[str], ctx: Optional[int], threads: Optional[int], gpu_layers: Optional[int],
                 kv_cache: Optional[str], mmap: Optional[bool] = None, parallel: int | None = 1, source: str | None = None,
-                rpc: str | None = None) -> Engine:
+                rpc: str | None = None, prompt_cache: bool = True) -> Engine:
     """Resolve MODEL (pulling or quantizing with progress bars) and open it; warnings go to stderr."""
     try:
         rpc_servers = [str(e) for e in parse_endpoints(rpc)] if rpc is not None else None
@@ -52,10 +57,21 @@ def load_engine(model: Optional[str], ctx: Optional[int], threads: Optional[int]
         warnings.simplefilter("always")
         engine = Engine.load(Path(path), n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers,
                              kv_cache_type=kv_cache, use_mmap=mmap, parallel=parallel, rpc_servers=rpc_servers,
-                             grow=True)  # one local stream: the context grows up to --ctx as the chat needs
+                             grow=True,  # one local stream: the context grows up to --ctx as the chat needs
+                             prompt_cache=None if prompt_cache else False)  # None: on unless QWEN3_EDGE_PROMPT_CACHE=0
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
+    warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)  # during the chat too
     return engine
+
+
+def _show_warning(previous, message, category, *args, **kwargs) -> None:
+    """A prompt cache that cannot be used (edge/prompt_cache.py) is said in one line, like the
+    warnings of the load; any other warning as before."""
+    if issubclass(category, PromptCacheWarning):
+        err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    else:
+        previous(message, category, *args, **kwargs)
 
 
 def make_chat(engine: Engine, *, think: Optional[bool], auto: bool, budget: Optional[str], system: Optional[str],

@@ -31,6 +31,7 @@ from .devices import (Device, Placement, capture_llama_log, list_devices, offloa
 from .load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadRequest, MachineFacts, device_refusal, plan_load  # noqa: F401 (re-exported)
 from .model_kind import ModelKind, detect_kind
 from .stream_lock import Closed, EngineLife, FairLock
+from .prompt_cache import PromptCache, open_prompt_cache
 from . import rpc
 
 class EngineError(Exception):
@@ -132,6 +133,7 @@ class Engine:
         # The preset the GGUF carries (general.sampling.*: temperature, top_p, top_k, min_p), if any.
         self.sampling_defaults: dict[str, float | int] = dict(info.sampling_defaults)
         self.scheduler = None  # parallel slots (scheduler.py), when loaded with parallel > 1
+        self.prompt_cache: PromptCache | None = None  # the system prompt's KV state on disk (prompt_cache.py)
         self.footprint: Footprint | None = None  # the ctx, KV type and mmap asked or chosen (footprint.py)
         self.plan: LoadPlan | None = None        # every loading decision and why (load_plan.py)
         self.max_ctx: int | None = None  # a growing context's ceiling (None: it does not grow)
@@ -153,7 +155,8 @@ class Engine:
              available_bytes: int | None = None, n_batch: int = 512, use_mmap: bool | None = None,
              verbose: bool = False, parallel: int | None = 1, max_parallel: int = 4,
              extra_buffers: bool | None = None, rpc_servers: str | list[str] | None = None,
-             rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None) -> "Engine":
+             rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None,
+             prompt_cache: "bool | str | Path | PromptCache | None" = None) -> "Engine":
         """Open a Qwen3 GGUF.
 
         n_ctx, kv_cache_type and use_mmap left None are chosen from the memory plan and the memory
@@ -190,8 +193,17 @@ class Engine:
         the memory plan splits weights and KV cache the way llama.cpp will (split_plan.py), and a
         worker that stops answering for rpc_timeout seconds, or dies, ends the reply with
         rpc.WorkerLost (a ChatError in a Chat) instead of a hang or an abort.
+
+        prompt_cache keeps the KV state of a long system prompt on disk, so a later process with the
+        same one does not evaluate it again (prompt_cache.py): None (on, in the store's
+        cache/prompts, unless QWEN3_EDGE_PROMPT_CACHE=0), True, False, a folder, or a PromptCache
+        (folder, size cap, shortest prefix). Local streams and parallel slots; not over RPC workers.
         """
         path = Path(path)
+        try:
+            cache = open_prompt_cache(prompt_cache)
+        except ValueError as e:
+            raise EngineError(str(e)) from None
         info = read_model_info(path)
         asked = LoadRequest(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, kv_cache_type=kv_cache_type,
                             flash_attn=flash_attn, n_batch=n_batch, use_mmap=use_mmap, parallel=parallel,
@@ -211,11 +223,11 @@ class Engine:
             raise EngineError(f"{path}: {e.message}" if e.about_file else e.message) from None
         if plan.rope.warning:
             warnings.warn(plan.rope.warning, stacklevel=2)
-        return cls._open(path, info, plan, workers, verbose=verbose, rpc_timeout=rpc_timeout)
+        return cls._open(path, info, plan, workers, verbose=verbose, rpc_timeout=rpc_timeout, cache=cache)
 
     @classmethod
     def _open(cls, path: Path, info: ModelInfo, plan: LoadPlan, workers, *, verbose: bool,
-              rpc_timeout: float) -> "Engine":
+              rpc_timeout: float, cache: PromptCache | None = None) -> "Engine":
         """Open llama.cpp as the plan says: the model, its context (or the scheduler's), the workers."""
         n_ctx, kv_cache_type, slots, threads = plan.n_ctx, plan.kv_cache_type, plan.slots, plan.threads
         n_batch, extra_buffers, memory, rope = plan.n_batch, plan.extra_buffers, plan.memory, plan.rope
@@ -257,6 +269,8 @@ class Engine:
             for relay in load.cluster.relays:  # llama.cpp knows the workers by their relays' addresses
                 engine.device = engine.device.replace(relay.address, relay.worker)
         engine.extra_buffers = extra_buffers
+        if cache is not None and load is None:
+            engine.prompt_cache = cache.attach(engine)
         if slots > 1:
             from .scheduler import Scheduler, SchedulerError
             try:
@@ -264,6 +278,7 @@ class Engine:
             except SchedulerError as e:
                 llama.close()
                 raise EngineError(f"{path}: {e}") from None
+            engine.scheduler.prompt_cache = engine.prompt_cache
         return engine
 
     @property

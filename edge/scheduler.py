@@ -47,8 +47,9 @@ class _Slot:
 class _Work:
     """Tokens a sequence asked to evaluate from position `start`; done when all are decoded."""
 
-    def __init__(self, slot: _Slot, tokens: list[int], start: int):
+    def __init__(self, slot: _Slot | None, tokens: list[int], start: int, call=None):
         self.slot, self.tokens, self.start = slot, list(tokens), start
+        self.call, self.result = call, None   # call(ctx): run on the scheduler thread instead (Scheduler.call)
         self.done = 0
         self.logits: np.ndarray | None = None
         self.error: str | None = None
@@ -73,8 +74,10 @@ class BatchSequence:
 
     def prefill(self, prompt: list[int]) -> int:
         keep = common_prefix(self.slot.tokens, prompt)
-        self._run(prompt[keep:], keep)
-        return len(prompt) - keep
+        cache = self.scheduler.prompt_cache
+        held, loaded = cache.prefill_slot(self, prompt, keep) if cache is not None else (keep, 0)  # system block from disk
+        self._run(prompt[held:], held)
+        return len(prompt) - keep - loaded
 
     def eval(self, tokens: list[int]) -> None:
         self._run(tokens, self._n)
@@ -109,6 +112,7 @@ class Scheduler:
         if not self.ctx:
             raise SchedulerError(f"llama.cpp could not create a context for {n_slots} slots of {n_ctx} tokens")
         self.n_slots, self.n_ctx, self.prompt_chunk = n_slots, n_ctx, prompt_chunk
+        self.prompt_cache = None          # prompt_cache.PromptCache, set by the Engine
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self.n_vocab = llama.n_vocab()
         self.mem = llama_cpp.llama_get_memory(self.ctx)
@@ -185,6 +189,14 @@ class Scheduler:
                 raise SchedulerError("the scheduler stopped")
         return work
 
+    def call(self, fn):
+        """fn(ctx) on the scheduler thread between two steps (llama.cpp's context is used by one
+        thread); its result."""
+        work = self.submit(_Work(None, [], 0, call=fn))
+        if work.error:
+            raise SchedulerError(work.error)
+        return work.result
+
     def close(self) -> None:
         with self._cv:
             self._closed = True
@@ -223,6 +235,15 @@ class Scheduler:
             return []
 
     def _step(self, works: list[_Work]) -> None:
+        for work in [w for w in works if w.call is not None]:
+            try:
+                work.result = work.call(self.ctx)
+            except Exception as e:  # noqa: BLE001 -- the caller's error, not the scheduler's end
+                work.error = f"{type(e).__name__}: {e}"
+            self._finish(work)
+        works = [w for w in works if w.call is None]
+        if not works:
+            return
         rows = self._fill(works)
         code = llama_cpp.llama_decode(self.ctx, self.batch)
         if code == 1 and self._purge_idle():  # no room: drop what idle slots keep, try once more

@@ -37,10 +37,11 @@ def common_prefix(cached: list[int], prompt: list[int]) -> int:
 class LlamaSequence:
     """The Llama's own context: one conversation at a time (the KV prefix carries over)."""
 
-    def __init__(self, llama: llama_cpp.Llama, reserve=None, lock=None):
+    def __init__(self, llama: llama_cpp.Llama, reserve=None, lock=None, prompt_cache=None):
         self.llama = llama
         self.reserve = reserve  # reserve(n): a growing context makes room for n tokens (Engine.reserve_ctx)
         self.lock = lock        # the engine's stream lock, held until release()
+        self.prompt_cache = prompt_cache  # prompt_cache.PromptCache: the system block from disk
 
     @property
     def n_tokens(self) -> int:
@@ -53,8 +54,9 @@ class LlamaSequence:
         llama.n_tokens = keep
         if self.reserve is not None:
             self.reserve(len(prompt))
-        self._decode(prompt[keep:])
-        return len(prompt) - keep
+        loaded = self.prompt_cache.prefill(llama, prompt, keep) if self.prompt_cache is not None else 0
+        self._decode(prompt[llama.n_tokens:])
+        return len(prompt) - keep - loaded
 
     def eval(self, tokens: list[int]) -> None:
         if self.reserve is not None:
@@ -100,4 +102,4 @@ def open_sequence(engine, prompt: list[int], cancel: threading.Event, timeout: f
     except Closed:
         raise StreamUnavailable("the engine is closed: load the model again") from None
     return LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None,
-                         engine.stream_lock)
+                         engine.stream_lock, getattr(engine, "prompt_cache", None))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,10 @@ from quantize import quantize_model
 from tests.model_factory import TINY_TIED, TINY_UNTIED_SHARDED, build_model
 from tests.scripted_model import QWEN3_SCRIPT, build_scripted_model
 from edge.cpu_buffers import safe_llama
+
+# The persistent prompt cache is on by default and outlives a process: the suite's tests must not
+# share KV state through it (nor write into the user's store). Its own tests turn it on explicitly.
+os.environ["QWEN3_EDGE_PROMPT_CACHE"] = "0"
 
 # Tokens that cross the vocabulary: text, punctuation, control tokens, digits.
 SAMPLE_TOKENS = [9707, 11, 1879, 0, 151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 151667]
