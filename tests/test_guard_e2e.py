@@ -36,7 +36,7 @@ HI = [{"role": "user", "content": "Hi"}]
 @pytest.fixture(scope="module")
 def random_gguf(converted) -> Path:
     """Random weights: near-uniform logits, so at temperature 1 the seed decides every token."""
-    return converted("tied", "f16")
+    return converted("untied", "f16")  # the tied one mostly repeats its last token
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_a_long_prompt_beside_a_generating_slot_goes_in_chunks_at_continuous_pos
     step, at positions 0..39 in order, and its last logits are those of the same prompt evaluated
     in one piece."""
     chunk, prompt = 8, [(37 * i + 11) % 5000 + 100 for i in range(40)]
-    ref = safe_llama(str(random_gguf), n_ctx=64, n_batch=64, n_threads=2, verbose=False)
+    ref = safe_llama(str(random_gguf), n_ctx=64, n_batch=64, n_threads=2, logits_all=True, verbose=False)
     try:
         ref.eval(prompt)
         expected = np.array(ref.scores[len(prompt) - 1], dtype=np.float64)
@@ -234,7 +234,7 @@ def test_seed_temperature_and_top_k_apply_under_a_grammar(random_engine):
         return chat_text(random_engine, seed, response_format=WORD_SCHEMA,
                          **({"sampling": sampling} if sampling else {}))
     first = answer(41)
-    assert first.startswith("{") and answer(41) == first
+    assert first.lstrip().startswith("{") and answer(41) == first
     assert answer(42) != first
     assert answer(41, {"temperature": 0.0}) == answer(42, {"temperature": 0.0})
     assert answer(41, {"temperature": 1.0, "top_k": 1}) == answer(42, {"temperature": 1.0, "top_k": 1}) \
@@ -242,7 +242,7 @@ def test_seed_temperature_and_top_k_apply_under_a_grammar(random_engine):
 
 
 # ---- explicit options win with parallel slots -----------------------------------------------------------
-KV_LINE = re.compile(r"K \((\w+)\): [\d.]+ MiB, V \((\w+)\)")
+KV_LINE = re.compile(r"K \((\w+)\):\s+[\d.]+ MiB, V \((\w+)\)")
 
 
 @pytest.mark.parametrize("parallel", [2, None])
