@@ -1,8 +1,8 @@
 """edge/sampling.py's TokenSampler and Grammar, driven directly with logits rows (the path the
-scheduler uses) over the real Qwen3 vocabulary: seeds repeat and differ, temperature 0 is greedy,
+scheduler uses) over a byte-level vocabulary: seeds repeat and differ, temperature 0 is greedy,
 top_k / top_p / min_p cut where they say, presence_penalty sees the tokens drawn, and a grammar only
-ever lets out what it allows (a rejection takes the full pass and is counted). Fast: no model
-weights are evaluated. Written against the mutants benchmarks/mutation.py found (docs/MUTATION.md)."""
+ever lets out what it allows (a rejection takes the full pass and is counted). Fast: a 300-token
+GGUF (tests/tiny_gguf.py) gives the vocabulary, and no model weights are evaluated. Written against the mutants benchmarks/mutation.py found (docs/MUTATION.md)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import pytest
 
 from edge.sampling import (NON_THINKING, THINKING, Grammar, GrammarCompileError, SamplingParams, TokenSampler,
                            build_sampler, preset)
+from tests.tiny_gguf import write_tiny_qwen3
 
 LETTERS = "abcdefgh"
 
 
 @pytest.fixture(scope="module")
-def vocab(scripted_gguf):
-    llm = llama_cpp.Llama(str(scripted_gguf), vocab_only=True, verbose=False)
+def vocab(tmp_path_factory):
+    path = write_tiny_qwen3(tmp_path_factory.mktemp("vocab") / "tiny.gguf")
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     yield llm
     llm.close()
 
