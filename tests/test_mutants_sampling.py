@@ -235,3 +235,27 @@ def test_a_grammar_that_allows_nothing_here_is_an_error_not_a_crash(vocab, lette
     finally:
         sampler.close()
         g.close()
+
+
+def test_the_penalty_is_presence_only(vocab, letter_ids):
+    """A small presence penalty leaves a clear favourite in place however often it came: no
+    repetition factor, no frequency term."""
+    a, b = letter_ids[:2]
+    logits = row(vocab.n_vocab(), {a: 10.0, b: 9.5})
+    p = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, presence_penalty=0.3, seed=1)
+    assert draws(vocab, p, logits, 5) == [a] * 5
+
+
+@pytest.mark.parametrize("others, expected", [(63, 1), (64, 0)])
+def test_the_penalty_remembers_the_last_64_tokens(vocab, letter_ids, others, expected):
+    a, b, c = letter_ids[:3]
+    logits = row(vocab.n_vocab(), {a: 10.0, b: 9.0})
+    sampler = TokenSampler(SamplingParams(temperature=0.0, top_p=1.0, top_k=0, presence_penalty=5.0, seed=1),
+                           vocab.n_vocab())
+    try:
+        assert sampler.sample(None, never_eog, logits=logits) == a
+        for _ in range(others):
+            sampler.chain.accept(c)
+        assert sampler.sample(None, never_eog, logits=logits) == [a, b][expected]
+    finally:
+        sampler.close()
