@@ -96,6 +96,8 @@ def test_top_k_top_p_and_min_p_cut_where_they_say(vocab, letter_ids):
     assert seen(top_k=2) == {a, b} and seen(top_k=1) == {a}
     assert seen(top_p=0.65) == {a, b}          # 0.4 + 0.3 reaches 0.65
     assert seen(top_p=0.75) == {a, b, c}
+    assert seen(top_p=0.3) == {a}              # a alone covers it: no second token is kept
+    assert seen(min_p=0.9) == {a}
     assert seen(min_p=0.6) == {a, b}           # p >= 0.6 * 0.4
     assert seen(min_p=0.3) == {a, b, c, d} - {d} and seen(min_p=0.2) == {a, b, c, d}
 
@@ -259,3 +261,30 @@ def test_the_penalty_remembers_the_last_64_tokens(vocab, letter_ids, others, exp
         assert sampler.sample(None, never_eog, logits=logits) == [a, b][expected]
     finally:
         sampler.close()
+
+
+def test_the_contexts_own_logits_are_drawn_from_like_a_copied_row(tmp_path):
+    """A single-sequence engine samples straight from the context's last logits row (no copy):
+    the same draws as from that row copied out, with and without a grammar."""
+    path = write_tiny_qwen3(tmp_path / "tiny.gguf", seed=3)
+    llm = llama_cpp.Llama(str(path), n_ctx=32, n_batch=32, n_threads=1, verbose=False)
+    try:
+        llm.eval(llm.tokenize(b"the", add_bos=False))
+        copied = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)).copy()
+        params = SamplingParams(temperature=1.5, top_p=1.0, top_k=0, seed=9)
+        for gbnf in (None, 'root ::= [a-d]+'):
+            got = []
+            for logits in (None, copied):
+                grammar = Grammar(llm._model.vocab, gbnf) if gbnf else None
+                sampler = TokenSampler(params, llm.n_vocab())
+                if grammar:
+                    sampler.arm(grammar)
+                try:
+                    got.append([sampler.sample(llm._ctx, never_eog, logits=logits) for _ in range(12)])
+                finally:
+                    sampler.close()
+                    if grammar:
+                        grammar.close()
+            assert got[0] == got[1] and len(set(got[0])) > 2, (gbnf, got)
+    finally:
+        llm.close()
