@@ -14,8 +14,8 @@ import pytest
 from edge.budget import answer_reserve
 from edge.chat import Reply
 from edge.hub import _with_hint
-from edge.openai_api import (RequestError, StopFilter, completion, finish_reason, parse_request, tool_call_deltas,
-                             usage)
+from edge.openai_api import (RequestError, StopFilter, chunk, completion, completion_id, finish_reason, parse_request,
+                             tool_call_deltas, usage)
 from edge.sources import PullError, get_source
 from edge.tool_calls import ToolCall
 
@@ -205,3 +205,41 @@ def test_a_completion_without_calls_or_thinking_has_text_content_only():
     assert message == {"role": "assistant", "content": ""}
     message = completion("c", "m", reply(thinking="t"), "Hello", "stop")["choices"][0]["message"]
     assert message == {"role": "assistant", "content": "Hello", "reasoning_content": "t"}
+
+
+def test_a_completion_carries_its_notices_and_creation_time():
+    body = completion("c", "m", reply(notices=("thinking was cut",)), "Hi", "stop")
+    assert body["choices"][0]["message"]["notices"] == ["thinking was cut"]
+    assert isinstance(body["created"], int) and body["created"] > 1_600_000_000
+
+
+def test_completion_ids_are_openai_shaped_and_distinct():
+    a, b = completion_id(), completion_id()
+    assert a.startswith("chatcmpl-") and len(a) == len("chatcmpl-") + 24 and a != b
+
+
+def test_chunk_shapes():
+    body = chunk("c", "m", {"content": "Hi"})
+    assert body == {"id": "c", "object": "chat.completion.chunk", "created": body["created"], "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+    assert isinstance(body["created"], int) and body["created"] > 1_600_000_000
+    assert chunk("c", "m", {}, "stop")["choices"][0]["finish_reason"] == "stop"
+    last = chunk("c", "m", {}, usage_=usage(reply()))
+    assert last["choices"] == [] and last["usage"] == usage(reply()) and last["object"] == "chat.completion.chunk"
+
+
+@pytest.mark.parametrize("stop, expected", [(None, []), ("", []), ([], []), ("x", ["x"]), (["a", "b"], ["a", "b"]),
+                                            (["a", "b", "c", "d"], ["a", "b", "c", "d"])])
+def test_stop_takes_a_string_or_up_to_four(stop, expected):
+    assert parse_request({"messages": HI, "stop": stop}, 1024).stop == expected
+
+
+@pytest.mark.parametrize("stop", [["a", "b", "c", "d", "e"], [""], ["a", ""], [1], {"a": 1}, 5])
+def test_other_stops_are_refused(stop):
+    with pytest.raises(RequestError) as e:
+        parse_request({"messages": HI, "stop": stop}, 1024)
+    assert e.value.param == "stop"
+
+
+def test_arguments_text_keeps_non_ascii_as_written():
+    assert ToolCall("c", "f", {"city": "Zürich", "note": "東京"}).arguments_json == '{"city": "Zürich", "note": "東京"}'
