@@ -17,7 +17,7 @@ from edge.hub import _with_hint
 from edge.openai_api import (RequestError, StopFilter, chunk, completion, completion_id, finish_reason, parse_request,
                              tool_call_deltas, usage)
 from edge.sources import PullError, get_source
-from edge.tool_calls import ToolCall
+from edge.tool_calls import Content, InvalidCall, ToolCall, ToolCallParser
 
 HI = [{"role": "user", "content": "Hi"}]
 ANSWER = "The answer is forty-two."
@@ -243,3 +243,32 @@ def test_other_stops_are_refused(stop):
 
 def test_arguments_text_keeps_non_ascii_as_written():
     assert ToolCall("c", "f", {"city": "Zürich", "note": "東京"}).arguments_json == '{"city": "Zürich", "note": "東京"}'
+
+
+def parsed(pieces: list[str]) -> list[tuple]:
+    parser = ToolCallParser()
+    out: list[tuple] = []
+    for item in [i for p in pieces for i in parser.feed(p)] + parser.close():
+        if isinstance(item, Content) and out and out[-1][0] == "content":
+            out[-1] = ("content", out[-1][1] + item.text)
+        elif isinstance(item, Content):
+            out.append(("content", item.text))
+        elif isinstance(item, ToolCall):
+            out.append(("call", item.name, item.arguments))
+        else:
+            assert isinstance(item, InvalidCall)
+            out.append(("invalid", item.text))
+    return out
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('<tool_call>{"name": "f", "arguments": {}}</tool_call>\nDone, and more words.',
+     [("call", "f", {}), ("content", "Done, and more words.")]),
+    ("The answer ends on <tool_ca", [("content", "The answer ends on <tool_ca")]),
+    ("<tool_call></tool_call> after", [("invalid", "<tool_call></tool_call>"), ("content", " after")]),
+])
+def test_text_after_a_call_and_a_partial_marker_at_the_end_survive_every_split(text, expected):
+    """Spaces inside the content after a call are kept wherever a chunk starts; a generation that
+    ends on what might have become <tool_call> gives it back; an empty block is closed at once."""
+    for pieces in splits(text, 2):
+        assert parsed(pieces) == expected, pieces

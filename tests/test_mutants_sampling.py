@@ -269,7 +269,7 @@ def test_the_contexts_own_logits_are_drawn_from_like_a_copied_row(tmp_path):
     path = write_tiny_qwen3(tmp_path / "tiny.gguf", seed=3)
     llm = llama_cpp.Llama(str(path), n_ctx=32, n_batch=32, n_threads=1, verbose=False)
     try:
-        llm.eval(llm.tokenize(b"the", add_bos=False))
+        llm.eval(llm.tokenize(b"the cat sat on the mat", add_bos=False))  # several tokens: the last row counts
         copied = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)).copy()
         params = SamplingParams(temperature=1.5, top_p=1.0, top_k=0, seed=9)
         for gbnf in (None, 'root ::= [a-d]+'):
