@@ -32,6 +32,9 @@ from .devices import (Device, Placement, capture_llama_log, list_devices, no_dev
 from .model_kind import ModelKind, detect_kind
 from . import rpc
 
+POOLING_KEY = "qwen3.pooling_type"          # LAST: an embedding model, RANK: a reranker (edge/embedding.py)
+PURPOSES = {3: "embedding", 4: "reranker"}
+
 DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: footprint.py chooses)
 
 
@@ -57,6 +60,7 @@ class ModelInfo:
     rope: ModelRope
     sampling_defaults: dict[str, float | int]   # the GGUF's own preset: temperature, top_p, top_k, min_p
     tensor_bytes: dict[str, int]                 # bytes of each tensor, by name (the device and RPC plans)
+    purpose: str = "chat"                        # or "embedding", "reranker" (embedding.purpose_of)
 
     @property
     def native_ctx(self) -> int:
@@ -83,6 +87,7 @@ def read_model_info(path: Path) -> ModelInfo:
         n_ctx_train=rope.context_length, yarn=rope.yarn,
         chat_template=h.get("tokenizer.chat_template"), rope=rope, sampling_defaults=sampling,
         tensor_bytes={t.name: t.n_bytes for t in h.tensors},
+        purpose=PURPOSES.get(h.get(POOLING_KEY), "chat"),
     )
 
 
@@ -185,9 +190,13 @@ class Engine:
         rpc.WorkerLost (a ChatError in a Chat) instead of a hang or an abort.
         """
         path = Path(path)
+        info = read_model_info(path)
+        if info.purpose != "chat":  # Qwen3-Embedding or Qwen3-Reranker: an Embedder (embedding.py)
+            from .embedding import Embedder
+            return Embedder.open(path, info.purpose, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                                 verbose=verbose, extra_buffers=extra_buffers, n_ctx_train=info.native_ctx)
         if extra_buffers is None:  # llama.cpp's repacked weight layouts, unless one of them crashes
             extra_buffers = default_extra_buffers()
-        info = read_model_info(path)
         threads = n_threads or physical_cores()
         workers = None
         if rpc_servers is not None:
@@ -362,6 +371,18 @@ class Engine:
             self.max_ctx = self.allocated_ctx
             raise
         self.growths.append((have, size, time.perf_counter() - started))
+
+    purpose = "chat"   # an embedding model or reranker loads as an embedding.Embedder instead
+
+    def embed(self, texts, **kwargs):
+        """Refused: a chat model makes no embeddings (Engine.load gives an Embedder for those)."""
+        from .embedding import wrong_model
+        raise EngineError(wrong_model("chat", "embed"))
+
+    def rerank(self, query, documents, **kwargs):
+        """Refused: a chat model is not a reranker."""
+        from .embedding import wrong_model
+        raise EngineError(wrong_model("chat", "rerank"))
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a rendered prompt: special tokens parsed, no BOS (Qwen adds none)."""
