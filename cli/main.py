@@ -8,6 +8,7 @@ import typer
 
 from .bench_cmd import bench
 from .chat_cmd import chat, run
+from .embed_cmd import embed, rerank
 from .info_cmd import info
 from .quantize_cmd import quantize
 from .serve_cmd import serve
@@ -26,6 +27,8 @@ app.command()(serve)
 app.command()(quantize)
 app.command()(info)
 app.command()(worker)
+app.command()(embed)
+app.command()(rerank)
 
 
 def _version(value: bool) -> None:

@@ -152,6 +152,9 @@ class Chat:
                  budget: int | None = None, max_tokens: int | None = None, presence_penalty: float = 0.0,
                  seed: int | None = None, sampling: dict | None = None, tools: list[dict] | None = None,
                  think_time: float | None = None):
+        if getattr(engine, "purpose", "chat") != "chat":   # an embedding model or reranker (embedding.py)
+            from .embedding import wrong_model
+            raise ChatError(wrong_model(engine.purpose, "chat"))
         self.engine = engine
         self.system = system
         self.mode = Mode(mode)
