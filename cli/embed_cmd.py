@@ -47,6 +47,24 @@ def gather_texts(texts: list[str], file: Optional[Path]) -> list[str]:
     return items
 
 
+def load_search_models(embedding_model: Optional[str], rerank_model: Optional[str], threads: Optional[int],
+                       source: Optional[str]) -> list:
+    """The Embedders `serve --embedding-model M --rerank-model R` holds beside its chat model; each
+    must be the kind its option names."""
+    loaded = []
+    for spec, purpose, option in ((embedding_model, "embedding", "--embedding-model"),
+                                  (rerank_model, "reranker", "--rerank-model")):
+        if spec is None:
+            continue
+        model = load_engine(spec, None, threads, None, None, source=source)
+        if model.purpose != purpose:
+            model.close()
+            raise EngineError(f"{option} {spec}: this is a {model.purpose} model, not a {purpose} model")
+        err.print(f"search: {spec} ({purpose}, {model.n_embd} dimensions, up to {model.max_tokens} tokens a text)")
+        loaded.append(model)
+    return loaded
+
+
 def embed(model: str = MODEL_ARG,
           texts: list[str] = typer.Argument(None, help="Texts to embed; - reads stdin, one text per line."),
           file: Optional[Path] = typer.Option(None, "--file", "-f", help="A UTF-8 file, one text per line."),

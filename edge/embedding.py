@@ -112,6 +112,12 @@ class Embedder:
         Qwen's reference does. `dimensions` keeps the first dimensions (Matryoshka, 32 up to n_embd),
         then `normalize` scales each row to unit length. A text over `max_tokens` is refused
         (InputError naming it), unless `truncate`, which keeps its start (Qwen's rule)."""
+        return self.embed_counted(texts, instruction=instruction, dimensions=dimensions, normalize=normalize,
+                                  truncate=truncate)[0]
+
+    def embed_counted(self, texts: str | list[str], *, instruction: str | None = None, dimensions: int | None = None,
+                      normalize: bool = True, truncate: bool = False) -> tuple[np.ndarray, int]:
+        """embed(), and the tokens read (instruction and end-of-text token included): the API's usage."""
         if self.purpose != "embedding":
             raise EmbedError(wrong_model(self.purpose, "embed"))
         try:
@@ -119,7 +125,7 @@ class Embedder:
         except InputError as e:
             raise EmbedError(str(e)) from None
 
-    def _embed(self, texts, instruction, dimensions, normalize, truncate) -> np.ndarray:
+    def _embed(self, texts, instruction, dimensions, normalize, truncate) -> tuple[np.ndarray, int]:
         items = check_texts(texts)
         if dimensions is not None:
             check_dimensions(dimensions, self.n_embd)
@@ -128,7 +134,7 @@ class Embedder:
         where = (lambda i: "input") if isinstance(texts, str) else (lambda i: f"input[{i}]")
         tokens = [truncated(self._tokens(query_text(t, instruction)), [self._eot], self.max_tokens, truncate, where(i))
                   for i, t in enumerate(items)]
-        return finish_vectors(self._pooled(tokens), dimensions, normalize)
+        return finish_vectors(self._pooled(tokens), dimensions, normalize), sum(map(len, tokens))
 
     def rerank(self, query: str, documents: list[str], *, instruction: str | None = None,
                truncate: bool = False) -> np.ndarray:
@@ -137,6 +143,11 @@ class Embedder:
         Each pair is read in the reranker's prompt (retrieval_format.RERANK_PREFIX, the body with
         `instruction` or Qwen's default, RERANK_SUFFIX). A pair over `max_tokens` is refused,
         unless `truncate`, which cuts the end of the body (the document first)."""
+        return self.rerank_counted(query, documents, instruction=instruction, truncate=truncate)[0]
+
+    def rerank_counted(self, query: str, documents: list[str], *, instruction: str | None = None,
+                       truncate: bool = False) -> tuple[np.ndarray, int]:
+        """rerank(), and the tokens read (whole prompts): the API's usage."""
         if self.purpose != "reranker":
             raise EmbedError(wrong_model(self.purpose, "rerank"))
         try:
@@ -144,14 +155,14 @@ class Embedder:
         except InputError as e:
             raise EmbedError(str(e)) from None
 
-    def _rerank(self, query, documents, instruction, truncate) -> np.ndarray:
+    def _rerank(self, query, documents, instruction, truncate) -> tuple[np.ndarray, int]:
         check_texts(query, "query")
         docs = check_texts(documents, "documents")
         if instruction is not None:
             check_texts(instruction, "instruction")
         tokens = [truncated(self._tokens(rerank_body(query, d, instruction)), self._suffix, self.max_tokens,
                             truncate, f"documents[{i}]", head=self._prefix) for i, d in enumerate(docs)]
-        return self._pooled(tokens)[:, 0].astype(np.float64)
+        return self._pooled(tokens)[:, 0].astype(np.float64), sum(map(len, tokens))
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokens(text))
