@@ -131,9 +131,7 @@ class Embedder:
             check_dimensions(dimensions, self.n_embd)
         if instruction is not None:
             check_texts(instruction, "instruction")
-        where = (lambda i: "input") if isinstance(texts, str) else (lambda i: f"input[{i}]")
-        tokens = [truncated(self._tokens(query_text(t, instruction)), [self._eot], self.max_tokens, truncate, where(i))
-                  for i, t in enumerate(items)]
+        tokens = self.input_ids(items, instruction, truncate, single=isinstance(texts, str))
         return finish_vectors(self._pooled(tokens), dimensions, normalize), sum(map(len, tokens))
 
     def rerank(self, query: str, documents: list[str], *, instruction: str | None = None,
@@ -160,12 +158,21 @@ class Embedder:
         docs = check_texts(documents, "documents")
         if instruction is not None:
             check_texts(instruction, "instruction")
-        tokens = [truncated(self._tokens(rerank_body(query, d, instruction)), self._suffix, self.max_tokens,
-                            truncate, f"documents[{i}]", head=self._prefix) for i, d in enumerate(docs)]
+        tokens = self.pair_ids(query, docs, instruction, truncate)
         return self._pooled(tokens)[:, 0].astype(np.float64), sum(map(len, tokens))
 
-    def count_tokens(self, text: str) -> int:
-        return len(self._tokens(text))
+    def input_ids(self, texts: list[str], instruction: str | None = None, truncate: bool = False,
+                  single: bool = False) -> list[list[int]]:
+        """The tokens the embedding model reads for each text: Qwen's format, then <|endoftext|>."""
+        where = (lambda i: "input") if single else (lambda i: f"input[{i}]")
+        return [truncated(self._tokens(query_text(t, instruction)), [self._eot], self.max_tokens, truncate, where(i))
+                for i, t in enumerate(texts)]
+
+    def pair_ids(self, query: str, documents: list[str], instruction: str | None = None,
+                 truncate: bool = False) -> list[list[int]]:
+        """The tokens the reranker reads for each (query, document): prefix, body, suffix."""
+        return [truncated(self._tokens(rerank_body(query, d, instruction)), self._suffix, self.max_tokens,
+                          truncate, f"documents[{i}]", head=self._prefix) for i, d in enumerate(documents)]
 
     # ---- llama.cpp ------------------------------------------------------------------------------------
 
