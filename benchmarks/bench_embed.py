@@ -86,6 +86,9 @@ def run_server(args) -> dict:
     cmd = [str(args.llama_server), "-m", str(args.gguf), "--embedding", "--pooling", "last", "--port", str(port),
            "-c", str(args.ctx), "-b", str(args.batch), "-ub", str(args.batch), "-t", str(args.threads),
            "-tb", str(args.threads), "-np", str(args.parallel), "--no-webui"]
+    from edge.cpu_buffers import default_extra_buffers
+    if not default_extra_buffers():      # as the Embedder opens models: no AMX repacking (it crashes)
+        cmd.append("--no-repack")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_up(port, proc)
