@@ -13,7 +13,7 @@ from rich.table import Table
 from edge.chat_template import QWEN3_CHAT_TEMPLATE, TemplateError, compile_template
 from edge.context_plan import model_rope_from_metadata
 from edge.devices import describe_devices, list_devices
-from edge.engine import detect_backend, local_offload_targets
+from edge.engine import POOLING_KEY, PURPOSES, detect_backend, local_offload_targets
 from edge.model_kind import detect_kind
 from edge.resolve import resolve_model
 from edge.store import ModelStore
@@ -28,7 +28,8 @@ def runtime_view(path: Path) -> dict[str, Any]:
     when it carries none, as Engine.load does), and its native context and longest context, read
     from its rope metadata. None, with the reason, where the runtime would refuse the file."""
     h = read_header(path)
-    view: dict[str, Any] = {"kind": None, "native_context": None, "max_context": None}
+    view: dict[str, Any] = {"kind": None, "native_context": None, "max_context": None,
+                            "purpose": PURPOSES.get(h.get(POOLING_KEY), "chat")}  # chat, embedding, reranker
     try:
         view["kind"] = detect_kind(compile_template(h.get("tokenizer.chat_template") or QWEN3_CHAT_TEMPLATE)).value
     except TemplateError as e:
@@ -78,6 +79,8 @@ def info(
     t.add_row("file", f"{d['path']} ({human_bytes(d['size_bytes'])})")
     t.add_row("model", f"{d['name']} · {d['architecture']} · {d['size_label']} · {d['parameters']:,} parameters")
     t.add_row("type", f"{d['file_type']} · {d['bits_per_weight']} bits/weight")
+    t.add_row("for", {"chat": "chat", "embedding": "embeddings (qwen3-edge embed); not chat",
+                      "reranker": "reranking (qwen3-edge rerank); not chat"}[d["purpose"]])
     t.add_row("kind", d["kind"] or f"unknown ({d['kind_error']})")
     t.add_row("native context", f"{d['native_context']:,} tokens (YaRN up to {d['max_context']:,})"
               if d["native_context"] else f"refused ({d['native_context_error']})")

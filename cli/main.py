@@ -8,6 +8,7 @@ import typer
 
 from .bench_cmd import bench
 from .chat_cmd import chat, run
+from .embed_cmd import embed, rerank
 from .info_cmd import info
 from .plan_cmd import plan
 from .quantize_cmd import quantize
@@ -28,6 +29,8 @@ app.command()(quantize)
 app.command()(info)
 app.command()(plan)
 app.command()(worker)
+app.command()(embed)
+app.command()(rerank)
 
 
 def _version(value: bool) -> None:

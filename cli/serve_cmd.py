@@ -8,6 +8,10 @@ from typing import Optional
 import typer
 
 from .console import err, friendly_errors, where
+from edge.embedding import wrong_model
+from edge.engine import EngineError
+
+from .embed_cmd import load_search_models
 from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, PROMPT_CACHE, RPC, SOURCE, THREADS, load_engine
 
 
@@ -32,8 +36,13 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                                                       "many as the memory plan fits, at most 4)."),
           queue: int = typer.Option(16, "--queue", min=0,
                                     help="Requests that may wait for a slot; more get a 429 with Retry-After."),
-          source: Optional[str] = SOURCE, rpc: Optional[str] = RPC, prompt_cache: bool = PROMPT_CACHE) -> None:
-    """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
+          source: Optional[str] = SOURCE, rpc: Optional[str] = RPC, prompt_cache: bool = PROMPT_CACHE,
+          embedding_model: Optional[str] = typer.Option(None, "--embedding-model", help="Also serve this embedding "
+                                                        "model (/v1/embeddings, /api/embed), e.g. qwen3-embedding-0.6b."),
+          rerank_model: Optional[str] = typer.Option(None, "--rerank-model", help="Also serve this reranker "
+                                                     "(/v1/rerank), e.g. qwen3-reranker-0.6b.")) -> None:
+    """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health), with
+    search models beside it (/v1/embeddings, /v1/rerank, /api/embed)."""
     import uvicorn
 
     from edge.server import create_app
@@ -44,9 +53,14 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source, rpc=rpc,
                              parallel=parallel if rpc is None else (parallel or 1),  # one slot over workers
                              prompt_cache=prompt_cache)
+        if engine.purpose != "chat":
+            raise EngineError(wrong_model(engine.purpose, "serve it as the chat model") +
+                              f"; pass it with --{'embedding' if engine.purpose == 'embedding' else 'rerank'}-model")
+        embedders = load_search_models(embedding_model, rerank_model, threads, source)
     err.print(f"serving {engine.info.path.name} on http://{host}:{port}/v1 ({where(engine)}, ctx {engine.n_ctx}, "
               f"{engine.parallel} parallel slot(s), queue {queue}; memory plan "
               f"{engine.memory_plan.total_bytes / (1 << 30):.2f} GiB)", soft_wrap=True)
     err.print(f"[dim]{engine.footprint.describe()}[/]", soft_wrap=True)
     with engine:
-        uvicorn.run(create_app(engine, api_key=api_key, queue=queue), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(engine, api_key=api_key, queue=queue, embedders=embedders), host=host, port=port,
+                    log_level="warning")

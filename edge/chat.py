@@ -204,6 +204,9 @@ class Chat:
                                          or not wait_timeout >= 0):
             raise ArgumentError(f"wait_timeout must be a number of seconds >= 0 or None, not {wait_timeout!r}")
         _check_open(engine)
+        if getattr(engine, "purpose", "chat") != "chat":   # an embedding model or reranker (embedding.py)
+            from .embedding import wrong_model
+            raise ChatError(wrong_model(engine.purpose, "chat"))
         self.engine = engine
         self.wait_timeout = wait_timeout  # seconds to wait for a free stream of the engine (None: no limit)
         self._busy = threading.Lock()     # held by the turn in progress

@@ -34,6 +34,10 @@ from .stream_lock import Closed, EngineLife, FairLock
 from .prompt_cache import PromptCache, open_prompt_cache
 from . import rpc
 
+POOLING_KEY = "qwen3.pooling_type"          # LAST: an embedding model, RANK: a reranker (edge/embedding.py)
+PURPOSES = {3: "embedding", 4: "reranker"}
+
+
 class EngineError(Exception):
     """A model that cannot be opened as asked, told in one line."""
 
@@ -63,6 +67,7 @@ class ModelInfo:
     rope: ModelRope
     sampling_defaults: dict[str, float | int]   # the GGUF's own preset: temperature, top_p, top_k, min_p
     tensor_bytes: dict[str, int]                 # bytes of each tensor, by name (the device and RPC plans)
+    purpose: str = "chat"                        # or "embedding", "reranker" (embedding.purpose_of)
 
     @property
     def native_ctx(self) -> int:
@@ -89,6 +94,7 @@ def read_model_info(path: Path) -> ModelInfo:
         n_ctx_train=rope.context_length, yarn=rope.yarn,
         chat_template=h.get("tokenizer.chat_template"), rope=rope, sampling_defaults=sampling,
         tensor_bytes={t.name: t.n_bytes for t in h.tensors},
+        purpose=PURPOSES.get(h.get(POOLING_KEY), "chat"),
     )
 
 
@@ -205,6 +211,10 @@ class Engine:
         except ValueError as e:
             raise EngineError(str(e)) from None
         info = read_model_info(path)
+        if info.purpose != "chat":  # Qwen3-Embedding or Qwen3-Reranker: an Embedder (embedding.py)
+            from .embedding import Embedder
+            return Embedder.open(path, info.purpose, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                                 verbose=verbose, extra_buffers=extra_buffers, n_ctx_train=info.native_ctx)
         asked = LoadRequest(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, kv_cache_type=kv_cache_type,
                             flash_attn=flash_attn, n_batch=n_batch, use_mmap=use_mmap, parallel=parallel,
                             max_parallel=max_parallel, extra_buffers=extra_buffers, grow=grow)
@@ -317,6 +327,18 @@ class Engine:
             self.max_ctx = self.allocated_ctx
             raise
         self.growths.append((have, size, time.perf_counter() - started))
+
+    purpose = "chat"   # an embedding model or reranker loads as an embedding.Embedder instead
+
+    def embed(self, texts, **kwargs):
+        """Refused: a chat model makes no embeddings (Engine.load gives an Embedder for those)."""
+        from .embedding import wrong_model
+        raise EngineError(wrong_model("chat", "embed"))
+
+    def rerank(self, query, documents, **kwargs):
+        """Refused: a chat model is not a reranker."""
+        from .embedding import wrong_model
+        raise EngineError(wrong_model("chat", "rerank"))
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of a rendered prompt: special tokens parsed, no BOS (Qwen adds none)."""

@@ -30,7 +30,9 @@ __all__ = ["ALLOW_PATTERNS", "HINT", "PREBUILT", "PullCallback", "PullError", "P
 
 # What a Qwen3 checkpoint needs for conversion, and its license; never the PyTorch .bin or ONNX copies.
 ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-                  "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "LICENSE", "README.md"]
+                  "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "LICENSE", "README.md",
+                  # sentence-transformers' pooling (Qwen3-Embedding), which the converter writes as the pooling type
+                  "modules.json", "1_Pooling/config.json", "config_sentence_transformers.json"]
 HINT = ("to run a model you already have, pass its GGUF path or Hugging Face folder: "
         "qwen3-edge chat ./model.gguf")
 # Qwen's official GGUF repos (the same names on ModelScope): 4B has Q4_K_M, Q5_K_M, Q6_K, Q8_0; 0.6B, 1.7B Q8_0.

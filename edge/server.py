@@ -122,9 +122,10 @@ def _error(status: int, message: str, param: str | None = None, kind: str = "inv
 
 
 def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES, queue: int = DEFAULT_QUEUE) -> Starlette:
+               max_body_bytes: int = MAX_BODY_BYTES, queue: int = DEFAULT_QUEUE, embedders: list | None = None) -> Starlette:
     """The ASGI app serving `engine`: /v1/chat/completions, /v1/models, /health. `queue`:
-    requests that may wait while every slot is busy."""
+    requests that may wait while every slot is busy. `embedders`: an embedding model and/or a
+    reranker (embedding.Embedder) served beside it (api_embeddings.py)."""
     server = _Server(engine, api_key, model_name or engine.info.path.stem, queue)
 
     async def health(_: Request) -> Response:
@@ -175,7 +176,14 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
     return Starlette(routes=[
         Route("/health", health), Route("/v1/models", models),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        *_search_routes(embedders, server, max_body_bytes, queue),
     ], exception_handlers={HTTPException: _http_error, Exception: _server_error})
+
+
+def _search_routes(embedders: list | None, server: _Server, max_body_bytes: int, queue: int) -> list:
+    """/v1/embeddings, /v1/rerank and /api/embed over the embedders (api_embeddings.py)."""
+    from .api_embeddings import embedding_routes
+    return embedding_routes(embedders or [], authorized=server.authorized, max_body_bytes=max_body_bytes, queue=queue)
 
 
 async def _http_error(_: Request, exc: HTTPException) -> Response:

@@ -79,6 +79,14 @@ def check_qwen3(h: GGUFHeader) -> Qwen3Dims:
             raise QuantizeError(h.path, f"incomplete Qwen3 GGUF: tensor {name} is missing")
         if found[name] != shape:
             raise QuantizeError(h.path, f"tensor {name} has shape {list(found[name])}, the metadata implies {list(shape)}")
+    if h.get("qwen3.pooling_type") == 4:   # a reranker (retrieval_head.py): its yes/no head
+        labels = h.get("qwen3.classifier.output_labels")
+        expected["cls.output.weight"] = (len(labels) if labels is not None else 2, dims.hidden)
+        if "cls.output.weight" not in found:
+            raise QuantizeError(h.path, "incomplete Qwen3 reranker GGUF: tensor cls.output.weight is missing")
+        if found["cls.output.weight"] != expected["cls.output.weight"]:
+            raise QuantizeError(h.path, f"tensor cls.output.weight has shape {list(found['cls.output.weight'])}, "
+                                        f"the metadata implies {list(expected['cls.output.weight'])}")
     extra = set(found) - set(expected) - {"output.weight"}
     if extra:
         raise QuantizeError(h.path, f"unexpected tensor {sorted(extra)[0]} for qwen3")

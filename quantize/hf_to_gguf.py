@@ -19,6 +19,7 @@ from gguf.utility import LocalTensor
 from .errors import QuantizeError
 from .hf_config import Qwen3Config, read_config, read_generation_sampling
 from .progress import Progress, ProgressCallback, ignore_progress
+from .retrieval_head import CLS_OUT, RetrievalHead, add_head_metadata, detect_retrieval_head, unprefixed_names, with_model_prefix
 from .safetensors_files import iter_raw_chunks, iter_row_chunks, open_tensors, same_data
 from .tokenizer_meta import TokenizerMeta, read_tokenizer
 
@@ -32,15 +33,19 @@ class PlannedTensor:
     gguf_name: str
     source: LocalTensor
     qtype: QT
+    rows: tuple[int, ...] | None = None   # only these rows of source, in this order (a reranker's head)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape) if self.rows is None else (len(self.rows), *self.source.shape[1:])
 
     @property
     def n_elements(self) -> int:
-        return math.prod(self.source.shape)
+        return math.prod(self.shape)
 
     @property
     def out_nbytes(self) -> int:
-        return gguf.quant_shape_to_byte_shape(self.source.shape, self.qtype)[-1] * (
-            self.n_elements // self.source.shape[-1])
+        return gguf.quant_shape_to_byte_shape(self.shape, self.qtype)[-1] * (self.n_elements // self.shape[-1])
 
     @property
     def source_nbytes(self) -> int:
@@ -55,6 +60,7 @@ class HFModel:
     tensors: dict[str, LocalTensor]
     tokenizer: TokenizerMeta
     sampling: list[tuple[str, type, Any]] = field(default_factory=list)   # generation_config.json
+    head: RetrievalHead | None = None   # an embedding model's pooling or a reranker's yes/no head
 
     @property
     def source_dtypes(self) -> set[str]:
@@ -68,6 +74,8 @@ def load_hf_model(folder: Path) -> HFModel:
         raise QuantizeError(folder, "not found" if not folder.exists() else "not a folder or GGUF file")
     config = read_config(folder)
     tensors = {n: t for n, t in open_tensors(folder).items() if not n.endswith(IGNORED_SUFFIXES)}
+    if unprefixed_names(list(tensors)):   # Qwen3-Embedding saves Qwen3Model's names (no `model.`)
+        tensors = {with_model_prefix(n): t for n, t in tensors.items()}
     expected = config.expected_shapes()
     optional = {"lm_head.weight": (config.vocab_size, config.hidden_size)} if config.tie_word_embeddings else {}
     for name, shape in expected.items():
@@ -80,7 +88,9 @@ def load_hf_model(folder: Path) -> HFModel:
             raise QuantizeError(where, f"unexpected tensor {name}: not part of a Qwen3ForCausalLM model")
         if tuple(t.shape) != want:
             raise QuantizeError(where, f"tensor {name} has shape {list(t.shape)} but config.json implies {list(want)}")
-    return HFModel(folder, config, tensors, read_tokenizer(folder, config.vocab_size), read_generation_sampling(folder))
+    tokenizer = read_tokenizer(folder, config.vocab_size)
+    head = detect_retrieval_head(folder, config.raw, tokenizer.tokens)
+    return HFModel(folder, config, tensors, tokenizer, read_generation_sampling(folder), head)
 
 
 def tensor_type(gguf_name: str, shape: tuple[int, ...], target: QT) -> QT:
@@ -97,7 +107,9 @@ def plan_tensors(model: HFModel, target: QT) -> list[PlannedTensor]:
     """The output tensors in llama.cpp's order, with names from TensorNameMap.
 
     A tied lm_head (absent, or byte-equal to the embedding) is dropped: llama.cpp then uses
-    token_embd for the output, and the file stays one embedding smaller."""
+    token_embd for the output, and the file stays one embedding smaller. A reranker's head
+    (retrieval_head.py) is the "yes" and "no" rows of its output matrix, placed where llama.cpp's
+    converter yields it: before token_embd when tied, in lm_head's place (which it replaces) when not."""
     name_map = gguf.get_tensor_name_map(ARCH, model.config.num_hidden_layers)
     names = sorted(model.tensors, key=_hf_order)
     lm_head, embed = model.tensors.get("lm_head.weight"), model.tensors["model.embed_tokens.weight"]
@@ -110,6 +122,18 @@ def plan_tensors(model: HFModel, target: QT) -> list[PlannedTensor]:
             raise QuantizeError(model.folder, f"cannot map tensor {hf_name} to a llama.cpp name")
         t = model.tensors[hf_name]
         plan.append(PlannedTensor(hf_name, gguf_name, t, tensor_type(gguf_name, tuple(t.shape), target)))
+    head = model.head
+    if head is not None and head.is_reranker:
+        tied = model.config.tie_word_embeddings
+        source_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        rows = (head.yes_id, head.no_id)
+        cls = PlannedTensor(source_name, CLS_OUT, model.tensors[source_name], QT.F32, rows)
+        cls = PlannedTensor(source_name, CLS_OUT, cls.source, tensor_type(CLS_OUT, cls.shape, target), rows)
+        at = next(i for i, p in enumerate(plan) if p.hf_name == source_name)
+        if tied:
+            plan.insert(at, cls)
+        else:
+            plan[at] = cls
     return plan
 
 
@@ -145,6 +169,8 @@ def _add_metadata(writer: gguf.GGUFWriter, model: HFModel, file_type: gguf.Llama
         writer.add_rope_scaling_orig_ctx_len(int(yarn["original_max_position_embeddings"]))
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if model.head is not None:
+        add_head_metadata(writer, gguf.MODEL_ARCH_NAMES[ARCH], model.head)
     model.tokenizer.add_to(writer)
 
 
@@ -172,16 +198,28 @@ def _convert_chunk(chunk: np.ndarray, qtype: QT) -> np.ndarray:
 def _output_tensor(p: PlannedTensor) -> np.ndarray:
     """The tensor's bytes in its output type, built chunk by chunk into one output buffer.
     BF16 to BF16 is a copy of the raw words: no rounding at all."""
-    copy_bf16 = p.qtype == QT.BF16 and p.source.dtype == "BF16"
+    copy_bf16 = p.qtype == QT.BF16 and p.source.dtype == "BF16" and p.rows is None
     chunks = iter_raw_chunks(p.source, p.hf_name) if copy_bf16 else iter_row_chunks(p.source, p.hf_name)
+    if p.rows is not None:
+        chunks = _picked_rows(chunks, p.rows)
     out: np.ndarray | None = None
     for start, chunk in chunks:
         converted = chunk if copy_bf16 else _convert_chunk(chunk, p.qtype)
         if out is None:
-            out = np.empty((p.source.shape[0], *converted.shape[1:]) if p.source.shape else (), dtype=converted.dtype)
+            out = np.empty((p.shape[0], *converted.shape[1:]) if p.shape else (), dtype=converted.dtype)
         out[start:start + len(converted)] = converted
     assert out is not None
     return out
+
+
+def _picked_rows(chunks, rows: tuple[int, ...]):
+    """(0, the float32 rows `rows` of the tensor, in that order) from its (start, rows) chunks."""
+    picked: dict[int, np.ndarray] = {}
+    for start, chunk in chunks:
+        for r in rows:
+            if start <= r < start + len(chunk):
+                picked[r] = np.array(chunk[r - start], dtype=np.float32)
+    yield 0, np.stack([picked[r] for r in rows])
 
 
 def write_gguf(model: HFModel, out_path: Path, target: QT, file_type: gguf.LlamaFileType,
@@ -192,7 +230,7 @@ def write_gguf(model: HFModel, out_path: Path, target: QT, file_type: gguf.Llama
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[ARCH])
     _add_metadata(writer, model, file_type, n_params)
     for p in plan:
-        writer.add_tensor_info(p.gguf_name, p.source.shape, np.dtype(np.float32), p.out_nbytes, raw_dtype=p.qtype)
+        writer.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32), p.out_nbytes, raw_dtype=p.qtype)
     total_bytes = sum(p.source_nbytes for p in plan)
     done_bytes = 0
     try:

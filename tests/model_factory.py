@@ -38,6 +38,7 @@ class Shape:
     rope_theta: float = 1_000_000.0
     rope_scaling: dict | None = None
     extra_config: dict = field(default_factory=dict)
+    tensor_prefix: str = "model."   # "" as Qwen3-Embedding saves them (Qwen3Model's names)
 
     def with_(self, **kw) -> "Shape":
         return replace(self, **kw)
@@ -62,9 +63,9 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
 
 def tensor_specs(s: Shape) -> Iterator[tuple[str, tuple[int, ...], str]]:
     """(HF name, shape, kind) for every tensor; kind is "embed", "norm" or "linear"."""
-    yield "model.embed_tokens.weight", (s.vocab, s.hidden), "embed"
+    yield s.tensor_prefix + "embed_tokens.weight", (s.vocab, s.hidden), "embed"
     for i in range(s.layers):
-        p = f"model.layers.{i}."
+        p = f"{s.tensor_prefix}layers.{i}."
         q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
         yield p + "input_layernorm.weight", (s.hidden,), "norm"
         yield p + "self_attn.q_proj.weight", (q, s.hidden), "linear"
@@ -77,7 +78,7 @@ def tensor_specs(s: Shape) -> Iterator[tuple[str, tuple[int, ...], str]]:
         yield p + "mlp.gate_proj.weight", (s.intermediate, s.hidden), "linear"
         yield p + "mlp.up_proj.weight", (s.intermediate, s.hidden), "linear"
         yield p + "mlp.down_proj.weight", (s.hidden, s.intermediate), "linear"
-    yield "model.norm.weight", (s.hidden,), "norm"
+    yield s.tensor_prefix + "norm.weight", (s.hidden,), "norm"
     if not s.tied or s.tied_lm_head:
         yield "lm_head.weight", (s.vocab, s.hidden), "embed"
 

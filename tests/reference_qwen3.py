@@ -31,6 +31,8 @@ def load_safetensors(folder: Path) -> dict[str, np.ndarray]:
             assert meta["dtype"] == "BF16", meta["dtype"]
             bits = np.frombuffer(raw[base + a:base + b], dtype=np.uint16).astype(np.uint32) << 16
             weights[name] = bits.view(np.float32).astype(np.float64).reshape(meta["shape"])
+    if "embed_tokens.weight" in weights:   # Qwen3-Embedding saves Qwen3Model's names, without `model.`
+        weights = {n if n.startswith(("model.", "lm_head.")) else "model." + n: v for n, v in weights.items()}
     return weights
 
 
@@ -91,6 +93,26 @@ class ReferenceQwen3:
                last: int | None = None) -> np.ndarray:
         """Logits of every position, or of the `last` few; token i sits at position start + i."""
         c, w = self.cfg, self.w
+        x = self.hidden(tokens, start=start, yarn=yarn, last=last)
+        head = w.get("lm_head.weight", w["model.embed_tokens.weight"]) if not c.get("tie_word_embeddings") \
+            else w["model.embed_tokens.weight"]
+        return x @ head.T
+
+    def embedding(self, tokens: list[int]) -> np.ndarray:
+        """Qwen3-Embedding's vector before normalisation: the final-norm hidden state of the last
+        token (the model card's last_token_pool; the caller appends <|endoftext|>)."""
+        return self.hidden(tokens, last=1)[0]
+
+    def yes_probability(self, tokens: list[int], yes_id: int, no_id: int) -> float:
+        """Qwen3-Reranker's score: softmax over the "no" and "yes" logits of the last position,
+        the probability of "yes" (the model card's compute_logits)."""
+        logits = self.logits(tokens, last=1)[0]
+        return float(softmax(np.array([logits[no_id], logits[yes_id]]))[1])
+
+    def hidden(self, tokens: list[int], *, start: int = 0, yarn: Yarn | None = None,
+               last: int | None = None) -> np.ndarray:
+        """The final-norm hidden states of every position, or of the `last` few."""
+        c, w = self.cfg, self.w
         eps, theta = c["rms_norm_eps"], c["rope_theta"]
         nh, nkv, d = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
         T = len(tokens)
@@ -117,10 +139,7 @@ class ReferenceQwen3:
             gate = h @ w[p + "mlp.gate_proj.weight"].T
             up = h @ w[p + "mlp.up_proj.weight"].T
             x = x + (gate / (1 + np.exp(-gate)) * up) @ w[p + "mlp.down_proj.weight"].T
-        x = rms_norm(x[-(last or T):], w["model.norm.weight"], eps)
-        head = w.get("lm_head.weight", w["model.embed_tokens.weight"]) if not c.get("tie_word_embeddings") \
-            else w["model.embed_tokens.weight"]
-        return x @ head.T
+        return rms_norm(x[-(last or T):], w["model.norm.weight"], eps)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
