@@ -130,6 +130,7 @@ class Engine:
         # The preset the GGUF carries (general.sampling.*: temperature, top_p, top_k, min_p), if any.
         self.sampling_defaults: dict[str, float | int] = dict(info.sampling_defaults)
         self.scheduler = None  # parallel slots (scheduler.py), when loaded with parallel > 1
+        self.speculator = None  # speculative decoding's drafter and policy (speculative.py), with draft=
         self.footprint: Footprint | None = None  # the ctx, KV type and mmap asked or chosen (footprint.py)
         self.max_ctx: int | None = None  # a growing context's ceiling (None: it does not grow)
         self.growths: list[tuple[int, int, float]] = []  # (from, to, seconds) of each growth
@@ -146,7 +147,8 @@ class Engine:
              available_bytes: int | None = None, n_batch: int = 512, use_mmap: bool | None = None,
              verbose: bool = False, parallel: int | None = 1, max_parallel: int = 4,
              extra_buffers: bool | None = None, rpc_servers: str | list[str] | None = None,
-             rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None) -> "Engine":
+             rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None,
+             draft: str | Path | None = None, draft_k: int | None = None) -> "Engine":
         """Open a Qwen3 GGUF.
 
         n_ctx, kv_cache_type and use_mmap left None are chosen from the memory plan and the memory
@@ -183,8 +185,27 @@ class Engine:
         the memory plan splits weights and KV cache the way llama.cpp will (split_plan.py), and a
         worker that stops answering for rpc_timeout seconds, or dies, ends the reply with
         rpc.WorkerLost (a ChatError in a Chat) instead of a hang or an abort.
+
+        draft: speculative decoding (speculative.py) with a smaller Qwen3 GGUF of the same
+        tokenizer (its weights and cache enter the memory plan), or "lookup" (n-grams of the
+        prompt, no model); one stream only. draft_k fixes the drafted tokens per round (default:
+        adaptive, and off while it does not pay).
         """
         path = Path(path)
+        draft_info = None
+        if draft is not None:
+            from .draft_model import LOOKUP, DraftError, tokenizer_problem
+            if parallel != 1 or rpc_servers is not None:
+                raise EngineError("speculative decoding (draft) runs one stream on local devices: "
+                                  "use parallel=1 and no RPC workers")
+            if str(draft) != LOOKUP:
+                draft_info = read_model_info(Path(draft))
+                try:
+                    problem = tokenizer_problem(path, Path(draft))
+                except DraftError as e:
+                    raise EngineError(str(e)) from None
+                if problem:
+                    raise EngineError(f"draft: {problem}")
         if extra_buffers is None:  # llama.cpp's repacked weight layouts, unless one of them crashes
             extra_buffers = default_extra_buffers()
         info = read_model_info(path)
@@ -230,6 +251,9 @@ class Engine:
                                type_k=kv, type_v=kv, n_batch=n_batch, n_heads=info.n_heads, flash_attn=attention(kv),
                                ctx_limit=info.rope.max_ctx, n_seq=n_seq,
                                **(device_kwargs if device is None else device))
+        if draft_info is not None:  # the draft model's weights, cache and buffers count too
+            from .draft_model import with_draft
+            planned = with_draft(planned, draft_info, n_batch=n_batch, flash_attn=attention)
         single = parallel == 1 and workers is None
         try:
             if kv_cache_type is not None:
@@ -254,7 +278,7 @@ class Engine:
             warnings.warn(rope.warning, stacklevel=2)
 
         def plan(n_seq: int) -> MemoryPlan:
-            return planned(n_ctx, kv_cache_type, n_seq=n_seq)
+            return planned(n_ctx, kv_cache_type, avail, n_seq=n_seq)
         slots = (plan_slots(max_parallel, plan) or 1) if parallel is None else parallel
         if slots < 1:
             raise EngineError(f"parallel must be at least 1, not {slots}")
@@ -270,7 +294,7 @@ class Engine:
             memory = split.memory_plan()
         if not memory.fits and not memory.device_fits:
             def fits_with(layers: int) -> bool:
-                return planned(n_ctx, kv_cache_type, n_seq=slots, device=on_device(layers)).fits
+                return planned(n_ctx, kv_cache_type, avail, n_seq=slots, device=on_device(layers)).fits
             most = info.n_layers + 1 if gpu_layers < 0 else min(gpu_layers, info.n_layers + 1)
             raise EngineError(f"{path}: {device_refusal(memory, n_ctx, most, next((k for k in range(most - 1, 0, -1) if fits_with(k)), 0))}")
         if not memory.fits:
@@ -324,6 +348,14 @@ class Engine:
             except SchedulerError as e:
                 llama.close()
                 raise EngineError(f"{path}: {e}") from None
+        if draft is not None:
+            from .draft_model import DraftError, open_speculator
+            try:
+                engine.speculator = open_speculator(engine, draft, draft_k, n_gpu_layers=gpu_layers,
+                                                    flash_attn=flash_attn, n_batch=n_batch, verbose=verbose)
+            except DraftError as e:
+                engine.close()
+                raise EngineError(str(e)) from None
         return engine
 
     @property
@@ -368,6 +400,9 @@ class Engine:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def close(self) -> None:
+        if self.speculator is not None:
+            self.speculator.close()
+            self.speculator = None
         if self.scheduler is not None:
             self.scheduler.close()
         self.llama.close()

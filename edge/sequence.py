@@ -58,5 +58,7 @@ def open_sequence(engine, prompt: list[int], cancel: threading.Event):
     one (waiting for a free slot; None if `cancel` is set meanwhile), else its Llama's context."""
     scheduler = getattr(engine, "scheduler", None)
     if scheduler is None:
-        return LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None)
+        seq = LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None)
+        speculator = getattr(engine, "speculator", None)  # draft= (speculative.py): verified in batches
+        return seq if speculator is None else speculator.wrap(seq)
     return scheduler.acquire(prompt, cancel)
