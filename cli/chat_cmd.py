@@ -17,7 +17,7 @@ from edge.text_check import text_problem
 
 from .chat_repl import ChatRepl, make_reader
 from .console import err, friendly_errors, out, where
-from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, RPC, SOURCE, THREADS, load_engine, make_chat
+from .session import CTX, DRAFT, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, RPC, SOURCE, THREADS, load_engine, make_chat
 
 THINK = typer.Option(None, "--think/--no-think", help="Thinking mode on (default) or off.")
 AUTO = typer.Option(False, "--auto", help="Think only when the message needs reasoning.")
@@ -56,14 +56,16 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int 
          seed: Optional[int] = SEED, temperature: Optional[float] = TEMPERATURE, top_p: Optional[float] = TOP_P,
          top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P, presence_penalty: float = PRESENCE,
          max_tokens: Optional[int] = MAX_TOKENS, show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP,
-         source: Optional[str] = SOURCE, rpc: Optional[str] = RPC) -> None:
+         source: Optional[str] = SOURCE, rpc: Optional[str] = RPC, draft: Optional[str] = DRAFT) -> None:
     """Chat with a Qwen3 model in the terminal. /help lists the in-chat commands."""
     with friendly_errors():
-        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source, rpc=rpc)
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source, rpc=rpc, draft=draft)
         session = make_chat(engine, think=think, auto=auto, budget=budget, think_time=think_time, system=system, seed=seed,
                             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                             presence_penalty=presence_penalty, max_tokens=max_tokens)
     out.print(f"[dim]{escape(engine.footprint.describe())}[/]", soft_wrap=True)
+    if engine.speculator is not None:
+        out.print(f"[dim]speculative decoding: {escape(engine.speculator.describe())}[/]", soft_wrap=True)
     out.print(f"[bold]qwen3-edge[/] · {escape(engine.info.name or engine.info.path.name)} · {escape(where(engine))} · "
               f"ctx {engine.n_ctx} · mode {session.mode.value} · /help for commands, /exit or Ctrl-D to leave",
               soft_wrap=True)
@@ -81,7 +83,8 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         top_p: Optional[float] = TOP_P, top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P,
         presence_penalty: float = PRESENCE, max_tokens: Optional[int] = MAX_TOKENS,
         show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP, json_schema: Optional[Path] = JSON_SCHEMA,
-        json_object: bool = JSON_OBJECT, source: Optional[str] = SOURCE, rpc: Optional[str] = RPC) -> None:
+        json_object: bool = JSON_OBJECT, source: Optional[str] = SOURCE, rpc: Optional[str] = RPC,
+        draft: Optional[str] = DRAFT) -> None:
     """One message, one reply: the answer on stdout, the thinking on stderr (or hidden).
     With --json-schema or --json-object the answer is JSON a script can parse."""
     with friendly_errors():
@@ -91,7 +94,7 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         if (problem := text_problem(text)) is not None:  # before the model loads: a NUL, an undecodable argv byte
             raise ChatError(f"the prompt {problem}")
         fmt = response_format(json_schema, json_object)
-        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source, rpc=rpc)
+        engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source, rpc=rpc, draft=draft)
         with engine:
             session = make_chat(engine, think=think, auto=auto, budget=budget, think_time=think_time, system=system, seed=seed,
                                 temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .console import err, friendly_errors, where
-from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, RPC, SOURCE, THREADS, load_engine
+from .session import CTX, DRAFT, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, RPC, SOURCE, THREADS, load_engine
 
 
 def _is_loopback(host: str) -> bool:
@@ -32,7 +32,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                                                       "many as the memory plan fits, at most 4)."),
           queue: int = typer.Option(16, "--queue", min=0,
                                     help="Requests that may wait for a slot; more get a 429 with Retry-After."),
-          source: Optional[str] = SOURCE, rpc: Optional[str] = RPC) -> None:
+          source: Optional[str] = SOURCE, rpc: Optional[str] = RPC, draft: Optional[str] = DRAFT) -> None:
     """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     import uvicorn
 
@@ -42,7 +42,8 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
     with friendly_errors():
         engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source, rpc=rpc,
-                             parallel=parallel if rpc is None else (parallel or 1))  # one slot over workers
+                             parallel=parallel if rpc is None and draft is None else (parallel or 1),  # one slot
+                             draft=draft)  # over workers, and with a draft (speculative decoding is one stream)
     err.print(f"serving {engine.info.path.name} on http://{host}:{port}/v1 ({where(engine)}, ctx {engine.n_ctx}, "
               f"{engine.parallel} parallel slot(s), queue {queue}; memory plan "
               f"{engine.memory_plan.total_bytes / (1 << 30):.2f} GiB)", soft_wrap=True)

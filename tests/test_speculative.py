@@ -253,3 +253,28 @@ def test_the_memory_plan_counts_the_draft(scripted_gguf, drafts):
         Engine.load(scripted_gguf, n_ctx=4096, kv_cache_type="f16", draft=drafts["agree"], available_bytes=budget)
     with Engine.load(scripted_gguf, n_ctx=512, draft=drafts["agree"]) as engine:
         assert engine.memory_plan.model_bytes == t_info.size_bytes + d_info.size_bytes
+
+
+# ---- the command line -------------------------------------------------------------------------
+def test_cli_draft_on_run_chat_and_serve(scripted_gguf, drafts, tmp_path, monkeypatch):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    runner = CliRunner(env={"COLUMNS": "200"})
+    monkeypatch.setenv("QWEN3_EDGE_HOME", str(tmp_path / "home"))
+    r = runner.invoke(app, ["run", str(scripted_gguf), "Hi", "--seed", "2", "--draft", str(drafts["agree"])])
+    assert r.exit_code == 0, r.output
+    assert SCRIPT_ANSWER_TEXT in r.stdout
+    # auto: nothing smaller in the store yet is one clear line
+    r = runner.invoke(app, ["run", str(drafts["agree"]), "Hi", "--draft", "auto"])
+    assert r.exit_code == 1 and "--draft auto" in r.output and "Traceback" not in r.output
+    stored = tmp_path / "home" / "models" / "qwen3-tiny" / "f16.gguf"
+    stored.parent.mkdir(parents=True)
+    shutil.copy(scripted_gguf, stored)
+    r = runner.invoke(app, ["chat", str(drafts["agree"]), "--seed", "1", "--draft", "auto"], input="Hi\n")
+    assert r.exit_code == 0, r.output
+    assert "speculative decoding: model draft f16.gguf" in r.output and SCRIPT_ANSWER_TEXT in r.output
+    r = runner.invoke(app, ["serve", str(scripted_gguf), "--draft", "lookup", "--parallel", "2"])
+    assert r.exit_code == 1 and "one stream" in r.output
