@@ -92,12 +92,15 @@ def _gguf(root: Path, name: str, script: dict[int, int], hidden: int = 64) -> Pa
 @pytest.fixture(scope="module")
 def drafts(tmp_path_factory, scripted_gguf) -> dict[str, Path]:
     """Drafts for the scripted target: one that says the same script (another model: hidden 96),
-    one that never agrees (every transition goes elsewhere), one with another tokenizer."""
+    one that never agrees (every transition goes elsewhere), one wrong on every third transition,
+    one with another tokenizer."""
     root = tmp_path_factory.mktemp("drafts")
     never = {src: dst + 1 for src, dst in QWEN3_SCRIPT.items()}
+    third = {src: (dst + 1 if i % 3 == 2 else dst) for i, (src, dst) in enumerate(QWEN3_SCRIPT.items())}
     other = rewrite_gguf_metadata(scripted_gguf, root / "other-tokenizer.gguf",
                                   set_=[gguf_kv_bytes("tokenizer.ggml.pre", 8, "llama3")])
     return {"agree": _gguf(root, "agree", QWEN3_SCRIPT, hidden=96), "never": _gguf(root, "never", never),
+            "third": _gguf(root, "third", third),
             "other": other}
 
 
@@ -150,9 +153,23 @@ def test_a_draft_that_never_agrees_changes_nothing_but_the_work(scripted_gguf, d
     with Engine.load(scripted_gguf, n_ctx=512, draft=drafts["never"], draft_k=3) as engine:
         reply, calls, _, _ = _run(engine, monkeypatch, seed=5)
         stats = engine.speculator.stats
+        cached = llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(engine.llama._ctx.ctx), 0) + 1
+        n_tokens = engine.llama.n_tokens
     assert (reply.thinking, reply.answer) == (SCRIPT_THINKING_TEXT, SCRIPT_ANSWER_TEXT)
     assert stats.rounds > 0 and stats.accepted == 0
     assert calls == 1 + reply.generated_tokens
+    assert cached == n_tokens          # the rejected drafts left the target's cache
+
+
+def test_a_draft_wrong_on_every_third_token_is_kept_in_step(scripted_gguf, drafts, monkeypatch):
+    """After each rejection the draft's cache drops its wrong tokens and takes the target's: it
+    goes on agreeing on two transitions out of three."""
+    with Engine.load(scripted_gguf, n_ctx=512, draft=drafts["third"], draft_k=3) as engine:
+        reply, calls, _, _ = _run(engine, monkeypatch, seed=6)
+        stats = engine.speculator.stats
+    assert (reply.thinking, reply.answer) == (SCRIPT_THINKING_TEXT, SCRIPT_ANSWER_TEXT)
+    assert 0.5 <= stats.acceptance < 1.0
+    assert calls == 1 + reply.generated_tokens - stats.accepted
 
 
 def test_adaptive_policy_switches_a_useless_draft_off(scripted_gguf, drafts):
