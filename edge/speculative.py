@@ -149,6 +149,13 @@ class SpecPolicy:
             self.draft_cost = DECAY * self.draft_cost + (1 - DECAY) * c
 
 
+def shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading tokens two arrays share."""
+    m = min(len(a), len(b))
+    diff = np.flatnonzero(a[:m] != b[:m])
+    return int(diff[0]) if diff.size else m
+
+
 # ---- drafters ---------------------------------------------------------------------------------
 class PromptLookupDrafter:
     """Drafts by n-gram lookup in the tokens so far (prompt and reply): llama-cpp-python's
@@ -199,8 +206,7 @@ class ModelDrafter:
             k = max(0, min(self.max_ctx, min(d.n_ctx(), len(d.input_ids))) - len(history))
             if k <= 0:
                 return []
-        keep = llama_cpp.Llama.longest_token_prefix(d.input_ids[: d.n_tokens].tolist(), history.tolist())
-        d.n_tokens = min(keep, len(history) - 1)
+        d.n_tokens = min(shared_prefix(d.input_ids[: d.n_tokens], history), len(history) - 1)
         d.eval(history[d.n_tokens:].tolist())  # Llama.eval removes the cells past n_tokens first
         out: list[int] = []
         for i in range(k):
