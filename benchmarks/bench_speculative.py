@@ -132,12 +132,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def llama_server(binary: Path, target: Path, draft: Path, prompt: list[int], tokens: int, threads: int) -> dict:
-    """llama-server with --model-draft: one /completion of the same prompt tokens, greedy."""
+def llama_server(binary: Path, target: Path, draft: Path, prompt: list[int], tokens: int, threads: int,
+                 draft_max: int) -> dict:
+    """llama-server with --model-draft (--draft-max as given, its other draft settings default):
+    one /completion of the same prompt tokens, greedy."""
     port = free_port()
     cmd = [str(binary), "-m", str(target), "--model-draft", str(draft), "-c", "1024", "-cd", "1024",
            "-t", str(threads), "-td", str(threads), "--port", str(port), "-np", "1", "-fa", "off",
-           "--draft-max", "16", "--draft-min", "0", "-ngl", "0", "-ngld", "0", "--no-warmup"]
+           "--draft-max", str(draft_max), "-ngl", "0", "-ngld", "0", "--no-warmup"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -170,6 +172,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
     ap.add_argument("--llama-server", type=Path, default=None)
+    ap.add_argument("--server-draft-max", type=int, nargs="*", default=[16, 4],
+                    help="llama-server --draft-max values to run (16 is its default)")
     ap.add_argument("--only", nargs="*", default=None, help="configurations to run (plain agree80 never server)")
     ap.add_argument("--build-only", action="store_true")
     args = ap.parse_args()
@@ -182,8 +186,10 @@ def main() -> None:
                "never": lambda: ours(models["target"], models["never"], args.tokens, args.threads)}
     if args.llama_server:
         prompt = ours(models["target"], None, 2, args.threads)["prompt"]
-        configs["server_agree80"] = lambda: llama_server(args.llama_server, models["target"], models["agree80"],
-                                                         prompt, args.tokens, args.threads)
+        for dmax in args.server_draft_max:
+            configs[f"server_agree80_dmax{dmax}"] = (
+                lambda dmax=dmax: llama_server(args.llama_server, models["target"], models["agree80"], prompt,
+                                               args.tokens, args.threads, dmax))
     if args.only:
         configs = {k: v for k, v in configs.items() if k in args.only or k.startswith(tuple(args.only))}
     runs: dict[str, list[dict]] = {k: [] for k in configs}
@@ -200,8 +206,9 @@ def main() -> None:
         for k in med:
             if k != "plain":
                 print(f"{k} / plain = {med[k] / med['plain']:.2f}")
-    if "server_agree80" in med and "agree80" in med:
-        print(f"agree80 / llama-server --model-draft = {med['agree80'] / med['server_agree80']:.2f}")
+    for k in med:
+        if k.startswith("server_agree80") and "agree80" in med:
+            print(f"agree80 / llama-server --model-draft ({k}) = {med['agree80'] / med[k]:.2f}")
 
 
 if __name__ == "__main__":

@@ -320,7 +320,8 @@ class SpeculativeSequence:
         if self.base.reserve is not None:
             self.base.reserve(n + 1)
         room = min(llama.n_ctx(), len(llama.input_ids)) - (n + 1)
-        k = min(policy.next_k(), room, llama.n_batch - 1)
+        measure = policy.t_plain is None and policy.fixed_k is None  # costs are relative to a plain decode
+        k = 0 if measure else min(policy.next_k(), room, llama.n_batch - 1)
         drafts: list[int] = []
         draft_s = 0.0
         if k > 0:
