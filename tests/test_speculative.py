@@ -77,10 +77,10 @@ def test_the_acceptance_rule_keeps_the_targets_distribution():
     p = np.array([0.05, 0.4, 0.25, 0.3])
     rng = random.Random(7)
     for draft in (1, 3):
-        n = 40000
+        n = 20000
         counts = collections.Counter(accept_or_resample(p, draft, rng.random(), rng.random()) for _ in range(n))
         freq = np.array([counts[i] / n for i in range(len(p))])
-        assert np.abs(freq - p).max() < 0.01, (draft, freq)
+        assert np.abs(freq - p).max() < 0.015, (draft, freq)   # 4 standard deviations
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -167,9 +167,18 @@ def test_a_draft_wrong_on_every_third_token_is_kept_in_step(scripted_gguf, draft
     with Engine.load(scripted_gguf, n_ctx=512, draft=drafts["third"], draft_k=3) as engine:
         reply, calls, _, _ = _run(engine, monkeypatch, seed=6)
         stats = engine.speculator.stats
-    assert (reply.thinking, reply.answer) == (SCRIPT_THINKING_TEXT, SCRIPT_ANSWER_TEXT)
-    assert 0.5 <= stats.acceptance < 1.0
-    assert calls == 1 + reply.generated_tokens - stats.accepted
+        assert (reply.thinking, reply.answer) == (SCRIPT_THINKING_TEXT, SCRIPT_ANSWER_TEXT)
+        assert 0.5 <= stats.acceptance < 1.0
+        assert calls == 1 + reply.generated_tokens - stats.accepted
+        # a second turn: its prompt drops the first turn's thinking, so the draft's cache must go
+        # back to where the prompts part and take the target's tokens from there
+        chat = Chat(engine, seed=6)
+        chat.send("One.")
+        chat.send("Two.")
+        target, draft = engine.llama, engine.speculator.drafter.llama
+        same = min(draft.n_tokens, target.n_tokens) - 4   # the last round's drafts aside
+        assert same > 40
+        assert draft.input_ids[:same].tolist() == target.input_ids[:same].tolist()
 
 
 def test_adaptive_policy_switches_a_useless_draft_off(scripted_gguf, drafts):
@@ -195,6 +204,22 @@ def test_budget_cut_and_tool_call_grammar_see_every_token(tool_ggufs, drafts, sc
     assert (spec.thinking, spec.answer, calls(spec), spec.budget_hit) == \
            (base.thinking, base.answer, calls(base), base.budget_hit)
     assert stats.accepted > 0
+
+
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+    "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}
+
+
+def test_schema_grammar_sees_every_token(scripted_gguf, drafts):
+    """A JSON answer under a grammar, drawn from the verification rows: the same answer as
+    without a draft (the scripted draft proposes its script; the grammar sends most of it back)."""
+    answers = []
+    for draft in (None, drafts["agree"]):
+        with Engine.load(scripted_gguf, n_ctx=512, draft=draft, draft_k=3) as engine:
+            reply = Chat(engine, mode="no_think", seed=9, max_tokens=24).send(
+                "JSON please.", response_format=SCHEMA)
+            answers.append((reply.answer, reply.generated_tokens))
+    assert answers[0] == answers[1] and answers[0][0].strip().startswith("{")
 
 
 def test_prompt_lookup_drafts_what_the_prompt_holds(scripted_gguf, monkeypatch):
