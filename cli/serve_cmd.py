@@ -12,7 +12,7 @@ from edge.embedding import wrong_model
 from edge.engine import EngineError
 
 from .embed_cmd import load_search_models
-from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, PROMPT_CACHE, RPC, SOURCE, THREADS, load_engine
+from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, PROMPT_CACHE, DRAFT, RPC, SOURCE, THREADS, load_engine
 
 
 def _is_loopback(host: str) -> bool:
@@ -37,6 +37,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
           queue: int = typer.Option(16, "--queue", min=0,
                                     help="Requests that may wait for a slot; more get a 429 with Retry-After."),
           source: Optional[str] = SOURCE, rpc: Optional[str] = RPC, prompt_cache: bool = PROMPT_CACHE,
+          draft: Optional[str] = DRAFT,
           embedding_model: Optional[str] = typer.Option(None, "--embedding-model", help="Also serve this embedding "
                                                         "model (/v1/embeddings, /api/embed), e.g. qwen3-embedding-0.6b."),
           rerank_model: Optional[str] = typer.Option(None, "--rerank-model", help="Also serve this reranker "
@@ -51,8 +52,8 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
     with friendly_errors():
         engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source, rpc=rpc,
-                             parallel=parallel if rpc is None else (parallel or 1),  # one slot over workers
-                             prompt_cache=prompt_cache)
+                             parallel=parallel if rpc is None and draft is None else (parallel or 1),  # one slot over
+                             prompt_cache=prompt_cache, draft=draft)  # workers, and with a draft (one stream)
         if engine.purpose != "chat":
             raise EngineError(wrong_model(engine.purpose, "serve it as the chat model") +
                               f"; pass it with --{'embedding' if engine.purpose == 'embedding' else 'rerank'}-model")

@@ -39,26 +39,33 @@ RPC = typer.Option(None, "--rpc", help="Split the model across `qwen3-edge worke
 PROMPT_CACHE = typer.Option(True, "--prompt-cache/--no-prompt-cache",
                             help="Keep the KV state of a long system prompt (256 tokens or more) on disk, so the "
                                  "next start does not evaluate it again (<store>/cache/prompts, 2 GiB at most).")
+DRAFT = typer.Option(None, "--draft", help="Speculative decoding: a smaller Qwen3 with the same tokenizer drafts, the "
+                                            "model verifies (a GGUF, folder or store name; 'auto': the smallest Qwen3 "
+                                            "in the store; 'lookup': n-grams of the prompt, no draft model).")
 MMAP = typer.Option(None, "--mmap/--no-mmap", help="Memory-map the weights (fastest load) or read them in (one copy "
                                                   "where llama.cpp repacks quantized weights; the default there).")
 
 
 def load_engine(model: Optional[str], ctx: Optional[int], threads: Optional[int], gpu_layers: Optional[int],
                 kv_cache: Optional[str], mmap: Optional[bool] = None, parallel: int | None = 1, source: str | None = None,
-                rpc: str | None = None, prompt_cache: bool = True) -> Engine:
-    """Resolve MODEL (pulling or quantizing with progress bars) and open it; warnings go to stderr."""
+                rpc: str | None = None, prompt_cache: bool = True,
+                draft: str | None = None) -> Engine:
+    """Resolve MODEL (pulling or quantizing with progress bars) and open it; warnings go to stderr.
+    `draft` (--draft) is resolved like MODEL, or is 'auto' or 'lookup' (draft_model.py)."""
     try:
         rpc_servers = [str(e) for e in parse_endpoints(rpc)] if rpc is not None else None
     except RpcError as e:
         raise EngineError(str(e)) from None  # before any download
     with stage_bars() as bars:
         path = resolve_model(model, ModelStore(), progress=bars, source=source)
+        draft_path = resolve_draft(draft, Path(path), ModelStore(), bars, source) if draft is not None else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine = Engine.load(Path(path), n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers,
                              kv_cache_type=kv_cache, use_mmap=mmap, parallel=parallel, rpc_servers=rpc_servers,
                              grow=True,  # one local stream: the context grows up to --ctx as the chat needs
-                             prompt_cache=None if prompt_cache else False)  # None: on unless QWEN3_EDGE_PROMPT_CACHE=0
+                             prompt_cache=None if prompt_cache else False,
+                             draft=draft_path)  # None: on unless QWEN3_EDGE_PROMPT_CACHE=0
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
     warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)  # during the chat too
@@ -72,6 +79,21 @@ def _show_warning(previous, message, category, *args, **kwargs) -> None:
         err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
     else:
         previous(message, category, *args, **kwargs)
+
+
+def resolve_draft(draft: str, target: Path, store: ModelStore, progress, source: str | None) -> str | Path:
+    """--draft's model: 'lookup' as it is, 'auto' the smallest Qwen3 in the store that shares the
+    target's tokenizer (none: an error saying what to pull), else resolved like MODEL."""
+    from edge.draft_model import AUTO, LOOKUP, pick_auto
+    if draft == LOOKUP:
+        return draft
+    if draft == AUTO:
+        found = pick_auto(target, [(e.path, e.size_bytes) for e in store.entries()])
+        if found is None:
+            raise EngineError(f"--draft auto: no Qwen3 in the store is smaller than {target.name} with its "
+                              f"tokenizer (pull one: qwen3-edge pull qwen3-0.6b)")
+        return found
+    return resolve_model(draft, store, progress=progress, source=source)
 
 
 def make_chat(engine: Engine, *, think: Optional[bool], auto: bool, budget: Optional[str], system: Optional[str],

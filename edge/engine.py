@@ -140,6 +140,7 @@ class Engine:
         self.sampling_defaults: dict[str, float | int] = dict(info.sampling_defaults)
         self.scheduler = None  # parallel slots (scheduler.py), when loaded with parallel > 1
         self.prompt_cache: PromptCache | None = None  # the system prompt's KV state on disk (prompt_cache.py)
+        self.speculator = None  # speculative decoding's drafter and policy (speculative.py), with draft=
         self.footprint: Footprint | None = None  # the ctx, KV type and mmap asked or chosen (footprint.py)
         self.plan: LoadPlan | None = None        # every loading decision and why (load_plan.py)
         self.max_ctx: int | None = None  # a growing context's ceiling (None: it does not grow)
@@ -162,7 +163,8 @@ class Engine:
              verbose: bool = False, parallel: int | None = 1, max_parallel: int = 4,
              extra_buffers: bool | None = None, rpc_servers: str | list[str] | None = None,
              rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None,
-             prompt_cache: "bool | str | Path | PromptCache | None" = None) -> "Engine":
+             prompt_cache: "bool | str | Path | PromptCache | None" = None,
+             draft: str | Path | None = None, draft_k: int | None = None) -> "Engine":
         """Open a Qwen3 GGUF.
 
         n_ctx, kv_cache_type and use_mmap left None are chosen from the memory plan and the memory
@@ -204,12 +206,31 @@ class Engine:
         same one does not evaluate it again (prompt_cache.py): None (on, in the store's
         cache/prompts, unless QWEN3_EDGE_PROMPT_CACHE=0), True, False, a folder, or a PromptCache
         (folder, size cap, shortest prefix). Local streams and parallel slots; not over RPC workers.
+
+        draft: speculative decoding (speculative.py) with a smaller Qwen3 GGUF of the same
+        tokenizer (its weights and cache enter the memory plan), or "lookup" (n-grams of the
+        prompt, no model); one stream only. draft_k fixes the drafted tokens per round (default:
+        adaptive, and off while it does not pay).
         """
         path = Path(path)
         try:
             cache = open_prompt_cache(prompt_cache)
         except ValueError as e:
             raise EngineError(str(e)) from None
+        draft_info = None
+        if draft is not None:
+            from .draft_model import LOOKUP, DraftError, tokenizer_problem
+            if parallel != 1 or rpc_servers is not None:
+                raise EngineError("speculative decoding (draft) runs one stream on local devices: "
+                                  "use parallel=1 and no RPC workers")
+            if str(draft) != LOOKUP:
+                draft_info = read_model_info(Path(draft))
+                try:
+                    problem = tokenizer_problem(path, Path(draft))
+                except DraftError as e:
+                    raise EngineError(str(e)) from None
+                if problem:
+                    raise EngineError(f"draft: {problem}")
         info = read_model_info(path)
         if info.purpose != "chat":  # Qwen3-Embedding or Qwen3-Reranker: an Embedder (embedding.py)
             from .embedding import Embedder
@@ -226,18 +247,20 @@ class Engine:
                 raise EngineError(str(e)) from None
         machine = probe_machine(available_bytes, workers if rpc_servers is None or parallel == 1 else ())
         try:
-            plan = plan_load(info, asked, machine)
+            plan = plan_load(info, asked, machine, draft=draft_info)
         except LoadRefused as e:
             for warning in e.warnings:
                 warnings.warn(warning, stacklevel=2)
             raise EngineError(f"{path}: {e.message}" if e.about_file else e.message) from None
         if plan.rope.warning:
             warnings.warn(plan.rope.warning, stacklevel=2)
-        return cls._open(path, info, plan, workers, verbose=verbose, rpc_timeout=rpc_timeout, cache=cache)
+        return cls._open(path, info, plan, workers, verbose=verbose, rpc_timeout=rpc_timeout, cache=cache,
+                         draft=draft, draft_k=draft_k)
 
     @classmethod
     def _open(cls, path: Path, info: ModelInfo, plan: LoadPlan, workers, *, verbose: bool,
-              rpc_timeout: float, cache: PromptCache | None = None) -> "Engine":
+              rpc_timeout: float, cache: PromptCache | None = None, draft: str | Path | None = None,
+              draft_k: int | None = None) -> "Engine":
         """Open llama.cpp as the plan says: the model, its context (or the scheduler's), the workers."""
         n_ctx, kv_cache_type, slots, threads = plan.n_ctx, plan.kv_cache_type, plan.slots, plan.threads
         n_batch, extra_buffers, memory, rope = plan.n_batch, plan.extra_buffers, plan.memory, plan.rope
@@ -289,6 +312,14 @@ class Engine:
                 llama.close()
                 raise EngineError(f"{path}: {e}") from None
             engine.scheduler.prompt_cache = engine.prompt_cache
+        if draft is not None:
+            from .draft_model import DraftError, open_speculator
+            try:
+                engine.speculator = open_speculator(engine, draft, draft_k, n_gpu_layers=plan.gpu_layers,
+                                                    flash_attn=plan.flash_attn, n_batch=n_batch, verbose=verbose)
+            except DraftError as e:
+                engine.close()
+                raise EngineError(str(e)) from None
         return engine
 
     @property
@@ -367,6 +398,9 @@ class Engine:
         if not self.life.close(wait):
             warnings.warn("a reply still runs on this engine after close(); its memory was not freed", stacklevel=2)
             return
+        if self.speculator is not None:
+            self.speculator.close()
+            self.speculator = None
         self.llama.close()
         if self.rpc is not None:
             self.rpc.retire()

@@ -133,8 +133,9 @@ def device_refusal(memory: MemoryPlan, n_ctx: int, asked_layers: int, fitting_la
             f"what fits: {', or '.join(ways)}")
 
 
-def plan_load(model, asked: LoadRequest, machine: MachineFacts) -> LoadPlan:
-    """Every loading decision for `model` (a ModelInfo: the header's facts) as asked on this machine."""
+def plan_load(model, asked: LoadRequest, machine: MachineFacts, draft=None) -> LoadPlan:
+    """Every loading decision for `model` (a ModelInfo: the header's facts) as asked on this machine;
+    `draft`, a speculative-decoding draft model's ModelInfo, whose weights and cache count too."""
     reasons: list[str] = []
     extra_buffers = machine.extra_buffers if asked.extra_buffers is None else asked.extra_buffers
     if asked.extra_buffers is None and not machine.extra_buffers:
@@ -172,6 +173,13 @@ def plan_load(model, asked: LoadRequest, machine: MachineFacts) -> LoadPlan:
         return plan_memory(model.size_bytes, ctx, model.n_layers, model.n_kv_heads, model.head_dim, budget,
                            type_k=kv, type_v=kv, n_batch=asked.n_batch, n_heads=model.n_heads, flash_attn=attention(kv),
                            ctx_limit=model.rope.max_ctx, n_seq=n_seq, **(device_kwargs if device is None else device))
+    if draft is not None:  # the draft model's weights, cache and buffers count too (draft_model.py)
+        from .draft_model import with_draft
+        joint = with_draft(planned, draft, n_batch=asked.n_batch, flash_attn=attention)
+
+        def planned(ctx: int, kv: str, budget: int = avail, n_seq: int = 1, device: dict[str, Any] | None = None) -> MemoryPlan:
+            return joint(ctx, kv, budget, n_seq, device)
+        reasons.append(f"the draft model {draft.path.name} and its cache enter the memory plan")
     single = asked.parallel == 1 and workers is None
     try:
         if asked.kv_cache_type is not None:

@@ -101,5 +101,7 @@ def open_sequence(engine, prompt: list[int], cancel: threading.Event, timeout: f
                                 f"({engine.parallel} in use)") from None
     except Closed:
         raise StreamUnavailable("the engine is closed: load the model again") from None
-    return LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None,
-                         engine.stream_lock, getattr(engine, "prompt_cache", None))
+    seq = LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None,
+                        engine.stream_lock, getattr(engine, "prompt_cache", None))
+    speculator = getattr(engine, "speculator", None)  # draft= (speculative.py): verified in batches
+    return seq if speculator is None else speculator.wrap(seq)
