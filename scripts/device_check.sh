@@ -10,7 +10,8 @@
 # Every step runs under `timeout` and inside one overall budget (BUDGET seconds, default 450), so the
 # script ends well inside 8 minutes; a step with no time left is skipped. Logs: $OUT/device-*.txt
 # (6 files). Environment: OUT (default /tmp/device-check), PYTHON (default python3), BUDGET,
-# DEVICE_K (the pytest -k selection), TEST_CAP (most seconds for pytest, default 240).
+# DEVICE_K (the pytest -k selection), TEST_CAP (most seconds for pytest, default 240), GGUF (a
+# 0.6B-shaped Q4_K_M to bench instead of building one).
 #
 # Local dry run (no GPU: the Vulkan wheel finds none, llama.cpp skips CPU Vulkan devices):
 #   OUT=/tmp/dc PYTHON=/tmp/devtest/bin/python SKIP_GL=1 scripts/device_check.sh
@@ -135,9 +136,13 @@ fi
 env | grep -E '^(VK_|__EGL|LD_LIBRARY_PATH|NVIDIA_)' | sed 's/^/env: /' >> "$SETUP"
 
 # ---- 4. the model for bench (built first: it is quick, and bench must not lose it to a slow test run) --
-GGUF="$WORK/Qwen3-0.6B-random-q4_k_m.gguf"
-step "build 0.6B-shaped random Q4_K_M" 120 "$QUANT" "$PY" benchmarks/bench_quantize.py --shape 0.6b --types q4_k_m --work "$WORK"
-ls -la "$WORK" >> "$QUANT" 2>&1
+if [ -n "${GGUF:-}" ] && [ -f "$GGUF" ]; then
+    echo "GGUF given: $GGUF (not built)" >> "$QUANT"
+else
+    GGUF="$WORK/Qwen3-0.6B-random-q4_k_m.gguf"
+    step "build 0.6B-shaped random Q4_K_M" 120 "$QUANT" "$PY" benchmarks/bench_quantize.py --shape 0.6b --types q4_k_m --work "$WORK"
+    ls -la "$WORK" >> "$QUANT" 2>&1
+fi
 
 # ---- 5. tests (leave ~150 s for bench and tune) ----------------------------------------------------
 PT=(-m pytest -v -rfEs --durations=15 -p no:cacheprovider tests -k "$K")
@@ -163,5 +168,9 @@ else
 fi
 
 echo "total seconds: $(( $(date +%s) - START ))" >> "$SUMMARY"
+# The gist on stdout (the run's output_tail); the whole logs are in $OUT/device-*.txt.
 cat "$SUMMARY"
-grep -E "passed|failed|error" "$TESTS" | tail -3
+grep -hE "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$TESTS" 2>/dev/null | tail -25
+grep -hE "^## bench|tok/s|threads$" "$BENCH" 2>/dev/null
+grep -hE "^## tune|^## rc|\"(threads|flash_attn|backend)\"" "$TUNE" 2>/dev/null | head -20
+exit 0

@@ -192,12 +192,12 @@ def test_adaptive_policy_switches_a_useless_draft_off(scripted_gguf, drafts):
 def test_budget_cut_and_tool_call_grammar_see_every_token(tool_ggufs, drafts, scripted_gguf, monkeypatch):
     """The budget phrase is appended mid-round (the drafts roll back) and the call grammar, armed
     at <tool_call>, is fed every accepted token in order: the same reply as without a draft."""
-    def turn(draft):
-        with Engine.load(tool_ggufs["think_then_call"], n_ctx=512, draft=draft, draft_k=4) as engine:
-            out = Chat(engine, tools=[WEATHER_TOOL], seed=2, budget=3).send("Weather in Paris?")
+    def turn(draft):  # Qwen's budget phrase ends "</think>\n\n", the token after which call_then_answer calls
+        with Engine.load(tool_ggufs["call_then_answer"], n_ctx=512, draft=draft, draft_k=4) as engine:
+            out = Chat(engine, tools=[WEATHER_TOOL], seed=2, budget=3, mode="no_think").send("Weather in Paris? /think")
             return out, engine.speculator and engine.speculator.stats
     base, _ = turn(None)
-    spec, stats = turn(tool_ggufs["think_then_call"])
+    spec, stats = turn(tool_ggufs["call_then_answer"])
     assert base.budget_hit and base.tool_calls
     def calls(r):
         return [(c.name, c.arguments) for c in r.tool_calls]   # ids are random
