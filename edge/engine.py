@@ -367,6 +367,12 @@ class Engine:
         """Tokens of a rendered prompt: special tokens parsed, no BOS (Qwen adds none)."""
         return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
+    def create_chat_completion(self, messages: list[dict], **fields):
+        """OpenAI's request and response shape on this engine (llama-cpp-python's method name):
+        completion.complete, the one mapping the server uses too."""
+        from .completion import complete
+        return complete(self, messages, **fields)
+
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.close()

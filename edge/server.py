@@ -12,9 +12,10 @@ conversation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
+import re
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,52 +28,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .chat import BackendError, Chat, ChatError, Event
+from .chat import BackendError, ChatError
+from .completion import ChoiceEvent, Generation
 from .engine import Engine
-from .openai_api import (ChatRequest, RequestError, StopFilter, chunk, completion, completion_id, decode_body,
-                         error_body, finish_reason, parse_request, tool_call_deltas, usage)
+from .openai_api import (ChatRequest, ChunkShaper, RequestError, completion_id, completion_response, decode_body,
+                         error_body, parse_request)
 
 MAX_BODY_BYTES = 1 << 20
 DEFAULT_QUEUE = 16    # requests that may wait for a slot
 RETRY_AFTER_S = 1
-
-
-class _Generation:
-    """One request's generation, run on a worker thread (one slot of the model, or its lock)."""
-
-    def __init__(self, server: "_Server", req: ChatRequest):
-        self.server, self.req = server, req
-        self.cancelled = threading.Event()
-        self.stopped_by_string = False
-        self.chat = Chat(server.engine, system=req.system, mode=req.mode, budget=req.budget,
-                         max_tokens=req.max_tokens, presence_penalty=req.presence_penalty, seed=req.seed,
-                         sampling=req.sampling)
-        self.chat.history = list(req.history)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        self.chat.cancel()
-
-    def run(self, emit) -> None:
-        """Stream events to `emit(event)`; a stop string cuts the answer and ends the generation."""
-        with self.server.lock or contextlib.nullcontext():
-            if self.cancelled.is_set():  # the client left while the request was queued
-                return
-            stops = StopFilter(self.req.stop)
-            for event in self.chat.stream(self.req.user, **self.req.turn_options()):
-                if self.cancelled.is_set():
-                    self.chat.cancel()
-                if event.kind == "answer" and self.req.stop:
-                    text = stops.feed(event.text)
-                    if stops.stopped:
-                        self.stopped_by_string = True
-                        self.chat.cancel()
-                    if text:
-                        emit(Event("answer", text))
-                    continue
-                if event.kind == "done" and (tail := stops.flush()):
-                    emit(Event("answer", tail))
-                emit(event)
+IGNORED_HEADER = "X-Ignored-Fields"
 
 
 class _Ticket:
@@ -93,8 +58,10 @@ class _Ticket:
 
 
 class _Server:
-    def __init__(self, engine: Engine, api_key: str | None, model_name: str, queue: int):
-        self.engine, self.api_key, self.model_name = engine, api_key, model_name
+    def __init__(self, engine: Engine, api_key: str | None, model_names: list[str], queue: int):
+        self.engine, self.api_key, self.model_names = engine, api_key, model_names
+        self.model_name = model_names[0]
+        self.ignored_seen: set[str] = set()   # fields already reported on the console
         self.slots = getattr(engine, "parallel", 1)
         # one generation at a time on a single-slot engine; parallel slots wait in the scheduler
         self.lock = threading.Lock() if self.slots == 1 else None
@@ -110,6 +77,26 @@ class _Server:
             self.active += 1
         return _Ticket(self)
 
+    def report_ignored(self, fields: list[str]) -> dict[str, str]:
+        """The response header naming what a request had that was ignored; each distinct field is
+        said once on the console (messages[3].id and messages[0].id are one field, messages[].id)."""
+        if not fields:
+            return {}
+        for name in {_generic(f) for f in fields} - self.ignored_seen:
+            self.ignored_seen.add(name)
+            print(f"qwen3-edge serve: ignoring request field {name!r} (not used by this server)", file=sys.stderr)
+        return {IGNORED_HEADER: ", ".join(dict.fromkeys(fields))[:2000]}
+
+    def busy(self) -> Response:
+        return JSONResponse(error_body(f"the server is busy: {self.slots} slot(s) running and "
+                                       f"{self.capacity - self.slots} request(s) waiting; retry later",
+                                       kind="rate_limit_exceeded", code="server_busy"),
+                            status_code=429, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    def generation(self, req: ChatRequest) -> Generation:
+        """The one generation path every endpoint uses (completion.py)."""
+        return Generation(self.engine, req, self.lock)
+
     def authorized(self, request: Request) -> bool:
         if not self.api_key:
             return True
@@ -117,15 +104,73 @@ class _Server:
         return hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode())
 
 
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(error_body(message, param, kind), status_code=status)
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+           headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, param, kind), status_code=status, headers=headers)
 
 
-def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | None = None,
+def _generic(field: str) -> str:
+    """messages[3].id -> messages[].id: the field, not where it was."""
+    return re.sub(r"\[\d+\]", "[]", field)
+
+
+async def read_body(request: Request, max_body_bytes: int) -> Any:
+    """The decoded JSON body (openai_api.decode_body), or RequestError (413 past the bound)."""
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > max_body_bytes:
+            raise RequestError(f"request body over {max_body_bytes} bytes", status=413)
+    return decode_body(body)
+
+
+async def run_to_end(generation: Generation) -> list:
+    """The choices of a generation run on a worker thread (not streamed)."""
+    return await run_in_threadpool(generation.run, lambda _: None)
+
+
+async def events(generation: Generation, ticket: "_Ticket") -> AsyncIterator[Any]:
+    """A generation's ChoiceEvents as they come (it runs on a worker thread), then its list of
+    choices, or the exception that ended it. Leaving early cancels the generation."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(item: Any) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def work() -> None:
+        try:
+            put(generation.run(put))
+        except Exception as e:  # delivered to the client in its API's error shape
+            put(e)
+        finally:
+            ticket.release()  # the slot is free only once the worker has stopped
+            put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while (item := await queue.get()) is not None:
+            yield item
+    finally:
+        generation.cancel()  # a client that went away stops its generation
+
+
+def error_kind(e: Exception) -> tuple[int, str]:
+    """(status, OpenAI error type) for an exception that ended a generation."""
+    if isinstance(e, BackendError):
+        return 503, "server_error"
+    if isinstance(e, ChatError):
+        return getattr(e, "status", 400), "invalid_request_error"
+    return 500, "server_error"
+
+
+def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | list[str] | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, queue: int = DEFAULT_QUEUE) -> Starlette:
-    """The ASGI app serving `engine`: /v1/chat/completions, /v1/models, /health. `queue`:
-    requests that may wait while every slot is busy."""
-    server = _Server(engine, api_key, model_name or engine.info.path.stem, queue)
+    """The ASGI app serving `engine`: /v1/chat/completions, /v1/models, /health. `model_name`: the
+    name (or names: aliases) /v1/models shows; `queue`: requests that may wait while every slot
+    is busy."""
+    names = [model_name] if isinstance(model_name, str) else list(model_name or []) or [engine.info.path.stem]
+    server = _Server(engine, api_key, names, queue)
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok", "model": server.model_name, "busy": server.active})
@@ -133,49 +178,42 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
     async def models(request: Request) -> Response:
         if not server.authorized(request):
             return _error(401, "invalid or missing API key", kind="authentication_error")
-        return JSONResponse({"object": "list", "data": [{"id": server.model_name, "object": "model",
-                                                         "created": int(time.time()), "owned_by": "qwen3-edge"}]})
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": int(time.time()),
+                                                         "owned_by": "qwen3-edge"} for name in server.model_names]})
 
     async def chat_completions(request: Request) -> Response:
         if not server.authorized(request):
             return _error(401, "invalid or missing API key", kind="authentication_error")
-        body = b""
-        async for part in request.stream():
-            body += part
-            if len(body) > max_body_bytes:
-                return _error(413, f"request body over {max_body_bytes} bytes")
         try:
-            req = parse_request(decode_body(body), engine.n_ctx)
+            req = parse_request(await read_body(request, max_body_bytes))
+            headers = server.report_ignored(req.ignored)
+            generation = server.generation(req)
         except RequestError as e:
             return _error(e.status, e.message, e.param)
         ticket = server.admit()
         if ticket is None:
-            return JSONResponse(error_body(f"the server is busy: {server.slots} slot(s) running and "
-                                           f"{server.capacity - server.slots} request(s) waiting; retry later",
-                                           kind="rate_limit_exceeded", code="server_busy"),
-                                status_code=429, headers={"Retry-After": str(RETRY_AFTER_S)})
-        generation = _Generation(server, req)
-        cid, model = completion_id(), server.model_name
+            return server.busy()
+        cid = completion_id()
+        shaper = ChunkShaper(cid, server.model_name, req)
         if req.stream:
-            return StreamingResponse(_sse(generation, cid, model, ticket), media_type="text/event-stream")
-        events: list[Event] = []
+            return StreamingResponse(_sse(generation, shaper, ticket), media_type="text/event-stream", headers=headers)
         try:
-            await run_in_threadpool(generation.run, events.append)
-        except BackendError as e:
-            return _error(503, str(e), kind="server_error")
+            choices = await run_to_end(generation)
+        except RequestError as e:
+            return _error(e.status, e.message, e.param, headers=headers)
         except ChatError as e:
-            return _error(400, str(e))
+            status, kind = error_kind(e)
+            return _error(status, str(e), kind=kind, headers=headers)
         finally:
             ticket.release()
-        reply = events[-1].reply
-        answer = "".join(e.text for e in events if e.kind == "answer")
-        reason = "stop" if generation.stopped_by_string else finish_reason(reply.stop_reason)
-        return JSONResponse(completion(cid, model, reply, answer, reason))
+        return JSONResponse(completion_response(cid, server.model_name, req, choices), headers=headers)
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/health", health), Route("/v1/models", models),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ], exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    app.state.qwen3_edge = server  # dialect modules and tests reach the server's state here
+    return app
 
 
 async def _http_error(_: Request, exc: HTTPException) -> Response:
@@ -189,48 +227,21 @@ async def _server_error(_: Request, exc: Exception) -> Response:
     return JSONResponse(error_body(f"internal error: {type(exc).__name__}", kind="server_error"), status_code=500)
 
 
-async def _sse(generation: _Generation, cid: str, model: str, ticket: _Ticket) -> AsyncIterator[str]:
+async def _sse(generation: Generation, shaper: ChunkShaper, ticket: _Ticket) -> AsyncIterator[str]:
     """Server-sent events: role, reasoning_content / content deltas, finish, usage, [DONE]."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    def emit(event: Event) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, event)
-
-    def work() -> None:
-        try:
-            generation.run(emit)
-        except Exception as e:  # delivered to the client as an error event
-            loop.call_soon_threadsafe(queue.put_nowait, e)
-        finally:
-            ticket.release()  # the slot is free only once the worker has stopped
-            loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-
     def data(obj: dict) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-    calls = 0
-    try:
-        yield data(chunk(cid, model, {"role": "assistant", "content": ""}))
-        while (item := await queue.get()) is not None:
-            if isinstance(item, Exception):
-                yield data(error_body(str(item), kind="invalid_request_error" if isinstance(item, ChatError) and not isinstance(item, BackendError) else "server_error"))
-                continue
-            if item.kind == "thinking":
-                yield data(chunk(cid, model, {"reasoning_content": item.text}))
-            elif item.kind == "answer":
-                yield data(chunk(cid, model, {"content": item.text}))
-            elif item.kind == "tool_call":
-                for delta in tool_call_deltas(calls, item.call):
-                    yield data(chunk(cid, model, delta))
-                calls += 1
-            elif item.kind == "done":
-                reason = "stop" if generation.stopped_by_string else finish_reason(item.reply.stop_reason)
-                yield data(chunk(cid, model, {"notices": list(item.reply.notices)} if item.reply.notices else {}, reason))
-                if generation.req.include_usage:
-                    yield data(chunk(cid, model, {}, usage_=usage(item.reply)))
-        yield "data: [DONE]\n\n"
-    finally:
-        generation.cancel()  # a client that went away stops its generation
+    for c in shaper.start():
+        yield data(c)
+    async for item in events(generation, ticket):
+        if isinstance(item, Exception):
+            _, kind = error_kind(item)
+            yield data(error_body(str(item), kind=kind))
+        elif isinstance(item, ChoiceEvent):
+            for c in shaper.feed(item):
+                yield data(c)
+        else:
+            for c in shaper.finish(item):
+                yield data(c)
+    yield "data: [DONE]\n\n"
