@@ -29,6 +29,7 @@ import numpy as np
 
 from .chat import Chat, ChatError, Event, Message, Reply
 from .engine import Engine
+from .modes import Mode
 from .openai_api import ChatRequest, RequestError, StopFilter, finish_reason, parse_request
 
 END_OF_TURN = "<|im_end|>"
@@ -54,12 +55,14 @@ class ChoiceEvent:
 
 # ---- the Chat a request runs as -----------------------------------------------------------------
 class RequestChat(Chat):
-    """A Chat that can also continue a last assistant message (`prefill`) and answer a turn with no
-    user message (`open_turn`: the empty stand-in message Chat.stream needs is not rendered)."""
+    """A Chat that can also continue a last assistant message (`prefill`), answer a turn with no
+    user message (`open_turn`: the empty stand-in message Chat.stream needs is not rendered), and
+    continue a raw text prompt with no template at all (`raw`: /v1/completions, Ollama's raw)."""
 
-    def __init__(self, engine: Engine, *, prefill: Message | None = None, open_turn: bool = False, **kwargs):
+    def __init__(self, engine: Engine, *, prefill: Message | None = None, open_turn: bool = False,
+                 raw: str | None = None, **kwargs):
         super().__init__(engine, **kwargs)
-        self.prefill, self.open_turn = prefill, open_turn
+        self.prefill, self.open_turn, self.raw = prefill, open_turn, raw
 
     def messages(self, history: list[Message] | None = None) -> list[dict]:
         msgs = super().messages(history)
@@ -68,6 +71,8 @@ class RequestChat(Chat):
         return msgs + ([self.prefill.for_template()] if self.prefill is not None else [])
 
     def render(self, messages: list[dict], thinking: bool, tools: list[dict] | None = None) -> str:
+        if self.raw is not None:
+            return self.raw
         if self.prefill is None:
             return super().render(messages, thinking, tools)
         from .chat_template import TemplateError
@@ -124,9 +129,9 @@ def chat_for(engine: Engine, req: ChatRequest, index: int = 0) -> RequestChat:
     """The Chat that runs choice `index` of `req` (its history set, its turn still to run)."""
     seed = None if req.seed is None else (req.seed + index) % 0xFFFFFFFF
     open_turn = req.user is None and not (req.history and req.history[-1].role == "tool")
-    chat = RequestChat(engine, system=req.system, mode=req.mode, budget=req.budget, max_tokens=req.max_tokens,
-                       presence_penalty=req.presence_penalty, seed=seed, sampling=sampling_for(engine, req),
-                       prefill=req.prefill, open_turn=open_turn)
+    chat = RequestChat(engine, system=req.system, mode=Mode.NO_THINK if req.raw_prompt is not None else req.mode,
+                       budget=req.budget, max_tokens=req.max_tokens, presence_penalty=req.presence_penalty, seed=seed,
+                       sampling=sampling_for(engine, req), prefill=req.prefill, open_turn=open_turn, raw=req.raw_prompt)
     chat.history = list(req.history)
     if req.logprobs:
         chat.recorder = LogprobRecorder(engine, req.top_logprobs)

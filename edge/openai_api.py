@@ -96,6 +96,7 @@ class ChatRequest:
     ignore_eos: bool = False
     prefill: Message | None = None     # a last assistant message: the reply continues it
     hide_reasoning: bool = False       # OpenRouter's reasoning.exclude: think, but do not return it
+    raw_prompt: str | None = None      # a text completion: this text is the whole prompt, no template
     ignored: list[str] = field(default_factory=list)   # fields accepted and ignored, for the caller to see
 
     def turn_options(self) -> dict[str, Any]:

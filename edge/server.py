@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .chat import BackendError, ChatError
+from .api_runtime import error_kind, events, read_body, run_to_end
 from .completion import ChoiceEvent, Generation
 from .engine import Engine
 from .openai_api import (ChatRequest, ChunkShaper, RequestError, completion_id, completion_response, decode_body,
@@ -84,8 +85,9 @@ class _Server:
             return {}
         for name in {_generic(f) for f in fields} - self.ignored_seen:
             self.ignored_seen.add(name)
-            print(f"qwen3-edge serve: ignoring request field {name!r} (not used by this server)", file=sys.stderr)
-        return {IGNORED_HEADER: ", ".join(dict.fromkeys(fields))[:2000]}
+            print(f"qwen3-edge serve: ignoring request field {ascii(name)} (not used by this server)", file=sys.stderr)
+        names = (f.encode("unicode_escape").decode("ascii") for f in dict.fromkeys(fields))  # a header is ASCII, one line
+        return {IGNORED_HEADER: ", ".join(names)[:2000]}
 
     def busy(self) -> Response:
         return JSONResponse(error_body(f"the server is busy: {self.slots} slot(s) running and "
@@ -112,56 +114,6 @@ def _error(status: int, message: str, param: str | None = None, kind: str = "inv
 def _generic(field: str) -> str:
     """messages[3].id -> messages[].id: the field, not where it was."""
     return re.sub(r"\[\d+\]", "[]", field)
-
-
-async def read_body(request: Request, max_body_bytes: int) -> Any:
-    """The decoded JSON body (openai_api.decode_body), or RequestError (413 past the bound)."""
-    body = b""
-    async for part in request.stream():
-        body += part
-        if len(body) > max_body_bytes:
-            raise RequestError(f"request body over {max_body_bytes} bytes", status=413)
-    return decode_body(body)
-
-
-async def run_to_end(generation: Generation) -> list:
-    """The choices of a generation run on a worker thread (not streamed)."""
-    return await run_in_threadpool(generation.run, lambda _: None)
-
-
-async def events(generation: Generation, ticket: "_Ticket") -> AsyncIterator[Any]:
-    """A generation's ChoiceEvents as they come (it runs on a worker thread), then its list of
-    choices, or the exception that ended it. Leaving early cancels the generation."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def put(item: Any) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    def work() -> None:
-        try:
-            put(generation.run(put))
-        except Exception as e:  # delivered to the client in its API's error shape
-            put(e)
-        finally:
-            ticket.release()  # the slot is free only once the worker has stopped
-            put(None)
-
-    threading.Thread(target=work, daemon=True).start()
-    try:
-        while (item := await queue.get()) is not None:
-            yield item
-    finally:
-        generation.cancel()  # a client that went away stops its generation
-
-
-def error_kind(e: Exception) -> tuple[int, str]:
-    """(status, OpenAI error type) for an exception that ended a generation."""
-    if isinstance(e, BackendError):
-        return 503, "server_error"
-    if isinstance(e, ChatError):
-        return getattr(e, "status", 400), "invalid_request_error"
-    return 500, "server_error"
 
 
 def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | list[str] | None = None,
