@@ -25,13 +25,17 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .chat import BackendError, ChatError
+from .api_completions import TextChunkShaper, parse_completion_request, text_completion
+from .api_completions import completion_id as text_completion_id
+from .api_ollama import ollama_routes
 from .api_runtime import error_kind, events, read_body, run_to_end
 from .completion import ChoiceEvent, Generation
 from .engine import Engine
+from .metrics import CountRequests, Metrics
 from .openai_api import (ChatRequest, ChunkShaper, RequestError, completion_id, completion_response, decode_body,
                          error_body, parse_request)
 
@@ -63,6 +67,7 @@ class _Server:
         self.engine, self.api_key, self.model_names = engine, api_key, model_names
         self.model_name = model_names[0]
         self.ignored_seen: set[str] = set()   # fields already reported on the console
+        self.metrics = Metrics()
         self.slots = getattr(engine, "parallel", 1)
         # one generation at a time on a single-slot engine; parallel slots wait in the scheduler
         self.lock = threading.Lock() if self.slots == 1 else None
@@ -133,11 +138,13 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
         return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": int(time.time()),
                                                          "owned_by": "qwen3-edge"} for name in server.model_names]})
 
-    async def chat_completions(request: Request) -> Response:
+    async def run_openai(request: Request, parse, respond, shaper_for) -> Response:
+        """An OpenAI-style endpoint: parse(body) -> (ChatRequest, extra); the generation streamed
+        through shaper_for(cid, req, extra) or answered with respond(cid, req, extra, choices)."""
         if not server.authorized(request):
             return _error(401, "invalid or missing API key", kind="authentication_error")
         try:
-            req = parse_request(await read_body(request, max_body_bytes))
+            req, extra = parse(await read_body(request, max_body_bytes))
             headers = server.report_ignored(req.ignored)
             generation = server.generation(req)
         except RequestError as e:
@@ -145,10 +152,10 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
         ticket = server.admit()
         if ticket is None:
             return server.busy()
-        cid = completion_id()
-        shaper = ChunkShaper(cid, server.model_name, req)
+        cid = completion_id() if respond is chat_response else text_completion_id()
         if req.stream:
-            return StreamingResponse(_sse(generation, shaper, ticket), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(_sse(server, generation, shaper_for(cid, req, extra), ticket),
+                                     media_type="text/event-stream", headers=headers)
         try:
             choices = await run_to_end(generation)
         except RequestError as e:
@@ -158,18 +165,42 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
             return _error(status, str(e), kind=kind, headers=headers)
         finally:
             ticket.release()
-        return JSONResponse(completion_response(cid, server.model_name, req, choices), headers=headers)
+        server.metrics.record(choices)
+        return JSONResponse(respond(cid, req, extra, choices), headers=headers)
+
+    def chat_response(cid, req, _, choices):
+        return completion_response(cid, server.model_name, req, choices)
+
+    async def chat_completions(request: Request) -> Response:
+        return await run_openai(request, lambda body: (parse_request(body), None), chat_response,
+                                lambda cid, req, _: ChunkShaper(cid, server.model_name, req))
+
+    async def completions(request: Request) -> Response:
+        return await run_openai(request, parse_completion_request,
+                                lambda cid, req, echo, choices: text_completion(cid, server.model_name, req, choices,
+                                                                                echo),
+                                lambda cid, req, echo: TextChunkShaper(cid, server.model_name, req, echo))
+
+    async def metrics(_: Request) -> Response:
+        return PlainTextResponse(server.metrics.render(server.slots, server.active),
+                                 media_type="text/plain; version=0.0.4")
 
     app = Starlette(routes=[
-        Route("/health", health), Route("/v1/models", models),
+        Route("/health", health), Route("/v1/models", models), Route("/metrics", metrics),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        *ollama_routes(server, max_body_bytes),
     ], exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.qwen3_edge = server  # dialect modules and tests reach the server's state here
+    app.add_middleware(CountRequests, metrics=server.metrics)
     return app
 
 
-async def _http_error(_: Request, exc: HTTPException) -> Response:
-    """404, 405 and the like as OpenAI error objects, not Starlette's plain text."""
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """404, 405 and the like in the caller's API's error shape (Ollama's under /api/, else
+    OpenAI's), not Starlette's plain text."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
     return JSONResponse(error_body(exc.detail, kind="invalid_request_error"), status_code=exc.status_code,
                         headers=exc.headers)
 
@@ -179,7 +210,7 @@ async def _server_error(_: Request, exc: Exception) -> Response:
     return JSONResponse(error_body(f"internal error: {type(exc).__name__}", kind="server_error"), status_code=500)
 
 
-async def _sse(generation: Generation, shaper: ChunkShaper, ticket: _Ticket) -> AsyncIterator[str]:
+async def _sse(server: _Server, generation: Generation, shaper, ticket: _Ticket) -> AsyncIterator[str]:
     """Server-sent events: role, reasoning_content / content deltas, finish, usage, [DONE]."""
     def data(obj: dict) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -194,6 +225,7 @@ async def _sse(generation: Generation, shaper: ChunkShaper, ticket: _Ticket) -> 
             for c in shaper.feed(item):
                 yield data(c)
         else:
+            server.metrics.record(item)
             for c in shaper.finish(item):
                 yield data(c)
     yield "data: [DONE]\n\n"

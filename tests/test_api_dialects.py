@@ -41,3 +41,120 @@ def client(engine):
 
 def test_models_lists_every_alias(client):
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["qwen3-0.6b:q4_k_m", "my-model"]
+
+
+# ---- /v1/completions: a raw prompt, no template --------------------------------------------------
+def test_text_completion_continues_a_raw_prompt(client, engine):
+    """The scripted model continues its script from any of its tokens: a raw prompt ending in
+    "The answer" goes on with " is forty-two." and ends."""
+    r = client.post("/v1/completions", json={"prompt": "The answer", "max_tokens": 20, "seed": 1})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["object"] == "text_completion" and data["choices"][0]["text"] == " is forty-two."
+    assert data["usage"]["prompt_tokens"] == len(engine.tokenize("The answer"))
+    echoed = client.post("/v1/completions", json={"prompt": "The answer", "echo": True, "seed": 1}).json()
+    assert echoed["choices"][0]["text"] == "The answer is forty-two."
+
+
+def test_text_completion_default_cap_stop_and_logprobs(client):
+    r = client.post("/v1/completions", json={"prompt": "The answer", "max_tokens": 2, "logprobs": 2, "seed": 1}).json()
+    c = r["choices"][0]
+    assert c["finish_reason"] == "length" and c["text"] == " is forty"[: len(c["text"])] and len(c["logprobs"]["tokens"]) == 2
+    assert c["logprobs"]["text_offset"] == [0, len(c["logprobs"]["tokens"][0])]
+    assert all(len(t) == 2 for t in c["logprobs"]["top_logprobs"])
+    r = client.post("/v1/completions", json={"prompt": "The answer", "stop": ["forty"], "seed": 1}).json()
+    assert r["choices"][0]["text"] == " is " and r["choices"][0]["finish_reason"] == "stop"
+
+
+def test_text_completion_streams(client):
+    with client.stream("POST", "/v1/completions", json={"prompt": "The answer", "stream": True, "seed": 1}) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == " is forty-two."
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("body, param", [({"prompt": ["a", "b"]}, "prompt"), ({"prompt": ""}, "prompt"),
+                                         ({"prompt": "x", "logprobs": 9}, "logprobs"),
+                                         ({"prompt": "x", "echo": "yes"}, "echo")])
+def test_text_completion_bad_requests(client, body, param):
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+# ---- Ollama's API ----------------------------------------------------------------------------------
+def test_ollama_chat_not_streamed(client):
+    r = client.post("/api/chat", json={"model": "m", "messages": HI, "stream": False, "think": True,
+                                       "options": {"seed": 1, "num_ctx": 4096, "temperature": 0.6}})
+    assert r.status_code == 200 and r.headers["x-ignored-fields"] == "options.num_ctx"
+    data = r.json()
+    assert data["message"] == {"role": "assistant", "content": SCRIPT_ANSWER_TEXT, "thinking": SCRIPT_THINKING_TEXT}
+    assert data["done"] and data["done_reason"] == "stop" and data["eval_count"] > 0
+
+
+def test_ollama_chat_streams_ndjson_by_default(client):
+    with client.stream("POST", "/api/chat", json={"model": "m", "messages": HI, "think": False,
+                                                  "options": {"seed": 1}}) as r:
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        parts = [json.loads(line) for line in r.iter_lines() if line]
+    assert "".join(p["message"]["content"] for p in parts) == SCRIPT_ANSWER_TEXT
+    assert not any(p["message"].get("thinking") for p in parts) and parts[-1]["done"] and not parts[0]["done"]
+
+
+def test_ollama_generate_and_num_predict(client):
+    r = client.post("/api/generate", json={"model": "m", "prompt": "Hi", "stream": False, "think": False,
+                                           "options": {"seed": 1, "num_predict": 3}}).json()
+    assert r["response"] == SCRIPT_ANSWER_TEXT[: len(r["response"])] and r["done_reason"] == "length"
+    r = client.post("/api/generate", json={"model": "m", "prompt": "The answer", "raw": True, "stream": False}).json()
+    assert r["response"] == " is forty-two."
+
+
+def test_ollama_listing_and_errors(client):
+    tags = client.get("/api/tags").json()["models"]
+    assert [t["name"] for t in tags] == ["qwen3-0.6b:q4_k_m", "my-model"] and tags[0]["details"]["format"] == "gguf"
+    assert client.get("/api/version").json()["version"]
+    assert "thinking" in client.post("/api/show", json={"model": "my-model"}).json()["capabilities"]
+    bad = client.post("/api/chat", json={"messages": [{"role": "user", "content": "x", "images": ["aGk="]}],
+                                         "stream": False})
+    assert bad.status_code == 400 and "text-only" in bad.json()["error"]
+    assert client.get("/api/nothing").json() == {"error": "Not Found"}
+    assert client.post("/api/chat", json={"model": "m", "messages": []}).json()["done_reason"] == "load"
+
+
+# ---- /metrics ---------------------------------------------------------------------------------------
+def test_metrics_count_requests_and_tokens(client):
+    client.post("/v1/chat/completions", json={"messages": HI, "seed": 1})
+    before = client.get("/metrics").text
+    client.post("/v1/chat/completions", json={"messages": HI, "seed": 1})   # its prompt is in the KV cache now
+    client.post("/v1/chat/completions", json={"messages": HI, "temperature": 9})
+    after = client.get("/metrics").text
+
+    def value(text: str, name: str) -> float:
+        return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+                     or line.startswith(name + "{")), 0.0)
+    ok = 'qwen3_edge_requests_total{path="/v1/chat/completions",status="200"}'
+    bad = 'qwen3_edge_requests_total{path="/v1/chat/completions",status="400"}'
+    assert value(after, ok) == value(before, ok) + 1 and value(after, bad) == value(before, bad) + 1
+    assert value(after, "qwen3_edge_generated_tokens_total") > value(before, "qwen3_edge_generated_tokens_total")
+    assert value(after, "qwen3_edge_prompt_tokens_cached_total") > value(before, "qwen3_edge_prompt_tokens_cached_total")
+    assert "qwen3_edge_slots 1" in after and "# TYPE qwen3_edge_queue_depth gauge" in after
+
+
+def test_ollama_body_translation():
+    from edge.api_ollama import chat_body
+    body, ignored = chat_body({"model": "m", "think": "high", "format": {"type": "object"}, "keep_alive": "5m",
+                               "options": {"num_predict": -1, "repeat_penalty": 1.2, "num_thread": 2},
+                               "messages": [{"role": "user", "content": "w?"},
+                                            {"role": "assistant", "content": "", "thinking": "hmm", "tool_calls": [
+                                                {"function": {"name": "f", "arguments": {"a": 1}}},
+                                                {"function": {"name": "g", "arguments": {}}}]},
+                                            {"role": "tool", "content": "G", "tool_name": "g"},
+                                            {"role": "tool", "content": "F"}]})
+    assert body["reasoning_effort"] == "high" and body["stream"] is True and "max_tokens" not in body
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "format",
+                                                                              "schema": {"type": "object"}}}
+    assert body["repeat_penalty"] == 1.2 and ignored == ["options.num_thread"]
+    assistant, g, f = body["messages"][1:]
+    assert assistant["reasoning"] == "hmm" and assistant["tool_calls"][0]["function"]["arguments"] == '{"a": 1}'
+    assert g["tool_call_id"] == assistant["tool_calls"][1]["id"] and f["tool_call_id"] == assistant["tool_calls"][0]["id"]
