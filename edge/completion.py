@@ -43,6 +43,7 @@ class Choice:
     answer: str                          # after stop strings
     finish_reason: str                   # OpenAI's words: stop, length, tool_calls
     logprobs: list[dict] | None = None   # OpenAI's logprobs.content entries, when asked for
+    stop_string: str | None = None       # the stop string that ended it, if one did
 
 
 @dataclass
@@ -262,7 +263,7 @@ class Generation:
                     reply = event.reply
                     reason = "stop" if stopped else finish_reason(reply.stop_reason)
                     self.choices[index] = Choice(index, reply, "".join(answer), reason,
-                                                 recorder.all if recorder else None)
+                                                 recorder.all if recorder else None, stops.matched)
                 emit(ChoiceEvent(index, event))
 
 

@@ -29,6 +29,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from .chat import BackendError, ChatError
+from .api_anthropic import anthropic_routes
+from .api_anthropic import error_body as anthropic_error
 from .api_completions import TextChunkShaper, parse_completion_request, text_completion
 from .api_completions import completion_id as text_completion_id
 from .api_ollama import ollama_routes
@@ -189,7 +191,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
         Route("/health", health), Route("/v1/models", models), Route("/metrics", metrics),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
-        *ollama_routes(server, max_body_bytes),
+        *ollama_routes(server, max_body_bytes), *anthropic_routes(server, max_body_bytes),
     ], exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.qwen3_edge = server  # dialect modules and tests reach the server's state here
     app.add_middleware(CountRequests, metrics=server.metrics)
@@ -201,6 +203,9 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     OpenAI's), not Starlette's plain text."""
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    if request.url.path.startswith("/v1/messages"):
+        return JSONResponse(anthropic_error(exc.detail, "not_found_error" if exc.status_code == 404 else
+                                            "invalid_request_error"), status_code=exc.status_code, headers=exc.headers)
     return JSONResponse(error_body(exc.detail, kind="invalid_request_error"), status_code=exc.status_code,
                         headers=exc.headers)
 

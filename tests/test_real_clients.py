@@ -57,3 +57,59 @@ def test_ollama_tool_call_and_result(tool_port):
               {"role": "tool", "content": '{"sky": "sunny"}', "tool_name": "get_weather"}]
     r2 = client.chat(model="t", messages=follow, tools=[WEATHER_TOOL], think=False, options={"seed": 1})
     assert r2.done  # the result was matched to the call (an unmatched one is a 400)
+
+
+# ---- the anthropic SDK -----------------------------------------------------------------------------
+anthropic = pytest.importorskip("anthropic")
+
+
+def test_anthropic_message_with_thinking(port):
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key="x", max_retries=0)
+    m = client.messages.create(model="qwen3:scripted", max_tokens=200, messages=HI,
+                               thinking={"type": "enabled", "budget_tokens": 1024}, system="Be brief.")
+    assert [b.type for b in m.content] == ["thinking", "text"]
+    assert m.content[0].thinking == SCRIPT_THINKING_TEXT and m.content[1].text == SCRIPT_ANSWER_TEXT
+    assert m.stop_reason == "end_turn" and m.usage.output_tokens > 0
+    off = client.messages.create(model="qwen3:scripted", max_tokens=200, messages=HI, thinking={"type": "disabled"})
+    assert [b.type for b in off.content] == ["text"]
+    cut = client.messages.create(model="qwen3:scripted", max_tokens=200, messages=HI, stop_sequences=["forty"],
+                                 thinking={"type": "disabled"})
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == "forty" and cut.content[0].text == "The answer is "
+
+
+def test_anthropic_streamed(port):
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key="x", max_retries=0)
+    with client.messages.stream(model="qwen3:scripted", max_tokens=200, messages=HI) as stream:
+        texts = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert "".join(texts) == SCRIPT_ANSWER_TEXT
+    assert final.content[0].type == "thinking" and final.content[0].thinking == SCRIPT_THINKING_TEXT
+    assert final.stop_reason == "end_turn"
+    count = client.messages.count_tokens(model="qwen3:scripted", messages=HI)
+    assert count.input_tokens > 0
+
+
+def test_anthropic_errors_in_its_shape(port):
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key="x", max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.create(model="m", max_tokens=10, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "aGk="}}]}])
+    assert e.value.body["type"] == "error" and "text-only" in e.value.body["error"]["message"]
+
+
+def test_anthropic_tool_use_and_result(tool_port):
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{tool_port}", api_key="x", max_retries=0)
+    tool = {"name": "get_weather", "description": WEATHER_TOOL["function"]["description"],
+            "input_schema": WEATHER_TOOL["function"]["parameters"]}
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    with client.messages.stream(model="t", max_tokens=300, messages=ask, tools=[tool]) as stream:
+        m = stream.get_final_message()
+    assert m.stop_reason == "tool_use"
+    [use] = [b for b in m.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and use.input == {"city": "Paris"}
+    assert m.content[0].type == "thinking" and m.content[0].thinking == THINKING_TEXT
+    follow = ask + [{"role": "assistant", "content": m.content},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}]
+    r = client.messages.create(model="t", max_tokens=300, messages=follow, tools=[tool],
+                               thinking={"type": "disabled"})
+    assert r.stop_reason in ("end_turn", "tool_use")  # the result reached the model as its call's answer
