@@ -19,13 +19,14 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .chat import BackendError, ChatError
@@ -132,7 +133,13 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
     server = _Server(engine, api_key, names, queue)
 
     async def health(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": server.model_name, "busy": server.active})
+        return JSONResponse({"status": "ok", "model": server.model_name, "busy": server.active,
+                             "backend": getattr(engine, "backend", None), "device": getattr(engine, "device", None)})
+
+    page = (Path(__file__).with_name("chat_page.html")).read_text(encoding="utf-8")
+
+    async def chat_page(_: Request) -> Response:
+        return HTMLResponse(page)
 
     async def models(request: Request) -> Response:
         if not server.authorized(request):
@@ -188,7 +195,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
                                  media_type="text/plain; version=0.0.4")
 
     app = Starlette(routes=[
-        Route("/health", health), Route("/v1/models", models), Route("/metrics", metrics),
+        Route("/", chat_page), Route("/health", health), Route("/v1/models", models), Route("/metrics", metrics),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         *ollama_routes(server, max_body_bytes), *anthropic_routes(server, max_body_bytes),
