@@ -1,6 +1,8 @@
 """The clients people point at a local server, unmodified, against `serve` on scripted models,
-offline: the `ollama` Python library (chat with think, streamed, tools). The `openai` SDK is
-driven in tests/test_server.py, tests/test_server_tools.py and tests/test_api_fields.py."""
+offline: the `ollama` library (chat with think, streamed, tools), the `anthropic` SDK (thinking,
+tool use, streamed, count_tokens, errors), the `openai` SDK async and `.parse()` with pydantic
+(the sync SDK is driven in tests/test_server*.py and tests/test_api_fields.py), and LangChain's
+ChatOpenAI (invoke, stream, bind_tools, with_structured_output)."""
 
 from __future__ import annotations
 
@@ -113,3 +115,50 @@ def test_anthropic_tool_use_and_result(tool_port):
     r = client.messages.create(model="t", max_tokens=300, messages=follow, tools=[tool],
                                thinking={"type": "disabled"})
     assert r.stop_reason in ("end_turn", "tool_use")  # the result reached the model as its call's answer
+
+
+# ---- the openai SDK, async and .parse() ------------------------------------------------------------
+def test_openai_async_and_parse(port):
+    import asyncio
+    from typing import Literal
+
+    import openai
+    from pydantic import BaseModel, Field
+
+    class Forecast(BaseModel):
+        city: str = Field(max_length=10)
+        days: list[int] = Field(max_length=3)
+        unit: Literal["C", "F"]
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        r = await client.chat.completions.create(model="qwen3:scripted", messages=HI, seed=1)
+        stream = await client.chat.completions.create(model="qwen3:scripted", messages=HI, seed=1, stream=True)
+        parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        parsed = await client.chat.completions.parse(model="qwen3:scripted", messages=HI, seed=1, max_tokens=200,
+                                                     response_format=Forecast)
+        return r, parts, parsed
+    r, parts, parsed = asyncio.run(main())
+    assert r.choices[0].message.content == SCRIPT_ANSWER_TEXT and "".join(parts) == SCRIPT_ANSWER_TEXT
+    assert isinstance(parsed.choices[0].message.parsed, Forecast)
+
+
+# ---- LangChain's ChatOpenAI ------------------------------------------------------------------------
+def test_langchain_chat_openai(port, tool_port):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        city: str
+        unit: str
+
+    llm = langchain_openai.ChatOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", model="qwen3:scripted",
+                                      max_retries=0, seed=1)
+    assert llm.invoke("Hi").content == SCRIPT_ANSWER_TEXT
+    assert "".join(c.content for c in llm.stream("Hi")) == SCRIPT_ANSWER_TEXT
+    structured = llm.with_structured_output(Answer).invoke("Where?")
+    assert isinstance(structured, Answer)
+    tools_llm = langchain_openai.ChatOpenAI(base_url=f"http://127.0.0.1:{tool_port}/v1", api_key="x", model="t",
+                                            max_retries=0, seed=1)
+    msg = tools_llm.bind_tools([WEATHER_TOOL]).invoke("Weather in Paris?")
+    assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"city": "Paris"})]
