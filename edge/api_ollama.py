@@ -62,7 +62,7 @@ def _think(body: dict, out: dict) -> None:
         return
     if isinstance(think, bool):
         out["enable_thinking"] = think
-    elif think in THINK_LEVELS:
+    elif isinstance(think, str) and think in THINK_LEVELS:
         out["reasoning_effort"] = think
     else:
         raise RequestError("think must be true, false, low, medium or high", "think")
@@ -245,14 +245,14 @@ def ollama_routes(server, max_body_bytes: int) -> list[Route]:
                 elif isinstance(item, ChoiceEvent):
                     piece = stream_piece(model, req, item.event)
                     if piece is not None:
-                        yield json.dumps(piece, ensure_ascii=False) + "\n"
+                        yield json.dumps(piece) + "\n"   # ASCII: no U+2028/U+0085 for a line splitter to cut at
                 else:
                     server.metrics.record(item)
                     done = reply(model, req, item[0])
                     done.update({"message": {"role": "assistant", "content": ""}} if "message" in done
                                 else {"response": ""})
                     done.pop("thinking", None)
-                    yield json.dumps(done, ensure_ascii=False) + "\n"
+                    yield json.dumps(done) + "\n"
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
 
     def chat_piece(model, req, event) -> dict | None:

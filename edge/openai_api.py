@@ -398,7 +398,7 @@ def _thinking_switches(body: dict, ignored: list[str]) -> list[tuple[str, bool]]
     reasoning, thinking = _object(body, "reasoning"), body.get("thinking")
     for where, effort in (("reasoning_effort", body.get("reasoning_effort")), ("reasoning.effort", reasoning.get("effort"))):
         if effort is not None:
-            if effort not in REASONING_EFFORTS:
+            if not isinstance(effort, str) or effort not in REASONING_EFFORTS:
                 raise RequestError(f"{where} must be one of {', '.join(REASONING_EFFORTS)}", where)
             switches.append((where, REASONING_EFFORTS[effort]))
     if (enabled := _bool(reasoning, "enabled", None, "reasoning.enabled")) is not None:

@@ -158,3 +158,82 @@ def test_ollama_body_translation():
     assistant, g, f = body["messages"][1:]
     assert assistant["reasoning"] == "hmm" and assistant["tool_calls"][0]["function"]["arguments"] == '{"a": 1}'
     assert g["tool_call_id"] == assistant["tool_calls"][1]["id"] and f["tool_call_id"] == assistant["tool_calls"][0]["id"]
+
+
+# ---- the same fuzzing for every new endpoint ---------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.test_api_fuzz import ANY_VALUE, TEXT, WORD, dump  # noqa: E402
+
+WORDS = TEXT.filter(lambda t: t.strip())
+BODIES = {
+    "/v1/completions": st.fixed_dictionaries({"prompt": WORDS, "max_tokens": st.integers(1, 2)}, optional={
+        "temperature": st.floats(0, 2), "stop": WORD, "echo": st.booleans(), "logprobs": st.integers(0, 2),
+        "stream": st.booleans(), "seed": st.integers(0, 9), "n": st.integers(1, 2)}),
+    "/api/chat": st.fixed_dictionaries({"model": st.just("m"), "messages": st.just([{"role": "user", "content": "x"}]),
+                                        "options": st.fixed_dictionaries({"num_predict": st.integers(1, 2)})},
+                                       optional={"stream": st.booleans(), "think": st.booleans(),
+                                                 "format": st.just("json")}),
+    "/api/generate": st.fixed_dictionaries({"model": st.just("m"), "prompt": WORDS,
+                                            "options": st.fixed_dictionaries({"num_predict": st.integers(1, 2)})},
+                                           optional={"stream": st.booleans(), "think": st.booleans(),
+                                                     "system": TEXT, "raw": st.booleans()}),
+    "/v1/messages": st.fixed_dictionaries({"model": st.just("m"), "max_tokens": st.integers(1, 2), "messages": st.just(
+        [{"role": "user", "content": [{"type": "text", "text": "x"}]}])}, optional={
+        "system": TEXT, "stream": st.booleans(), "stop_sequences": st.lists(WORD, max_size=2),
+        "thinking": st.just({"type": "disabled"}), "temperature": st.floats(0, 1)}),
+}
+
+
+@st.composite
+def mutated(draw, path: str) -> tuple[bytes, str, str | None]:
+    """(body bytes, what was done, the unknown field that must be reported)."""
+    body = draw(BODIES[path])
+    how = draw(st.sampled_from(["valid", "retype", "unknown", "truncate", "surrogate", "junk messages"]))
+    if how == "retype":
+        body[draw(st.sampled_from(sorted(body)))] = draw(ANY_VALUE)
+    elif how == "unknown":
+        name = draw(WORD) + "_x"
+        body[name] = draw(ANY_VALUE)
+        return dump(body).encode(), how, name
+    elif how == "surrogate":
+        body["model"] = "m\udc00"
+    elif how == "junk messages":
+        body["messages"] = draw(ANY_VALUE)
+    raw = dump(body).encode("utf-8", "surrogatepass")
+    if how == "truncate":
+        raw = raw[: draw(st.integers(0, len(raw) - 1))]
+    return raw, how, None
+
+
+def dialect_error(path: str, status: int, data) -> None:
+    if path.startswith("/api/"):
+        assert set(data) == {"error"} and isinstance(data["error"], str) and data["error"], data
+    elif path == "/v1/messages":
+        assert data["type"] == "error" and set(data["error"]) == {"type", "message"}, data
+    else:
+        assert set(data["error"]) == {"message", "type", "param", "code"}, data
+
+
+@pytest.mark.parametrize("path", sorted(BODIES))
+def test_every_endpoint_fuzzed(client, path):
+    """Never a 5xx; a refusal in the endpoint's own error shape; an unknown field served and named."""
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(mutated(path))
+    def post(case) -> None:
+        raw, how, unknown = case
+        r = client.post(path, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code < 500, (how, r.status_code, r.text[:300])
+        if r.status_code >= 400:
+            dialect_error(path, r.status_code, r.json())
+        if how in ("truncate", "surrogate"):
+            assert r.status_code == 400, (how, raw[:200])
+        if unknown is not None:
+            assert r.status_code == 200 and unknown in r.headers.get("x-ignored-fields", ""), (r.status_code, r.text[:200])
+        if r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"):
+            assert r.text.rstrip().endswith("data: [DONE]") or r.text.rstrip().endswith('{"type": "message_stop"}')
+        elif r.status_code == 200 and "ndjson" in r.headers["content-type"]:
+            assert json.loads(r.text.strip().split("\n")[-1])["done"] is True
+
+    post()

@@ -134,7 +134,7 @@ INT_FIELDS = {"max_tokens": (1, None), "max_completion_tokens": (1, None), "top_
 FLOAT_FIELDS = {"temperature": (0, 2), "top_p": (0, 1), "presence_penalty": (-2, 2), "min_p": (0, 1),
                 "frequency_penalty": (-2, 2), "repeat_penalty": (0, 10)}
 BOOL_FIELDS = ["stream", "parallel_tool_calls", "store", "logprobs", "ignore_eos", "enable_thinking"]
-STR_FIELDS = ["model", "user", "service_tier", "prompt_cache_key", "safety_identifier"]
+STR_FIELDS = ["model", "user", "service_tier", "prompt_cache_key", "safety_identifier", "reasoning_effort"]
 OBJECT_FIELDS = ["metadata", "stream_options", "chat_template_kwargs", "prediction"]
 # Fields once accepted only at a neutral value: now honoured (200), or refused where a text-only
 # model cannot do what they ask (400).
