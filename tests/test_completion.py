@@ -221,3 +221,11 @@ def test_penalties_change_what_a_repetitive_model_says(random_engine, field, val
     plain, penalized = greedy(random_engine), greedy(random_engine, **{field: value})
     repeats = lambda tokens: len(tokens) - len(set(tokens))  # noqa: E731
     assert repeats(plain) > 0 and repeats(penalized) < repeats(plain)
+
+
+def test_logprobs_follow_the_chains_temperature(engine):
+    """The runner-up's log-probability scales with 1/temperature (its logit is ~0, the script's ~40)."""
+    def runner_up(t: float) -> float:
+        r = complete(engine, HI, seed=1, enable_thinking=False, temperature=t, top_logprobs=2, max_tokens=1)
+        return r["choices"][0]["logprobs"]["content"][0]["top_logprobs"][1]["logprob"]
+    assert runner_up(2.0) / runner_up(0.5) == pytest.approx(0.25, rel=0.02)
