@@ -229,3 +229,12 @@ def test_logprobs_follow_the_chains_temperature(engine):
         r = complete(engine, HI, seed=1, enable_thinking=False, temperature=t, top_logprobs=2, max_tokens=1)
         return r["choices"][0]["logprobs"]["content"][0]["top_logprobs"][1]["logprob"]
     assert runner_up(2.0) / runner_up(0.5) == pytest.approx(0.25, rel=0.02)
+
+
+def test_n_choices_run_together_on_parallel_slots(scripted_gguf):
+    """With two slots the two choices decode in the same llama.cpp batches: fewer decode steps
+    than their tokens, and each is the exact script."""
+    with Engine.load(scripted_gguf, n_ctx=512, n_threads=1, parallel=2) as e:
+        r = complete(e, HI, n=2, seed=1, enable_thinking=False)
+        assert [c["message"]["content"] for c in r["choices"]] == [SCRIPT_ANSWER_TEXT] * 2
+        assert e.scheduler.steps < r["usage"]["completion_tokens"], e.scheduler.steps  # in turn: one step per token

@@ -72,6 +72,9 @@ def test_anthropic_message_with_thinking(port):
     assert [b.type for b in m.content] == ["thinking", "text"]
     assert m.content[0].thinking == SCRIPT_THINKING_TEXT and m.content[1].text == SCRIPT_ANSWER_TEXT
     assert m.stop_reason == "end_turn" and m.usage.output_tokens > 0
+    counted = client.messages.count_tokens(model="qwen3:scripted", messages=HI, system="Be brief.",
+                                           thinking={"type": "enabled", "budget_tokens": 1024})
+    assert counted.input_tokens == m.usage.input_tokens  # the prompt the reply was generated from
     off = client.messages.create(model="qwen3:scripted", max_tokens=200, messages=HI, thinking={"type": "disabled"})
     assert [b.type for b in off.content] == ["text"]
     cut = client.messages.create(model="qwen3:scripted", max_tokens=200, messages=HI, stop_sequences=["forty"],
