@@ -101,6 +101,18 @@ def continuation_prompt(rendered: str) -> str:
 
 
 _EOG: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDictionary()
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def engine_lock(engine: Engine) -> threading.Lock | None:
+    """The lock that keeps a single-stream engine to one generation at a time (shared by the
+    server and complete(), so the two never decode on one llama.cpp context at once); None for an
+    engine with parallel slots, whose scheduler queues generations itself."""
+    if getattr(engine, "scheduler", None) is not None:
+        return None
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(engine, threading.Lock())
 
 
 def eog_tokens(engine: Engine) -> tuple[int, ...]:
@@ -291,7 +303,7 @@ def complete(engine: Engine, messages: list[dict], *, stream: bool = False, mode
     from .openai_api import ChunkShaper, completion_id, completion_response
     req = parse_request({"messages": messages, "stream": stream, **fields})
     name = model or req.model or engine.info.path.stem
-    generation = Generation(engine, req)
+    generation = Generation(engine, req, engine_lock(engine))
     cid = completion_id()
     if not stream:
         choices = generation.run(lambda _: None)

@@ -36,7 +36,7 @@ from .api_completions import TextChunkShaper, parse_completion_request, text_com
 from .api_completions import completion_id as text_completion_id
 from .api_ollama import ollama_routes
 from .api_runtime import error_kind, events, read_body, run_to_end
-from .completion import ChoiceEvent, Generation
+from .completion import ChoiceEvent, Generation, engine_lock
 from .engine import Engine
 from .metrics import CountRequests, Metrics
 from .openai_api import (ChatRequest, ChunkShaper, RequestError, completion_id, completion_response, decode_body,
@@ -73,7 +73,7 @@ class _Server:
         self.metrics = Metrics()
         self.slots = getattr(engine, "parallel", 1)
         # one generation at a time on a single-slot engine; parallel slots wait in the scheduler
-        self.lock = threading.Lock() if self.slots == 1 else None
+        self.lock = engine_lock(engine) if self.slots == 1 else None   # shared with edge.complete()
         self.capacity = self.slots + queue
         self._count_lock = threading.RLock()  # reentrant: a ticket may be collected while it is held
         self.active = 0                   # generations running or queued

@@ -238,3 +238,12 @@ def test_n_choices_run_together_on_parallel_slots(scripted_gguf):
         r = complete(e, HI, n=2, seed=1, enable_thinking=False)
         assert [c["message"]["content"] for c in r["choices"]] == [SCRIPT_ANSWER_TEXT] * 2
         assert e.scheduler.steps < r["usage"]["completion_tokens"], e.scheduler.steps  # in turn: one step per token
+
+
+def test_complete_from_threads_on_one_stream_waits_its_turn(engine):
+    """Four threads on a single-stream engine: each reply exact (never two decodes on one context)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda i: complete(engine, [{"role": "user", "content": f"q{i}"}], seed=i,
+                                                   enable_thinking=False), range(4)))
+    assert [r["choices"][0]["message"]["content"] for r in replies] == [SCRIPT_ANSWER_TEXT] * 4
