@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
@@ -24,6 +25,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def served_names(path: Path, models_dir: Path, aliases: list[str] | None) -> list[str]:
+    """What /v1/models shows: the --alias names, else the store's name for a stored model
+    (qwen3-0.6b:q4_k_m, the name clients will send back) or the file's stem for a path."""
+    if aliases:
+        return list(dict.fromkeys(aliases))
+    try:
+        path.resolve().relative_to(models_dir.resolve())
+    except ValueError:
+        return [path.stem]
+    return [f"{path.parent.name}:{path.stem}"]
+
+
 def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
           port: int = typer.Option(8080, "--port", help="Port."),
@@ -36,6 +49,8 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
                                                       "many as the memory plan fits, at most 4)."),
           queue: int = typer.Option(16, "--queue", min=0,
                                     help="Requests that may wait for a slot; more get a 429 with Retry-After."),
+          alias: Optional[List[str]] = typer.Option(None, "--alias", help="The model's name in /v1/models "
+                                                    "(repeatable; default: the store name, or the file's stem)."),
           source: Optional[str] = SOURCE, rpc: Optional[str] = RPC, prompt_cache: bool = PROMPT_CACHE,
           draft: Optional[str] = DRAFT,
           embedding_model: Optional[str] = typer.Option(None, "--embedding-model", help="Also serve this embedding "
@@ -47,6 +62,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     import uvicorn
 
     from edge.server import create_app
+    from edge.store import ModelStore
 
     if not _is_loopback(host) and not api_key:
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
@@ -62,6 +78,9 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
               f"{engine.parallel} parallel slot(s), queue {queue}; memory plan "
               f"{engine.memory_plan.total_bytes / (1 << 30):.2f} GiB)", soft_wrap=True)
     err.print(f"[dim]{engine.footprint.describe()}[/]", soft_wrap=True)
+    names = served_names(engine.info.path, ModelStore().models_dir, alias)
+    err.print(f"model name: {', '.join(names)}", soft_wrap=True)
     with engine:
-        uvicorn.run(create_app(engine, api_key=api_key, queue=queue, embedders=embedders), host=host, port=port,
+        uvicorn.run(create_app(engine, api_key=api_key, queue=queue, embedders=embedders,
+                               model_name=names), host=host, port=port,
                     log_level="warning")

@@ -5,6 +5,7 @@ tool calls (tool_calls.py) and grammars for tools and JSON schemas (grammar.py),
 An app imports from here: ``from edge import Engine, Chat``.
 """
 
+from .completion import complete
 from .chat import Chat, ChatError, Event, Message, Reply, load_transcript, save_transcript
 from .engine import Engine, EngineError
 from .grammar import GrammarError
@@ -12,4 +13,4 @@ from .modes import Mode
 from .tool_calls import ToolCall
 
 __all__ = ["Chat", "ChatError", "Engine", "EngineError", "Event", "GrammarError", "Message", "Mode", "Reply",
-           "ToolCall", "load_transcript", "save_transcript"]
+           "ToolCall", "complete", "load_transcript", "save_transcript"]

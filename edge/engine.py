@@ -376,6 +376,12 @@ class Engine:
         with self.using():
             return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
+    def create_chat_completion(self, messages: list[dict], **fields):
+        """OpenAI's request and response shape on this engine (llama-cpp-python's method name):
+        completion.complete, the one mapping the server uses too."""
+        from .completion import complete
+        return complete(self, messages, **fields)
+
     @property
     def closed(self) -> bool:
         return self.life.closed

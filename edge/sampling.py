@@ -28,6 +28,9 @@ class SamplingParams:
     min_p: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0                     # llama.cpp's multiplicative penalty (1 is off)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token, bias); -inf bans a token
 
     def with_overrides(self, **overrides: float | int | None) -> "SamplingParams":
         """Apply the overrides that are not None (CLI flags, API arguments)."""
@@ -43,12 +46,14 @@ def preset(thinking: bool) -> SamplingParams:
 
 
 def build_sampler(params: SamplingParams, n_vocab: int) -> internals.LlamaSampler:
-    """llama.cpp's chain in its own order: penalties, top_k, top_p, min_p, temperature, dist.
-    Temperature 0 (only by explicit override) samples greedily."""
+    """llama.cpp's chain in its own order (common_sampler's): logit bias, penalties, top_k, top_p,
+    min_p, temperature, dist. Temperature 0 (only by explicit override) samples greedily."""
     sampler = internals.LlamaSampler()
-    if params.presence_penalty:
-        sampler.add_penalties(n_vocab=n_vocab, penalty_last_n=PENALTY_LAST_N, penalty_repeat=1.0,
-                              penalty_freq=0.0, penalty_present=params.presence_penalty)
+    if params.logit_bias:
+        sampler.add_logit_bias(n_vocab, dict(params.logit_bias))
+    if params.presence_penalty or params.frequency_penalty or params.repeat_penalty != 1.0:
+        sampler.add_penalties(n_vocab=n_vocab, penalty_last_n=PENALTY_LAST_N, penalty_repeat=params.repeat_penalty,
+                              penalty_freq=params.frequency_penalty, penalty_present=params.presence_penalty)
     if params.temperature <= 0:
         sampler.add_greedy()
         return sampler

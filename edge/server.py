@@ -12,67 +12,40 @@ conversation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
+import re
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .chat import BackendError, Chat, ChatError, Event
+from .chat import BackendError, ChatError
+from .api_anthropic import anthropic_routes
+from .api_anthropic import error_body as anthropic_error
+from .api_completions import TextChunkShaper, parse_completion_request, text_completion
+from .api_completions import completion_id as text_completion_id
+from .api_ollama import ollama_routes
+from .api_runtime import error_kind, events, read_body, run_to_end
+from .completion import ChoiceEvent, Generation, engine_lock
 from .engine import Engine
-from .openai_api import (ChatRequest, RequestError, StopFilter, chunk, completion, completion_id, decode_body,
-                         error_body, finish_reason, parse_request, tool_call_deltas, usage)
+from .metrics import CountRequests, Metrics
+from .openai_api import (ChatRequest, ChunkShaper, RequestError, completion_id, completion_response, decode_body,
+                         error_body, parse_request)
 
 MAX_BODY_BYTES = 1 << 20
 DEFAULT_QUEUE = 16    # requests that may wait for a slot
 RETRY_AFTER_S = 1
-
-
-class _Generation:
-    """One request's generation, run on a worker thread (one slot of the model, or its lock)."""
-
-    def __init__(self, server: "_Server", req: ChatRequest):
-        self.server, self.req = server, req
-        self.cancelled = threading.Event()
-        self.stopped_by_string = False
-        self.chat = Chat(server.engine, system=req.system, mode=req.mode, budget=req.budget,
-                         max_tokens=req.max_tokens, presence_penalty=req.presence_penalty, seed=req.seed,
-                         sampling=req.sampling)
-        self.chat.history = list(req.history)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        self.chat.cancel()
-
-    def run(self, emit) -> None:
-        """Stream events to `emit(event)`; a stop string cuts the answer and ends the generation."""
-        with self.server.lock or contextlib.nullcontext():
-            if self.cancelled.is_set():  # the client left while the request was queued
-                return
-            stops = StopFilter(self.req.stop)
-            for event in self.chat.stream(self.req.user, **self.req.turn_options()):
-                if self.cancelled.is_set():
-                    self.chat.cancel()
-                if event.kind == "answer" and self.req.stop:
-                    text = stops.feed(event.text)
-                    if stops.stopped:
-                        self.stopped_by_string = True
-                        self.chat.cancel()
-                    if text:
-                        emit(Event("answer", text))
-                    continue
-                if event.kind == "done" and (tail := stops.flush()):
-                    emit(Event("answer", tail))
-                emit(event)
+IGNORED_HEADER = "X-Ignored-Fields"
 
 
 class _Ticket:
@@ -93,11 +66,14 @@ class _Ticket:
 
 
 class _Server:
-    def __init__(self, engine: Engine, api_key: str | None, model_name: str, queue: int):
-        self.engine, self.api_key, self.model_name = engine, api_key, model_name
+    def __init__(self, engine: Engine, api_key: str | None, model_names: list[str], queue: int):
+        self.engine, self.api_key, self.model_names = engine, api_key, model_names
+        self.model_name = model_names[0]
+        self.ignored_seen: set[str] = set()   # fields already reported on the console
+        self.metrics = Metrics()
         self.slots = getattr(engine, "parallel", 1)
         # one generation at a time on a single-slot engine; parallel slots wait in the scheduler
-        self.lock = threading.Lock() if self.slots == 1 else None
+        self.lock = engine_lock(engine) if self.slots == 1 else None   # shared with edge.complete()
         self.capacity = self.slots + queue
         self._count_lock = threading.RLock()  # reentrant: a ticket may be collected while it is held
         self.active = 0                   # generations running or queued
@@ -110,6 +86,27 @@ class _Server:
             self.active += 1
         return _Ticket(self)
 
+    def report_ignored(self, fields: list[str]) -> dict[str, str]:
+        """The response header naming what a request had that was ignored; each distinct field is
+        said once on the console (messages[3].id and messages[0].id are one field, messages[].id)."""
+        if not fields:
+            return {}
+        for name in {_generic(f) for f in fields} - self.ignored_seen:
+            self.ignored_seen.add(name)
+            print(f"qwen3-edge serve: ignoring request field {ascii(name)} (not used by this server)", file=sys.stderr)
+        names = (f.encode("unicode_escape").decode("ascii") for f in dict.fromkeys(fields))  # a header is ASCII, one line
+        return {IGNORED_HEADER: ", ".join(names)[:2000]}
+
+    def busy(self) -> Response:
+        return JSONResponse(error_body(f"the server is busy: {self.slots} slot(s) running and "
+                                       f"{self.capacity - self.slots} request(s) waiting; retry later",
+                                       kind="rate_limit_exceeded", code="server_busy"),
+                            status_code=429, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    def generation(self, req: ChatRequest) -> Generation:
+        """The one generation path every endpoint uses (completion.py)."""
+        return Generation(self.engine, req, self.lock)
+
     def authorized(self, request: Request) -> bool:
         if not self.api_key:
             return True
@@ -117,67 +114,97 @@ class _Server:
         return hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode())
 
 
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(error_body(message, param, kind), status_code=status)
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+           headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, param, kind), status_code=status, headers=headers)
 
 
-def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | None = None,
+def _generic(field: str) -> str:
+    """messages[3].id -> messages[].id: the field, not where it was."""
+    return re.sub(r"\[\d+\]", "[]", field)
+
+
+def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | list[str] | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, queue: int = DEFAULT_QUEUE, embedders: list | None = None) -> Starlette:
-    """The ASGI app serving `engine`: /v1/chat/completions, /v1/models, /health. `queue`:
-    requests that may wait while every slot is busy. `embedders`: an embedding model and/or a
-    reranker (embedding.Embedder) served beside it (api_embeddings.py)."""
-    server = _Server(engine, api_key, model_name or engine.info.path.stem, queue)
+    """The ASGI app serving `engine`: /v1/chat/completions, /v1/models, /health. `model_name`: the
+    name (or names: aliases) /v1/models shows; `queue`: requests that may wait while every slot
+    is busy; `embedders`: an embedding model and/or a reranker (embedding.Embedder) served beside
+    it (api_embeddings.py)."""
+    names = [model_name] if isinstance(model_name, str) else list(model_name or []) or [engine.info.path.stem]
+    server = _Server(engine, api_key, names, queue)
 
     async def health(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": server.model_name, "busy": server.active})
+        return JSONResponse({"status": "ok", "model": server.model_name, "busy": server.active,
+                             "backend": getattr(engine, "backend", None), "device": getattr(engine, "device", None)})
+
+    page = (Path(__file__).with_name("chat_page.html")).read_text(encoding="utf-8")
+
+    async def chat_page(_: Request) -> Response:
+        return HTMLResponse(page)
 
     async def models(request: Request) -> Response:
         if not server.authorized(request):
             return _error(401, "invalid or missing API key", kind="authentication_error")
-        return JSONResponse({"object": "list", "data": [{"id": server.model_name, "object": "model",
-                                                         "created": int(time.time()), "owned_by": "qwen3-edge"}]})
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": int(time.time()),
+                                                         "owned_by": "qwen3-edge"} for name in server.model_names]})
 
-    async def chat_completions(request: Request) -> Response:
+    async def run_openai(request: Request, parse, respond, shaper_for) -> Response:
+        """An OpenAI-style endpoint: parse(body) -> (ChatRequest, extra); the generation streamed
+        through shaper_for(cid, req, extra) or answered with respond(cid, req, extra, choices)."""
         if not server.authorized(request):
             return _error(401, "invalid or missing API key", kind="authentication_error")
-        body = b""
-        async for part in request.stream():
-            body += part
-            if len(body) > max_body_bytes:
-                return _error(413, f"request body over {max_body_bytes} bytes")
         try:
-            req = parse_request(decode_body(body), engine.n_ctx)
+            req, extra = parse(await read_body(request, max_body_bytes))
+            headers = server.report_ignored(req.ignored)
+            generation = server.generation(req)
         except RequestError as e:
             return _error(e.status, e.message, e.param)
         ticket = server.admit()
         if ticket is None:
-            return JSONResponse(error_body(f"the server is busy: {server.slots} slot(s) running and "
-                                           f"{server.capacity - server.slots} request(s) waiting; retry later",
-                                           kind="rate_limit_exceeded", code="server_busy"),
-                                status_code=429, headers={"Retry-After": str(RETRY_AFTER_S)})
-        generation = _Generation(server, req)
-        cid, model = completion_id(), server.model_name
+            return server.busy()
+        cid = completion_id() if respond is chat_response else text_completion_id()
         if req.stream:
-            return StreamingResponse(_sse(generation, cid, model, ticket), media_type="text/event-stream")
-        events: list[Event] = []
+            return StreamingResponse(_sse(server, generation, shaper_for(cid, req, extra), ticket),
+                                     media_type="text/event-stream", headers=headers)
         try:
-            await run_in_threadpool(generation.run, events.append)
-        except BackendError as e:
-            return _error(503, str(e), kind="server_error")
+            choices = await run_to_end(generation)
+        except RequestError as e:
+            return _error(e.status, e.message, e.param, headers=headers)
         except ChatError as e:
-            return _error(400, str(e))
+            status, kind = error_kind(e)
+            return _error(status, str(e), kind=kind, headers=headers)
         finally:
             ticket.release()
-        reply = events[-1].reply
-        answer = "".join(e.text for e in events if e.kind == "answer")
-        reason = "stop" if generation.stopped_by_string else finish_reason(reply.stop_reason)
-        return JSONResponse(completion(cid, model, reply, answer, reason))
+        server.metrics.record(choices)
+        return JSONResponse(respond(cid, req, extra, choices), headers=headers)
 
-    return Starlette(routes=[
-        Route("/health", health), Route("/v1/models", models),
+    def chat_response(cid, req, _, choices):
+        return completion_response(cid, server.model_name, req, choices)
+
+    async def chat_completions(request: Request) -> Response:
+        return await run_openai(request, lambda body: (parse_request(body), None), chat_response,
+                                lambda cid, req, _: ChunkShaper(cid, server.model_name, req))
+
+    async def completions(request: Request) -> Response:
+        return await run_openai(request, parse_completion_request,
+                                lambda cid, req, echo, choices: text_completion(cid, server.model_name, req, choices,
+                                                                                echo),
+                                lambda cid, req, echo: TextChunkShaper(cid, server.model_name, req, echo))
+
+    async def metrics(_: Request) -> Response:
+        return PlainTextResponse(server.metrics.render(server.slots, server.active),
+                                 media_type="text/plain; version=0.0.4")
+
+    app = Starlette(routes=[
+        Route("/", chat_page), Route("/health", health), Route("/v1/models", models), Route("/metrics", metrics),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        *ollama_routes(server, max_body_bytes), *anthropic_routes(server, max_body_bytes),
         *_search_routes(embedders, server, max_body_bytes, queue),
     ], exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    app.state.qwen3_edge = server  # dialect modules and tests reach the server's state here
+    app.add_middleware(CountRequests, metrics=server.metrics)
+    return app
 
 
 def _search_routes(embedders: list | None, server: _Server, max_body_bytes: int, queue: int) -> list:
@@ -186,8 +213,14 @@ def _search_routes(embedders: list | None, server: _Server, max_body_bytes: int,
     return embedding_routes(embedders or [], authorized=server.authorized, max_body_bytes=max_body_bytes, queue=queue)
 
 
-async def _http_error(_: Request, exc: HTTPException) -> Response:
-    """404, 405 and the like as OpenAI error objects, not Starlette's plain text."""
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """404, 405 and the like in the caller's API's error shape (Ollama's under /api/, else
+    OpenAI's), not Starlette's plain text."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    if request.url.path.startswith("/v1/messages"):
+        return JSONResponse(anthropic_error(exc.detail, "not_found_error" if exc.status_code == 404 else
+                                            "invalid_request_error"), status_code=exc.status_code, headers=exc.headers)
     return JSONResponse(error_body(exc.detail, kind="invalid_request_error"), status_code=exc.status_code,
                         headers=exc.headers)
 
@@ -197,48 +230,22 @@ async def _server_error(_: Request, exc: Exception) -> Response:
     return JSONResponse(error_body(f"internal error: {type(exc).__name__}", kind="server_error"), status_code=500)
 
 
-async def _sse(generation: _Generation, cid: str, model: str, ticket: _Ticket) -> AsyncIterator[str]:
+async def _sse(server: _Server, generation: Generation, shaper, ticket: _Ticket) -> AsyncIterator[str]:
     """Server-sent events: role, reasoning_content / content deltas, finish, usage, [DONE]."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    def emit(event: Event) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, event)
-
-    def work() -> None:
-        try:
-            generation.run(emit)
-        except Exception as e:  # delivered to the client as an error event
-            loop.call_soon_threadsafe(queue.put_nowait, e)
-        finally:
-            ticket.release()  # the slot is free only once the worker has stopped
-            loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-
     def data(obj: dict) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-    calls = 0
-    try:
-        yield data(chunk(cid, model, {"role": "assistant", "content": ""}))
-        while (item := await queue.get()) is not None:
-            if isinstance(item, Exception):
-                yield data(error_body(str(item), kind="invalid_request_error" if isinstance(item, ChatError) and not isinstance(item, BackendError) else "server_error"))
-                continue
-            if item.kind == "thinking":
-                yield data(chunk(cid, model, {"reasoning_content": item.text}))
-            elif item.kind == "answer":
-                yield data(chunk(cid, model, {"content": item.text}))
-            elif item.kind == "tool_call":
-                for delta in tool_call_deltas(calls, item.call):
-                    yield data(chunk(cid, model, delta))
-                calls += 1
-            elif item.kind == "done":
-                reason = "stop" if generation.stopped_by_string else finish_reason(item.reply.stop_reason)
-                yield data(chunk(cid, model, {"notices": list(item.reply.notices)} if item.reply.notices else {}, reason))
-                if generation.req.include_usage:
-                    yield data(chunk(cid, model, {}, usage_=usage(item.reply)))
-        yield "data: [DONE]\n\n"
-    finally:
-        generation.cancel()  # a client that went away stops its generation
+    for c in shaper.start():
+        yield data(c)
+    async for item in events(generation, ticket):
+        if isinstance(item, Exception):
+            _, kind = error_kind(item)
+            yield data(error_body(str(item), kind=kind))
+        elif isinstance(item, ChoiceEvent):
+            for c in shaper.feed(item):
+                yield data(c)
+        else:
+            server.metrics.record(item)
+            for c in shaper.finish(item):
+                yield data(c)
+    yield "data: [DONE]\n\n"

@@ -16,14 +16,16 @@ class StopCutter:
 
     def __init__(self, stops: list[str]):
         self.stops, self.held, self.stopped = [s for s in stops if s], "", False
+        self.matched: str | None = None   # the stop string that ended the answer (Anthropic says which)
 
     def feed(self, text: str) -> str:
         if self.stopped:
             return ""
         self.held += text
-        hits = [i for i in (self.held.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := self.held.find(s)) >= 0]
         if hits:
-            out, self.held, self.stopped = self.held[: min(hits)], "", True
+            at, self.matched = min(hits)
+            out, self.held, self.stopped = self.held[:at], "", True
             return out
         keep = max((k for s in self.stops for k in range(min(len(s) - 1, len(self.held)), 0, -1)
                     if self.held.endswith(s[:k])), default=0)
