@@ -249,7 +249,7 @@ class PromptCache:
                     raise CacheFileError("changed while being read")
         except (FileNotFoundError, NotADirectoryError):  # no file for this key (yet): a quiet miss
             return None
-        except (OSError, MemoryError) as e:
+        except (OSError, MemoryError, CacheFileError) as e:
             self._warn(f"prompt cache {path} cannot be read ({_reason(e)}); the prompt is evaluated instead")
             return None
         try:
