@@ -105,6 +105,9 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         out.print_json(json.dumps({"model": str(engine.info.path), **dataclasses.asdict(reply)}))
     else:
         sys.stdout.write("\n")
+    if fmt is not None and reply.schema_error:  # printed as it came, flagged: never silently invalid
+        err.print(f"[bold red]error:[/] {escape(reply.schema_error)}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def read_stdin() -> str:
