@@ -92,13 +92,24 @@ def check_schema(schema: Any, where: str) -> None:
     if longest_enum > MAX_ENUM:
         raise GrammarError(f"{where} has an enum of {longest_enum} values; at most {MAX_ENUM}", where)
     try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as e:
-        path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in list(e.absolute_path)[:-1])
-        message = f"{where}{path} is not a valid JSON schema: {e.message}"
-        raise GrammarError(message[:300], where) from None
+        error = jsonschema.exceptions.best_match(_meta_validator().iter_errors(schema))
     except RecursionError:
         raise GrammarError(f"{where} nests deeper than {MAX_SCHEMA_DEPTH} levels", where) from None
+    if error is not None:
+        path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in list(error.absolute_path)[:-1])
+        message = f"{where}{path} is not a valid JSON schema: {error.message}"
+        raise GrammarError(message[:300], where)
+
+
+_META: list = []
+
+
+def _meta_validator() -> jsonschema.Draft202012Validator:
+    """Draft 2020-12's meta-schema validator (what check_schema builds on every call), built once."""
+    if not _META:
+        cls = jsonschema.Draft202012Validator
+        _META.append(cls(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER))
+    return _META[0]
 
 
 def _shape(schema: Any) -> tuple[int, int]:
@@ -195,12 +206,15 @@ def closed_objects(schema: Any) -> Any:
     """A copy of `schema` in which every object schema that lists properties (and says nothing
     about others) allows only those while decoding, as llama.cpp's converter does: an answer
     without extra keys validates all the same, and a model cannot wander into invented keys.
-    Integer-valued floats of count keywords (``"maxLength": 2.0``) become integers. A schema
+    Integer-valued floats of count keywords (``"maxLength": 2.0``) become integers, and an email
+    address is held to EMAIL_MAX_WHILE_DECODING characters (every answer is still one the schema
+    accepts). A schema
     with a combining keyword (allOf, not, if, ...) is left as it is: closing a branch could
     make it unsatisfiable."""
     return _close(schema, not _mentions(schema, COMBINING))
 
 
+EMAIL_MAX_WHILE_DECODING = 64  # an email address the model writes: at most this many characters
 COUNTS = {"maxLength", "minLength", "maxItems", "minItems", "maxProperties", "minProperties", "maxContains",
           "minContains"}
 
@@ -218,6 +232,8 @@ def _close(node: Any, close: bool) -> Any:
     for key in ("items", "contains"):
         if key in node:
             out[key] = _close(node[key], close)
+    if node.get("format") == "email" and "maxLength" not in node:
+        out["maxLength"] = EMAIL_MAX_WHILE_DECODING  # a local part that never ends never reaches its "@"
     props, required = node.get("properties"), node.get("required", [])
     if close and isinstance(props, dict) and props and not (OPENING & node.keys()) and isinstance(required, list) \
             and set(required) <= props.keys():

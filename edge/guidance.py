@@ -108,12 +108,35 @@ def first_line(message: str) -> str:
     return re.sub(r"^at \d+\(\d+\): ", "", line)[:300]
 
 
+_BITS = np.arange(32, dtype=np.uint32)
+
+
 def apply_mask(logits: np.ndarray, bitmask: np.ndarray) -> int:
     """Set every logit whose bit is clear to -inf, in place; return how many tokens stay allowed.
-    `bitmask` is llguidance's int32 words, bit i of word w standing for token 32*w + i."""
-    allowed = np.unpackbits(bitmask.view(np.uint8), count=logits.shape[0], bitorder="little").view(bool)
-    np.copyto(logits, -np.inf, where=~allowed)
-    return int(np.count_nonzero(allowed))
+    `bitmask` is llguidance's int32 words, bit i of word w standing for token 32*w + i.
+
+    Word by word: a word of zeros forbids its 32 tokens at once, a word of ones leaves them, and
+    only the few mixed words are unpacked (a mask for 151,936 tokens costs tens of microseconds,
+    where unpacking every bit costs milliseconds)."""
+    n = logits.shape[0]
+    words = bitmask.view(np.uint32)
+    full = n // 32
+    rows = logits[: full * 32].reshape(full, 32)
+    head = words[:full]
+    rows[head == 0] = -np.inf
+    mixed = np.flatnonzero((head != 0) & (head != 0xFFFFFFFF))
+    allowed = 32 * int(np.count_nonzero(head == 0xFFFFFFFF))
+    if mixed.size:
+        bits = ((head[mixed, None] >> _BITS) & 1).astype(bool)
+        block = rows[mixed]
+        block[~bits] = -np.inf
+        rows[mixed] = block
+        allowed += int(np.count_nonzero(bits))
+    if n > full * 32:  # a vocabulary that is not a multiple of 32: the last, partial word
+        tail = ((words[full] >> _BITS[: n - full * 32]) & 1).astype(bool)
+        logits[full * 32:][~tail] = -np.inf
+        allowed += int(np.count_nonzero(tail))
+    return allowed
 
 
 class Constraint:
