@@ -110,7 +110,8 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
                 reply = event.reply or reply
                 if not as_json:
                     printer(event)
-    problem = json_answer_problem(reply.answer, fmt, reply.stop_reason)   # None without a format
+    # None without a format; the Chat's own check (answer_check.py) first, then the answer's shape
+    problem = (reply.schema_error or json_answer_problem(reply.answer, fmt, reply.stop_reason)) if fmt is not None else None
     if as_json:
         fields = {"schema_error": problem} if fmt is not None else {}
         out.print_json(json.dumps({"model": str(engine.info.path), **dataclasses.asdict(reply), **fields}))

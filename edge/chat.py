@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import dataclasses
 import json
 import os
 import threading
@@ -29,16 +30,18 @@ from typing import Any
 import llama_cpp
 
 from .async_bridge import iterate_in_thread
+from .answer_check import reply_problems
 from .budget import answer_reserve, turn_budget
 from .chat_args import chat_arguments_problem, max_tokens_problem, mode_problem, stop_list, stop_problem
 from .chat_template import TemplateError
 from .context_growth import GrowthError
 from .engine import Engine, EngineClosedError
 from .grammar import Constraints, GrammarError, plan_constraints
+from .guidance import Constraint, ConstraintError, compile_grammar, tokenizer_for
 from .model_kind import ModelKind, prompt_opens_thinking
 from .modes import Mode, soft_switch, thinking_for
 from .rpc import WorkerLost
-from .sampling import Grammar, GrammarCompileError, SamplingParams, TokenSampler, preset
+from .sampling import GrammarCompileError, SamplingParams, TokenSampler, preset
 from .scheduler import SchedulerError
 from .sequence import DecodeError, StreamUnavailable, open_sequence
 from .stop_strings import StopCutter
@@ -117,6 +120,7 @@ class Reply:
     notices: tuple[str, ...] = ()              # what the chat said about this turn (also as events)
     thinking_budget: int | None = None         # the budget this turn ran with (auto / time budgets)
     thinking_cut: str | None = None            # "budget" or "max_tokens": why the thinking was cut
+    schema_error: str | None = None            # why the answer or a call fails its schema (answer_check.py)
 
 
 @dataclass(frozen=True)
@@ -134,8 +138,8 @@ class _Turn:
     parser: ThinkingParser
     sampler: TokenSampler
     calls: ToolCallParser | None = None
-    answer_grammar: Grammar | None = None
-    call_grammar: Grammar | None = None
+    answer_grammar: Constraint | None = None
+    call_grammar: Constraint | None = None
     thinking: list[str] = field(default_factory=list)
     answer: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
@@ -309,12 +313,13 @@ class Chat:
         except GrammarError as e:
             raise ChatError(e.message) from None
 
-    def _compile(self, gbnf: str | None) -> Grammar | None:
-        if gbnf is None:
+    def _compile(self, lark: str | None) -> Constraint | None:
+        """An llguidance matcher for one of the turn's grammars (guidance.py)."""
+        if lark is None:
             return None
         try:
-            return Grammar(self._vocab, gbnf)
-        except GrammarCompileError as e:
+            return compile_grammar(tokenizer_for(self.engine.llama), lark)
+        except ConstraintError as e:
             raise ChatError(str(e)) from None
 
     # ---- generation ---------------------------------------------------------------------------
@@ -383,12 +388,17 @@ class Chat:
         turn.budget = turn_budget(self.budget, self.think_time, last_user, self.measured_tokens_per_s)
         turn.budget_pending = self.think_time is not None and self.measured_tokens_per_s is None
         try:
-            turn.answer_grammar = self._compile(constraints.answer_gbnf)
-            turn.call_grammar = self._compile(constraints.call_gbnf if constrain_tool_calls else None)
+            turn.answer_grammar = self._compile(constraints.answer_grammar)
+            turn.call_grammar = self._compile(constraints.call_grammar if constrain_tool_calls else None)
             for note in filter(None, [mode_notice, dropped and f"dropped the {dropped} oldest turn(s) to fit the "
                                                               f"{self.engine.n_ctx}-token context"]):
                 yield self._notice(turn, note)
             reply = yield from self._generate(turn, prompt, thinking)
+            if problems := reply_problems(reply.answer, reply.tool_calls, constraints.answer_schema,
+                                          constraints.tool_schemas):
+                reply = dataclasses.replace(reply, schema_error=problems[0], notices=reply.notices + tuple(problems))
+                for problem in problems:
+                    yield Event("notice", problem)
         finally:
             turn.sampler.close()  # llama.cpp's buffers go now, not at Python's next cycle collection
             for g in (turn.answer_grammar, turn.call_grammar):

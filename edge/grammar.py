@@ -1,18 +1,22 @@
-"""Tools, tool_choice and response formats checked, and turned into llama.cpp grammars (GBNF).
+"""Tools, tool_choice and response formats checked, and turned into llguidance grammars (Lark).
 
-The grammars come from llama.cpp's own JSON-schema converter (the bindings' SchemaConverter),
-wrapped in a few rules of ours. They constrain only the answer: the chat loop arms them after
+The constraint engine is llguidance (guidance.py says why); its grammars are Lark text with the
+JSON schemas embedded by ``%json``. They constrain only the answer: the chat loop arms them after
 ``</think>`` (or from the first token without thinking), so the thinking stays free.
 
-- A response format (JSON object or JSON schema): ``root ::= lead answer``.
-- tool_choice "required" or a named function: ``root ::= lead calls``, each call
-  ``<tool_call> lead {"name": <const>, "arguments": <that tool's parameters>} lead </tool_call>``.
-- tool_choice "auto": a grammar armed when the model itself writes ``<tool_call>`` (so its root
-  begins with that literal, whose token is fed to it first), keeping every call well formed.
+- A response format (JSON object or JSON schema): ``start: LEAD? answer``.
+- tool_choice "required" or a named function: ``start: LEAD? calls LEAD?``, each call
+  ``<tool_call> {"name": "<name>", "arguments": <that tool's parameters>} </tool_call>``
+  (name first, as Qwen's template writes it; each tool's parameters are their own ``%json``
+  document, so their ``$ref``s resolve against their own ``$defs``).
+- tool_choice "auto": a grammar armed when the model itself writes ``<tool_call>`` (its token is
+  fed to it first), keeping every call well formed.
 
-Schemas are untrusted input: their size, depth and enum lengths are bounded before conversion,
-and keywords the converter would silently ignore (``minimum``, ``uniqueItems``, ...) are refused,
-so that an answer that matches the grammar also validates against the schema.
+Schemas are untrusted input: their size and depth are bounded and llguidance's fuel limits bound
+their compilation (guidance.LIMITS). Keywords llguidance cannot enforce while decoding
+(``uniqueItems``, ``not``, ``if``/``then``/``else``, ``dependentRequired``, ...) are compiled
+leniently and checked on the finished answer instead (answer_check.py): an answer that fails is
+returned flagged, never silently. The caller's schema is never changed (planning reads it only).
 """
 
 from __future__ import annotations
@@ -22,27 +26,25 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from llama_cpp.llama_grammar import SchemaConverter
+import jsonschema
+
+from .guidance import check_grammar
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_SCHEMA_DEPTH = 24
 MAX_ENUM = 512
 MAX_TOOLS = 128
 MAX_GRAMMAR_BYTES = 256 * 1024
-LEAD = r"[ \t\n]{0,4}"
-# The bindings' converter lets raw control characters into strings (its char rule is [^"\\]),
-# which json.loads refuses; llama.cpp's C++ converter excludes them. Ours does too.
-CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
-       # whitespace before the answer or between calls ("\n\n" after </think>)
+LEAD = r"/[ \t\n]{1,4}/"  # whitespace before the answer or between calls ("\n\n" after </think>)
+# JSON whitespace between tokens: at most one space (`{"a": 1}` and `{"a":1}`), so that a model
+# never spends its tokens on runs of whitespace
+JSON_OPTIONS = {"lenient": True, "whitespace_pattern": r"[ ]?"}
+# Objects with listed properties are closed to them while decoding (closed_objects); these
+# keywords open an object or combine schemas so that closing could change what validates.
+OPENING = {"additionalProperties", "patternProperties", "unevaluatedProperties", "minProperties", "propertyNames"}
+COMBINING = {"allOf", "not", "if", "then", "else", "dependentSchemas", "dependentRequired", "$dynamicRef",
+             "unevaluatedProperties"}
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-# Keywords the converter does not enforce: a schema using them could be matched by the grammar
-# and still fail validation, so it is refused with the keyword named.
-UNENFORCED = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
-              "minProperties", "maxProperties", "patternProperties", "propertyNames", "not", "if", "then", "else",
-              "dependentRequired", "dependentSchemas", "dependencies", "contains", "minContains", "maxContains",
-              "unevaluatedProperties", "unevaluatedItems"}
-FORMATS = {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
 TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 
 
@@ -56,11 +58,13 @@ class GrammarError(ValueError):
 
 @dataclass(frozen=True)
 class Constraints:
-    """What one turn renders and enforces."""
+    """What one turn renders, enforces while decoding, and checks on the finished reply."""
     tools: list[dict[str, Any]] | None = None   # for the template; None: no tools in the prompt
-    answer_gbnf: str | None = None              # armed when the answer starts
-    call_gbnf: str | None = None                # armed when the model writes <tool_call>
+    answer_grammar: str | None = None           # Lark, armed when the answer starts
+    call_grammar: str | None = None             # Lark, armed when the model writes <tool_call>
     tool_names: frozenset[str] = field(default_factory=frozenset)
+    answer_schema: dict | bool | None = None    # the response format's schema (answer_check.py)
+    tool_schemas: dict[str, Any] = field(default_factory=dict)  # name -> parameters schema
 
     @property
     def parse_calls(self) -> bool:
@@ -68,7 +72,8 @@ class Constraints:
 
 
 def check_schema(schema: Any, where: str) -> None:
-    """Bounds and keywords of an untrusted JSON schema; raises GrammarError naming the problem."""
+    """Bounds and validity of an untrusted JSON schema (Draft 2020-12); raises GrammarError naming
+    the problem."""
     try:
         size = len(json.dumps(schema))
     except RecursionError:
@@ -77,47 +82,49 @@ def check_schema(schema: Any, where: str) -> None:
         raise GrammarError(f"{where} is not a JSON schema (not serializable JSON)", where) from None
     if size > MAX_SCHEMA_BYTES:
         raise GrammarError(f"{where} is {size} bytes; at most {MAX_SCHEMA_BYTES} are accepted", where)
-    _walk(schema, where, 0)
-
-
-def _walk(schema: Any, where: str, depth: int) -> None:
-    if isinstance(schema, bool):
-        return
-    if not isinstance(schema, dict):
+    if not isinstance(schema, (dict, bool)):
         raise GrammarError(f"{where} must be a JSON schema object", where)
-    if depth > MAX_SCHEMA_DEPTH:
+    if schema is False:
+        raise GrammarError(f"{where} is false: no answer can match it", where)
+    depth, longest_enum = _shape(schema)
+    if depth > 2 * MAX_SCHEMA_DEPTH:  # a schema level is two JSON objects ("properties": {...})
         raise GrammarError(f"{where} nests deeper than {MAX_SCHEMA_DEPTH} levels", where)
-    if bad := sorted(UNENFORCED & schema.keys()):
-        raise GrammarError(f"{where} uses {bad[0]!r}, which the grammar cannot enforce; remove it "
-                           f"(and check it in the application)", where)
-    kind = schema.get("type")
-    for t in kind if isinstance(kind, list) else [kind]:
-        if t is not None and t not in TYPES:
-            raise GrammarError(f"{where}.type {t!r} is not a JSON schema type", where)
-    if "format" in schema and schema.get("type") == "string" and schema["format"] not in FORMATS:
-        raise GrammarError(f"{where}.format {schema['format']!r} cannot be enforced (supported: "
-                           f"{', '.join(sorted(FORMATS))})", where)
-    for key in ("enum",):
-        if key in schema and (not isinstance(schema[key], list) or not schema[key] or len(schema[key]) > MAX_ENUM):
-            raise GrammarError(f"{where}.{key} must be a list of 1 to {MAX_ENUM} values", where)
-    children: list[tuple[str, Any]] = []
-    for key in ("properties", "$defs", "definitions"):
-        value = schema.get(key, {})
-        if not isinstance(value, dict):
-            raise GrammarError(f"{where}.{key} must be an object", where)
-        children += [(f"{where}.{key}.{k}", v) for k, v in value.items()]
-    for key in ("items", "additionalProperties"):
-        if isinstance(schema.get(key), dict):
-            children.append((f"{where}.{key}", schema[key]))
-    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
-        value = schema.get(key, [])
-        if not isinstance(value, list):
-            raise GrammarError(f"{where}.{key} must be a list", where)
-        children += [(f"{where}.{key}[{i}]", v) for i, v in enumerate(value)]
-    if isinstance(schema.get("items"), list):
-        children += [(f"{where}.items[{i}]", v) for i, v in enumerate(schema["items"])]
-    for child_where, child in children:
-        _walk(child, child_where, depth + 1)
+    if longest_enum > MAX_ENUM:
+        raise GrammarError(f"{where} has an enum of {longest_enum} values; at most {MAX_ENUM}", where)
+    try:
+        error = jsonschema.exceptions.best_match(_meta_validator().iter_errors(schema))
+    except RecursionError:
+        raise GrammarError(f"{where} nests deeper than {MAX_SCHEMA_DEPTH} levels", where) from None
+    if error is not None:
+        path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in list(error.absolute_path)[:-1])
+        message = f"{where}{path} is not a valid JSON schema: {error.message}"
+        raise GrammarError(message[:300], where)
+
+
+_META: list = []
+
+
+def _meta_validator() -> jsonschema.Draft202012Validator:
+    """Draft 2020-12's meta-schema validator (what check_schema builds on every call), built once."""
+    if not _META:
+        cls = jsonschema.Draft202012Validator
+        _META.append(cls(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER))
+    return _META[0]
+
+
+def _shape(schema: Any) -> tuple[int, int]:
+    """Nesting depth of JSON objects (a bound, not a measure) and the longest "enum" list."""
+    deepest, longest, stack = 0, 0, [(schema, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            deepest = max(deepest, depth)
+            if isinstance(node.get("enum"), list):
+                longest = max(longest, len(node["enum"]))
+            stack += [(v, depth + 1) for v in node.values() if isinstance(v, (dict, list))]
+        elif isinstance(node, list):
+            stack += [(v, depth) for v in node if isinstance(v, (dict, list))]
+    return deepest, longest
 
 
 def response_schema(response_format: Any) -> dict | None:
@@ -136,7 +143,7 @@ def response_schema(response_format: Any) -> dict | None:
         return {"type": "object"}
     if kind == "json_schema":
         spec = response_format.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), (dict, bool)):
             raise GrammarError("response_format.json_schema.schema must be a JSON schema object",
                                "response_format.json_schema")
         return spec["schema"]
@@ -187,22 +194,103 @@ def _params(tool: dict) -> dict:
     return tool["function"].get("parameters") or {"type": "object", "properties": {}}
 
 
-def _convert(converter: SchemaConverter, schema: dict, name: str, where: str) -> str:
-    try:
-        return converter.visit(converter.resolve_refs(schema, "request"), name)
-    except RecursionError:
-        raise GrammarError(f"{where} nests too deeply", where) from None
-    except Exception as e:  # the converter asserts and raises on schemas it cannot express
-        raise GrammarError(f"{where} cannot be turned into a grammar ({type(e).__name__}: {e})"[:300], where) from None
+def json_rule(schema: Any) -> str:
+    """A Lark ``%json`` body for `schema` with our JSON options, which replace any "x-guidance" the
+    caller sent (a new top-level dict: the caller's is not touched)."""
+    if schema is True:
+        schema = {}
+    return "%json " + json.dumps({**closed_objects(schema), "x-guidance": JSON_OPTIONS}, ensure_ascii=False)
 
 
-def _strict_chars(rules: str) -> str:
-    return "\n".join(CHAR_RULE if line.startswith("char ::=") else line for line in rules.split("\n"))
+def closed_objects(schema: Any) -> Any:
+    """A copy of `schema` in which every object schema that lists properties (and says nothing
+    about others) allows only those while decoding, as llama.cpp's converter does: an answer
+    without extra keys validates all the same, and a model cannot wander into invented keys.
+    Integer-valued floats of count keywords (``"maxLength": 2.0``) become integers, and an email
+    address is held to EMAIL_MAX_WHILE_DECODING characters (every answer is still one the schema
+    accepts). A schema
+    with a combining keyword (allOf, not, if, ...) is left as it is: closing a branch could
+    make it unsatisfiable."""
+    return _close(schema, not _mentions(schema, COMBINING))
+
+
+EMAIL_MAX_WHILE_DECODING = 64  # an email address the model writes: at most this many characters
+COUNTS = {"maxLength", "minLength", "maxItems", "minItems", "maxProperties", "minProperties", "maxContains",
+          "minContains"}
+
+
+def _close(node: Any, close: bool) -> Any:
+    if not isinstance(node, dict):
+        return node
+    out = _counts_as_ints(node)
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(node.get(key), dict):
+            out[key] = {name: _close(sub, close) for name, sub in node[key].items()}
+    for key in ("anyOf", "oneOf", "prefixItems"):
+        if isinstance(node.get(key), list):
+            out[key] = [_close(sub, close) for sub in node[key]]
+    for key in ("items", "contains"):
+        if key in node:
+            out[key] = _close(node[key], close)
+    if node.get("format") == "email" and "maxLength" not in node:
+        out["maxLength"] = EMAIL_MAX_WHILE_DECODING  # a local part that never ends never reaches its "@"
+    props, required = node.get("properties"), node.get("required", [])
+    if close and isinstance(props, dict) and props and not (OPENING & node.keys()) and isinstance(required, list) \
+            and set(required) <= props.keys():
+        out["additionalProperties"] = False
+    return out
+
+
+def _counts_as_ints(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    return {k: int(v) if k in COUNTS and isinstance(v, float) and v.is_integer() else v for k, v in node.items()}
+
+
+def _mentions(node: Any, keys: set[str]) -> bool:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if keys & item.keys():
+                return True
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+    return False
+
+
+def _lark_string(text: str) -> str:
+    """`text` as a Lark string literal matching exactly those characters."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def tool_call_rules(tools: list[dict]) -> str:
+    """``tool_call`` and its alternatives: <tool_call> {"name": ..., "arguments": ...} </tool_call>."""
+    rules, names = [], []
+    for i, tool in enumerate(tools):
+        name = tool["function"]["name"]  # TOOL_NAME: no quote or backslash to escape
+        rules.append(f'call_{i}: "{{" WS? {_lark_string(chr(34) + "name" + chr(34))} WS? ":" WS? '
+                     f'{_lark_string(chr(34) + name + chr(34))} WS? "," WS? '
+                     f'{_lark_string(chr(34) + "arguments" + chr(34))} WS? ":" WS? args_{i} WS? "}}"\n'
+                     f"args_{i}: {json_rule(_params(tool))}\n")
+        names.append(f"call_{i}")
+    return ("tool_call: <tool_call> LEAD? call_json LEAD? </tool_call>\n"
+            f"call_json: {' | '.join(names)}\n" + "".join(rules) + "WS: /[ \\t\\n]{1,20}/\n")
+
+
+def _check(lark: str, where: str) -> str:
+    if len(lark) > MAX_GRAMMAR_BYTES:
+        raise GrammarError(f"the schema makes a grammar of {len(lark)} bytes; at most {MAX_GRAMMAR_BYTES}", where)
+    if (problem := check_grammar(lark)) is not None:
+        raise GrammarError(f"{where} cannot be enforced: {problem}", where)
+    return lark
 
 
 def plan_constraints(tools: Any = None, tool_choice: Any = "auto", response_format: Any = None,
                      parallel_tool_calls: bool = True) -> Constraints:
-    """Check a turn's tools, tool_choice and response format; build its grammars (pure)."""
+    """Check a turn's tools, tool_choice and response format; build its grammars (pure: the
+    arguments are read, never changed)."""
     tools = check_tools(tools) if tools else None
     names = {t["function"]["name"] for t in tools or []}
     if tool_choice not in (None, "auto", "none") and not tools:
@@ -213,29 +301,23 @@ def plan_constraints(tools: Any = None, tool_choice: Any = "auto", response_form
         check_schema(schema, "response_format")
     if choice == "none":
         tools = None
-    converter = SchemaConverter(prop_order={"name": 0, "arguments": 1}, allow_fetch=False, dotall=False,
-                                raw_pattern=False)
-    answer_rule = _convert(converter, schema, "answer", "response_format") if schema is not None else None
-    calls_rule = call_rule = None
+    answer_rule = f"answer: {json_rule(schema)}\n" if schema is not None else ""
+    lead = f"LEAD: {LEAD}\n"
+    calls = call_rules = ""
     if tools:
         chosen = [t for t in tools if only is None or t["function"]["name"] == only]
-        call_schema = {"anyOf": [{"type": "object", "properties": {
-            "name": {"const": t["function"]["name"]}, "arguments": _params(t)},
-            "required": ["name", "arguments"], "additionalProperties": False} for t in chosen]}
-        body = _convert(converter, call_schema, "call-json", "tools")
-        call_rule = f'tool-call ::= "<tool_call>" lead {body} lead "</tool_call>"\n'
-        calls_rule = "tool-call (lead tool-call)*" if parallel_tool_calls else "tool-call"
-    rules = _strict_chars(converter.format_grammar()) + f"\nlead ::= {LEAD}\n" + (call_rule if tools else "")
-    answer_gbnf = call_gbnf = None
+        call_rules = tool_call_rules(chosen)
+        calls = "tool_call (LEAD? tool_call)*" if parallel_tool_calls else "tool_call"
+    answer_grammar = call_grammar = None
     if choice == "required":
-        answer_gbnf = rules + f"root ::= lead ({calls_rule}) lead\n"
-    elif answer_rule is not None:
-        alternatives = f"{answer_rule} | {calls_rule}" if calls_rule else answer_rule
-        answer_gbnf = rules + f"root ::= lead ({alternatives})\n"
-    if calls_rule and choice == "auto":
-        call_gbnf = rules + f"root ::= {calls_rule} lead\n"
-    for gbnf in (answer_gbnf, call_gbnf):
-        if gbnf and len(gbnf) > MAX_GRAMMAR_BYTES:
-            raise GrammarError(f"the schema makes a grammar of {len(gbnf)} bytes; at most {MAX_GRAMMAR_BYTES}",
-                               "response_format" if schema is not None else "tools")
-    return Constraints(tools, answer_gbnf, call_gbnf, frozenset(names) if tools else frozenset())
+        answer_grammar = f"start: LEAD? ({calls}) LEAD?\n{lead}{call_rules}"
+    elif schema is not None:
+        alternatives = f"answer | {calls}" if calls else "answer"
+        answer_grammar = f"start: LEAD? ({alternatives})\n{lead}{answer_rule}{call_rules}"
+    if calls and choice == "auto":
+        call_grammar = f"start: {calls} LEAD?\n{lead}{call_rules}"
+    where = "response_format" if schema is not None else "tools"
+    answer_grammar = answer_grammar and _check(answer_grammar, where)
+    call_grammar = call_grammar and _check(call_grammar, "tools")
+    return Constraints(tools, answer_grammar, call_grammar, frozenset(names) if tools else frozenset(),
+                       schema, {t["function"]["name"]: _params(t) for t in tools or []})

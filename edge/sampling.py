@@ -17,6 +17,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
+from .guidance import Constraint, ConstraintError
+
 PENALTY_LAST_N = 64
 
 
@@ -132,6 +134,8 @@ class TokenSampler:
         decode, scheduler.py): the same chain and the same draws either way."""
         if self.grammar is None and logits is None:
             return self.chain.sample(ctx, -1)
+        if isinstance(self.grammar, Constraint):
+            return self._sample_masked(ctx, is_eog, logits)
         token = self._draw(ctx, with_grammar=False, logits=logits)
         if self.grammar is not None and not self.grammar.allows(token):
             self.rejections += 1
@@ -141,6 +145,30 @@ class TokenSampler:
             return token
         if not is_eog(token):
             self.grammar.accept(token)
+        return token
+
+    def _sample_masked(self, ctx, is_eog, logits: np.ndarray | None) -> int:
+        """llguidance's mask written into the logits row in place (the context's own buffer, or the
+        row the scheduler copied out), then the unchanged chain: every sampler setting applies to
+        the allowed tokens. `rejections` counts tokens where the mask removed the model's top choice."""
+        row = logits if logits is not None else np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(self.n_vocab,))
+        top = int(row.argmax())
+        try:
+            self.grammar.mask(row)
+        except ConstraintError as e:
+            raise GrammarCompileError(str(e)) from None
+        self.rejections += not math.isfinite(row[top])
+        if logits is None:
+            token = self.chain.sample(ctx, -1)  # llama_sampler_sample accepts the token into the chain
+        else:
+            token = self._draw(ctx, with_grammar=False, logits=row)
+            self.chain.accept(token)
+        if not is_eog(token):
+            try:
+                self.grammar.accept(token)
+            except ConstraintError as e:
+                raise GrammarCompileError(str(e)) from None
         return token
 
     def _draw(self, ctx, with_grammar: bool, logits: np.ndarray | None = None) -> int:

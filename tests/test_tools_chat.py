@@ -223,11 +223,11 @@ def test_schema_the_script_already_fits_costs_no_full_pass(plain):
     ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "name"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "not a schema"}}]}, "parameters"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not among the tools"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "integer", "minimum": 3}}}},
-     "minimum"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {
+        "type": "object", "patternProperties": {"a*": {}, "aa*": {"type": "integer"}}}}}}, "cannot be enforced"),
     ({"response_format": {"type": "object", "properties": {"a": {"enum": list(range(5000))}}}}, "enum"),
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "(unclosed"}}}},
-     "grammar"),
+     "not a valid JSON schema"),
 ])
 def test_bad_tools_and_schemas_are_one_line_errors(plain, kwargs, message):
     chat = Chat(plain, mode="no_think", seed=1)

@@ -1,0 +1,186 @@
+"""Structured-output coverage: every schema of tests/schema_cases.py (the JSON-Schema-Test-Suite's
+draft 2020-12 keyword and format files, pydantic models, the OpenAI SDK's strict schemas) sent as a
+response format to a small random-weight model at temperature 1, each answer checked with
+jsonschema (Draft 2020-12, formats checked). Two engines on the same cases and seeds:
+
+- llguidance: qwen3-edge's engine (edge/grammar.py, edge/guidance.py);
+- gbnf: the previous planner with llama.cpp's converter and grammar sampler (benchmarks/legacy_gbnf.py).
+
+    python benchmarks/bench_schemas.py [--seeds 3] [--max-tokens 384] [--engines llguidance,gbnf] [--only TEXT]
+    python benchmarks/bench_schemas.py --compile-only
+
+Per engine: refused up front, answers valid, accepted but invalid (flagged: Reply.schema_error;
+"silent" counts invalid answers that were not flagged, which must be 0 for llguidance), the
+median grammar compile time, and the cases that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "benchmarks" / ".cache"
+sys.path.insert(0, str(ROOT))
+
+from edge import Chat, ChatError, Engine  # noqa: E402
+from edge.answer_check import answer_problem  # noqa: E402
+from edge.grammar import Constraints  # noqa: E402
+from edge.sampling import Grammar, GrammarCompileError  # noqa: E402
+
+PROMPT = "Reply with JSON."
+
+
+def tiny_random_gguf() -> Path:
+    """A tiny random-weight Qwen3 (real tokenizer, full 151,936-token vocabulary), built once."""
+    out = CACHE / "tiny-random-f16.gguf"
+    if not out.exists():
+        from quantize import quantize_model
+        from tests.model_factory import TINY_TIED, build_model
+        CACHE.mkdir(parents=True, exist_ok=True)
+        quantize_model(build_model(CACHE / "tiny-random-hf", TINY_TIED, seed=7), "f16", out)
+    return out
+
+
+class LegacyChat(Chat):
+    """The same Chat on the previous engine: the GBNF planner and llama.cpp's grammar sampler."""
+
+    def _constraints(self, tools, tool_choice, response_format, parallel_tool_calls) -> Constraints:
+        from benchmarks import legacy_gbnf
+        try:
+            c = legacy_gbnf.plan_constraints(tools, tool_choice, response_format, parallel_tool_calls)
+        except legacy_gbnf.GrammarError as e:
+            raise ChatError(e.message) from None
+        return Constraints(c.tools, c.answer_gbnf, c.call_gbnf, c.tool_names)  # no answer check: measured here
+
+    def _compile(self, gbnf):
+        if gbnf is None:
+            return None
+        try:
+            return Grammar(self._vocab, gbnf)
+        except GrammarCompileError as e:
+            raise ChatError(str(e)) from None
+
+
+def response_format(schema) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "case", "schema": schema}}
+
+
+def compile_seconds(engine: Engine, kind: str, schema) -> float | None:
+    """Time to plan and compile the schema's grammar for this model (None: refused)."""
+    from edge.grammar import GrammarError, plan_constraints
+    from edge.guidance import ConstraintError, compile_grammar, tokenizer_for
+    from benchmarks import legacy_gbnf
+    tokenizer_for(engine.llama)  # built once per model, not per request
+    started = time.perf_counter()
+    try:
+        if kind == "gbnf":
+            Grammar(engine.llama._model.vocab, legacy_gbnf.plan_constraints(response_format=response_format(schema)).answer_gbnf).close()
+        else:
+            compile_grammar(tokenizer_for(engine.llama), plan_constraints(response_format=response_format(schema)).answer_grammar)
+    except (GrammarError, legacy_gbnf.GrammarError, ConstraintError, GrammarCompileError):
+        return None
+    return time.perf_counter() - started
+
+
+def run_case(engine: Engine, kind: str, schema, seed: int, max_tokens: int) -> tuple[str, str]:
+    """("refused" | "valid" | "flagged" | "silent", detail)."""
+    cls = LegacyChat if kind == "gbnf" else Chat
+    chat = cls(engine, mode="no_think", seed=seed, max_tokens=max_tokens, sampling={"temperature": 1.0})
+    try:
+        reply = chat.send(PROMPT, response_format=response_format(schema))
+    except ChatError as e:
+        return "refused", str(e)[:160]
+    problem = answer_problem(reply.answer, schema)
+    if problem is None:
+        return "valid", ""
+    if getattr(reply, "schema_error", None):
+        return "flagged", f"{problem} | {reply.answer[:80]!r}"
+    return "silent", f"{problem} | {reply.answer[:80]!r}"
+
+
+def compile_times() -> None:
+    """Plan + compile CPU time per schema (process time: other load on the machine does not count),
+    against the real Qwen3 vocabulary from tests/fixtures (no model needed)."""
+    import llguidance
+
+    from edge.grammar import GrammarError, plan_constraints
+    from edge.guidance import compile_grammar
+    from tests.schema_cases import app_cases, suite_cases
+    tok = llguidance.LLTokenizer(str(ROOT / "tests" / "fixtures" / "qwen3-tokenizer" / "tokenizer.json"),
+                                 n_vocab=151936, eos_token=[151643, 151645])
+    compile_grammar(tok, plan_constraints(response_format={"type": "object"}).answer_grammar)  # warm
+    props = {f"p{i}": {"enum": [f"value-{i}-{j}" for j in range(60)]} for i in range(40)}
+    largest = [("largest the bounds allow", {"type": "object", "properties": props, "required": list(props)})] * 3
+    for label, cases in (("app schemas", app_cases()), ("suite schemas", suite_cases()), ("largest", largest)):
+        times = []
+        for _, schema in cases:
+            started = time.process_time()
+            try:
+                compile_grammar(tok, plan_constraints(response_format=response_format(schema)).answer_grammar)
+            except GrammarError:
+                continue
+            times.append(time.process_time() - started)
+        times.sort()
+        print(f"{label:14} n={len(times):3}  plan+compile CPU ms: median {1e3 * statistics.median(times):.1f}  "
+              f"p90 {1e3 * times[int(0.9 * len(times))]:.1f}  max {1e3 * times[-1]:.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=384)
+    ap.add_argument("--engines", default="llguidance,gbnf")
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this")
+    ap.add_argument("--show", type=int, default=40, help="failed cases listed per engine")
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (the tiny model needs one)")
+    ap.add_argument("--compile-only", action="store_true", help="only the plan + compile times (no model)")
+    args = ap.parse_args()
+    if args.compile_only:
+        return compile_times()
+    from tests.schema_cases import app_cases, suite_cases
+    cases = [c for c in suite_cases() + app_cases() if args.only in c[0]]
+    print(f"{len(cases)} schemas ({sum(n.startswith('suite:') for n, _ in cases)} from the JSON-Schema-Test-Suite), "
+          f"{args.seeds} seeds, temperature 1, max_tokens {args.max_tokens}, tiny random-weight model")
+    with Engine.load(tiny_random_gguf(), n_ctx=2048, n_threads=args.threads) as engine:
+        for kind in args.engines.split(","):
+            outcomes: Counter = Counter()
+            per_schema: dict[str, Counter] = {}
+            failures, compiles = [], []
+            started = time.perf_counter()
+            for name, schema in cases:
+                per_schema[name] = Counter()
+                if (compile_s := compile_seconds(engine, kind, schema)) is not None:
+                    compiles.append(compile_s)
+                for seed in range(args.seeds):
+                    outcome, detail = run_case(engine, kind, schema, seed, args.max_tokens)
+                    outcomes[outcome] += 1
+                    per_schema[name][outcome] += 1
+                    if outcome != "valid":
+                        failures.append(f"  {outcome:8} {name[:70]:70} seed {seed}: {detail}")
+                    if outcome == "refused":
+                        break  # refusal does not depend on the seed
+            n = len(cases)
+            refused = sum(1 for c in per_schema.values() if c["refused"])
+            all_valid = sum(1 for c in per_schema.values() if c["valid"] == args.seeds)
+            answers = sum(outcomes[k] for k in ("valid", "flagged", "silent"))
+            print(f"\n[{kind}] {time.perf_counter() - started:.0f}s")
+            print(f"  schemas accepted {n - refused}/{n}; valid on every seed {all_valid}/{n} ({100 * all_valid / n:.1f}%)")
+            print(f"  answers: valid {outcomes['valid']}/{answers}, accepted but invalid {outcomes['flagged'] + outcomes['silent']} "
+                  f"(flagged {outcomes['flagged']}, silent {outcomes['silent']})")
+            if compiles:
+                compiles.sort()
+                print(f"  plan + compile per schema: median {1e3 * statistics.median(compiles):.1f} ms, "
+                      f"max {1e3 * compiles[-1]:.1f} ms")
+            print("\n".join(failures[: args.show]))
+            print(json.dumps({"engine": kind, "schemas": n, "accepted": n - refused, "valid_all_seeds": all_valid,
+                              **outcomes}))
+
+
+if __name__ == "__main__":
+    main()
