@@ -48,6 +48,7 @@ class ModelInfo:
     size_label: str | None
     file_type: int | None
     n_layers: int
+    n_embd: int
     n_heads: int
     n_kv_heads: int
     head_dim: int
@@ -79,7 +80,7 @@ def read_model_info(path: Path) -> ModelInfo:
     return ModelInfo(
         path=path, size_bytes=path.stat().st_size, name=h.get("general.name"),
         size_label=h.get("general.size_label"), file_type=h.get("general.file_type"),
-        n_layers=dims.layers, n_heads=dims.heads, n_kv_heads=dims.kv_heads, head_dim=dims.head_dim,
+        n_layers=dims.layers, n_embd=dims.hidden, n_heads=dims.heads, n_kv_heads=dims.kv_heads, head_dim=dims.head_dim,
         n_ctx_train=rope.context_length, yarn=rope.yarn,
         chat_template=h.get("tokenizer.chat_template"), rope=rope, sampling_defaults=sampling,
         tensor_bytes={t.name: t.n_bytes for t in h.tensors},
@@ -228,7 +229,7 @@ class Engine:
             with the asked offload (or `device`, on_device's arguments for another layer count)."""
             return plan_memory(info.size_bytes, ctx, info.n_layers, info.n_kv_heads, info.head_dim, budget,
                                type_k=kv, type_v=kv, n_batch=n_batch, n_heads=info.n_heads, flash_attn=attention(kv),
-                               ctx_limit=info.rope.max_ctx, n_seq=n_seq,
+                               ctx_limit=info.rope.max_ctx, n_seq=n_seq, n_embd=info.n_embd,
                                **(device_kwargs if device is None else device))
         single = parallel == 1 and workers is None
         try:
