@@ -16,6 +16,7 @@ from edge.store import ModelStore
 from edge.text_check import text_problem
 
 from .chat_repl import ChatRepl, make_reader
+from .tune_cmd import tuning_line
 from .console import err, friendly_errors, out, where
 from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, RPC, SOURCE, THREADS, load_engine, make_chat
 
@@ -64,6 +65,8 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int 
                             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                             presence_penalty=presence_penalty, max_tokens=max_tokens)
     out.print(f"[dim]{escape(engine.footprint.describe())}[/]", soft_wrap=True)
+    if line := tuning_line(engine):
+        out.print(f"[dim]{escape(line)}[/]", soft_wrap=True)
     out.print(f"[bold]qwen3-edge[/] · {escape(engine.info.name or engine.info.path.name)} · {escape(where(engine))} · "
               f"ctx {engine.n_ctx} · mode {session.mode.value} · /help for commands, /exit or Ctrl-D to leave",
               soft_wrap=True)

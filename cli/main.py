@@ -12,6 +12,7 @@ from .info_cmd import info
 from .quantize_cmd import quantize
 from .serve_cmd import serve
 from .store_cmd import list_models, pull, rm
+from .tune_cmd import tune
 from .worker_cmd import worker
 
 app = typer.Typer(name="qwen3-edge", help="Run Qwen3 on a small machine.", no_args_is_help=True,
@@ -26,6 +27,7 @@ app.command()(serve)
 app.command()(quantize)
 app.command()(info)
 app.command()(worker)
+app.command()(tune)
 
 
 def _version(value: bool) -> None:

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from .tune_cmd import tuning_line
 from .console import err, friendly_errors, where
 from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, RPC, SOURCE, THREADS, load_engine
 
@@ -47,5 +48,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
               f"{engine.parallel} parallel slot(s), queue {queue}; memory plan "
               f"{engine.memory_plan.total_bytes / (1 << 30):.2f} GiB)", soft_wrap=True)
     err.print(f"[dim]{engine.footprint.describe()}[/]", soft_wrap=True)
+    if line := tuning_line(engine):
+        err.print(f"[dim]{line}[/]", soft_wrap=True)
     with engine:
         uvicorn.run(create_app(engine, api_key=api_key, queue=queue), host=host, port=port, log_level="warning")

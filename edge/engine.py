@@ -30,6 +30,7 @@ from .footprint import Footprint, choose_footprint, next_ctx
 from .devices import (Device, Placement, capture_llama_log, list_devices, no_device_message, offload_targets,
                       parse_load_log, placement_backend, placement_device, registry_names)
 from .model_kind import ModelKind, detect_kind
+from .tune_rules import apply_tuned
 from . import rpc
 
 DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: footprint.py chooses)
@@ -140,6 +141,8 @@ class Engine:
         # holding them as users read them: "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))", "CPU (...)".
         self.placement: Placement | None = None
         self.device: str = ""
+        self.tuned = None        # tune_rules.Tuned: this machine's calibrated threads and flash attention
+        self.tuned_now = False   # whether the calibration ran during this load
 
     @classmethod
     def load(cls, path: str | Path, *, n_ctx: int | None = None, n_threads: int | None = None,
@@ -147,7 +150,7 @@ class Engine:
              available_bytes: int | None = None, n_batch: int = 512, use_mmap: bool | None = None,
              verbose: bool = False, parallel: int | None = 1, max_parallel: int = 4,
              extra_buffers: bool | None = None, rpc_servers: str | list[str] | None = None,
-             rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None) -> "Engine":
+             rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None, tune: bool | None = None) -> "Engine":
         """Open a Qwen3 GGUF.
 
         n_ctx, kv_cache_type and use_mmap left None are chosen from the memory plan and the memory
@@ -184,12 +187,16 @@ class Engine:
         the memory plan splits weights and KV cache the way llama.cpp will (split_plan.py), and a
         worker that stops answering for rpc_timeout seconds, or dies, ends the reply with
         rpc.WorkerLost (a ChatError in a Chat) instead of a hang or an abort.
+
+        tune: threads and flash attention not asked come from this machine's calibration
+        (tune.py: measured once per machine, model shape, backend and bindings version, cached;
+        `engine.tuned` says what, `engine.tuned_now` whether it was measured during this load).
+        None follows QWEN3_EDGE_TUNE (on unless "0"/"off"), False keeps the fixed defaults.
         """
         path = Path(path)
         if extra_buffers is None:  # llama.cpp's repacked weight layouts, unless one of them crashes
             extra_buffers = default_extra_buffers()
         info = read_model_info(path)
-        threads = n_threads or physical_cores()
         workers = None
         if rpc_servers is not None:
             if parallel != 1:
@@ -205,6 +212,16 @@ class Engine:
         backend = "rpc" if workers and gpu_layers != 0 else detect_backend(gpu_layers, targets)
         avail = available_bytes if available_bytes is not None else available_memory_bytes()
         asked_flash_attn = flash_attn
+        tuned, tuned_now = None, False
+        if workers is None and (n_threads is None or flash_attn is None):
+            from .tune import TuneError, tuned_defaults
+            try:
+                tuned, tuned_now = tuned_defaults(path, info, backend, n_gpu_layers=gpu_layers,
+                                                  extra_buffers=bool(extra_buffers),
+                                                  device_names=[d.description for d in targets], tune=tune)
+            except (TuneError, RuntimeError, ValueError):
+                tuned = None  # llama.cpp's own load below says what is wrong
+        threads, threads_batch, _ = apply_tuned(tuned, n_threads, flash_attn, physical_cores())
 
         def on_device(layers: int) -> dict[str, Any]:
             """plan_memory's device arguments for `layers` offloaded to the local device(s), whose
@@ -220,8 +237,13 @@ class Engine:
 
         def attention(kv: str) -> bool:
             # On the CPU flash attention slows generation at chat depths (benchmarks/RESULTS.md);
-            # GPU backends gain from it, and a quantized V cache needs it.
-            return (kv != "f16" or backend != "cpu") if asked_flash_attn is None else asked_flash_attn
+            # GPU backends gain from it, and a quantized V cache needs it. This machine's
+            # calibration (tune.py) decides where it measured (an f16 cache).
+            if asked_flash_attn is not None:
+                return asked_flash_attn
+            if tuned is not None and kv == "f16":
+                return tuned.flash_attn
+            return kv != "f16" or backend != "cpu"
 
         def planned(ctx: int, kv: str, budget: int = avail, n_seq: int = 1,
                     device: dict[str, Any] | None = None) -> MemoryPlan:
@@ -293,7 +315,7 @@ class Engine:
             with capture_llama_log() as load_log:
                 llama = rpc.llama_class(TunedLlama, load and load.cluster)(
                     str(path), n_ctx=own_ctx, n_batch=own_batch, n_ubatch=own_batch, n_threads=threads,
-                    n_threads_batch=threads,
+                    n_threads_batch=threads_batch,
                     n_gpu_layers=gpu_layers, use_mmap=use_mmap, use_mlock=False, flash_attn=flash_attn,
                     type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
                     verbose=verbose, model_overrides={"use_extra_bufts": extra_buffers, **(choice.overrides if choice else {})},
@@ -318,6 +340,7 @@ class Engine:
             for relay in load.cluster.relays:  # llama.cpp knows the workers by their relays' addresses
                 engine.device = engine.device.replace(relay.address, relay.worker)
         engine.extra_buffers = extra_buffers
+        engine.tuned, engine.tuned_now = tuned, tuned_now
         if slots > 1:
             from .scheduler import Scheduler, SchedulerError
             try:

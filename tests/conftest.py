@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,11 @@ from quantize import quantize_model
 from tests.model_factory import TINY_TIED, TINY_UNTIED_SHARDED, build_model
 from tests.scripted_model import QWEN3_SCRIPT, build_scripted_model
 from edge.cpu_buffers import safe_llama
+
+# The per-machine calibration (edge/tune.py) never runs by surprise in tests, nor in the CLIs they
+# start (children inherit this): every load uses the fixed defaults. Tests of the calibration
+# ask for it with tune=True and their own cache file.
+os.environ["QWEN3_EDGE_TUNE"] = "off"
 
 # Tokens that cross the vocabulary: text, punctuation, control tokens, digits.
 SAMPLE_TOKENS = [9707, 11, 1879, 0, 151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 151667]
