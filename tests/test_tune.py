@@ -28,8 +28,8 @@ def test_thread_candidates_cover_all_cores_one_fewer_half_quarter_and_one():
 
 
 def test_flash_attention_is_chosen_by_decoding_over_the_chat_not_at_depth_0_alone():
-    # on at depth 0 slightly better, much worse at the chat depth (the 2-core VM's pattern)
-    got = choose([m(False, 2, 27.0, 19.8, 180), m(True, 2, 27.5, 15.0, 200)])
+    # on 5% better at depth 0, much worse at the chat depth (the pattern of a 2-core VM)
+    got = choose([m(False, 2, 27.0, 19.8, 180), m(True, 2, 28.5, 15.0, 200)])
     assert got.flash_attn is False
     # the 16-core Xeon's pattern: on wins at both depths
     assert choose([m(False, 16, 99, 90, 580), m(True, 16, 130, 125, 740)]).flash_attn is True
