@@ -92,16 +92,17 @@ def main() -> None:
     ap.add_argument("--llama-bench", type=Path, default=DEFAULT_BENCH)
     ap.add_argument("--busy", type=int, default=0, help="spinning processes to start first (a loaded machine)")
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--cpu", action="store_true", help="keep every layer on the CPU where a GPU is listed")
     args = ap.parse_args()
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:
-        targets = local_offload_targets()
+        targets = [] if args.cpu else local_offload_targets()
         gpu_layers = -1 if targets else 0
         backend = detect_backend(gpu_layers, targets)
         print(f"{args.gguf.name} · {backend} · {os.cpu_count()} CPUs, {physical_cores()} physical · "
               f"{args.busy} busy processes · load {os.getloadavg()[0]:.1f}", flush=True)
         t = time.perf_counter()
-        tuned, measured, _ = tune_model(args.gguf)
+        tuned, measured, _ = tune_model(args.gguf, n_gpu_layers=gpu_layers)
         print(f"calibration: {time.perf_counter() - t:.1f}s wall ({tuned.seconds:.1f}s measuring): {tuned.describe()}")
         for m in measured:
             print(f"  calib fa={int(m.setting.flash_attn)} t={m.setting.threads}: tg0 {m.tg0:.1f} "
