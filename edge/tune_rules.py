@@ -47,8 +47,9 @@ class Tuned:
 
     def describe(self) -> str:
         fa = "on" if self.flash_attn else "off"
-        threads = (f"{self.n_threads} threads" if self.n_threads == self.n_threads_batch
-                   else f"{self.n_threads} threads ({self.n_threads_batch} for prompts)")
+        threads = f"{self.n_threads} thread{'s' if self.n_threads != 1 else ''}"
+        if self.n_threads_batch != self.n_threads:
+            threads += f" ({self.n_threads_batch} for prompts)"
         return f"tuned for this machine: flash attention {fa}, {threads}"
 
     def to_dict(self) -> dict:

@@ -116,3 +116,14 @@ def test_tune_command_measures_and_prints_the_choice(scripted_gguf, quick):
     assert d["backend"] and isinstance(d["flash_attn"], bool) and d["n_threads"] >= 1
     assert len(d["measured"]) == len(candidates(tune.physical_cores(), d["backend"]))
     assert quick.exists()
+
+
+def test_start_up_line_says_the_choice_and_whether_it_was_measured_now():
+    from types import SimpleNamespace
+
+    from cli.tune_cmd import tuning_line
+    tuned = Tuned(flash_attn=False, n_threads=1, n_threads_batch=2, seconds=9.4)
+    now = tuning_line(SimpleNamespace(tuned=tuned, tuned_now=True))
+    assert "flash attention off, 1 thread (2 for prompts)" in now and "measured now in 9.4s" in now
+    assert "cached" in tuning_line(SimpleNamespace(tuned=tuned, tuned_now=False))
+    assert tuning_line(SimpleNamespace(tuned=None, tuned_now=False)) is None
