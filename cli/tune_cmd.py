@@ -39,9 +39,10 @@ def tune(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), gpu_layer
                                    "measured": [{"flash_attn": m.setting.flash_attn, "threads": m.setting.threads,
                                                  "tg0": m.tg0, "tg_depth": m.tg_depth, "pp": m.pp} for m in measured]}))
         return
-    table = Table("flash attention", "threads", "tg depth 0", "tg depth 512", "pp", title=f"{path} · {backend}")
+    table = Table("flash attention", "threads", "tg depth 0", "tg depth 512", "pp", title=f"{path} · {backend}",
+                  caption="tokens/s; - : not measured (too slow at depth 0, or no time left)")
     for m in measured:
         table.add_row("on" if m.setting.flash_attn else "off", str(m.setting.threads), f"{m.tg0:.1f}",
-                      f"{m.tg_depth:.1f}", f"{m.pp:.1f}")
+                      f"{m.tg_depth:.1f}" if m.tg_depth else "-", f"{m.pp:.1f}" if m.pp else "-")
     out.print(table)
     out.print(f"{tuned.describe()} · {tuned.seconds:.1f}s", soft_wrap=True)

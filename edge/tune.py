@@ -127,19 +127,22 @@ def _prompt(raw: RawContext, tokens: list[int], chunk: int = 32) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def _measure_context(ctx, group: list[Setting], rng: random.Random, vocab: int, deadline: float,
+def _measure_context(ctx, group: list[Setting], rng: random.Random, vocab: int, deadline: float, end: float,
                      clock: Callable[[], float]) -> dict[Setting, list[float]]:
-    """[tg0, tg_depth, pp] per setting of one flash-attention context. Depth 0 first (prompt
-    batch and decoding, each setting in turn, ROUNDS times), then the cache is filled to
-    CHAT_DEPTH once, with the fastest prompt threads, and each setting decodes TG_TOKENS there,
-    the cache cut back to CHAT_DEPTH after each."""
+    """[tg0, tg_depth, pp] per setting of one flash-attention context (tg_depth 0: not measured).
+    Depth 0 first, fewest threads first (so a setting that a busy machine makes crawl is cut after
+    its first token against a known reference): decoding, then a prompt batch where decoding came
+    within 3x of the best, ROUNDS times (a second round only before `deadline`). Then, when the
+    fill fits before `end`, the cache is filled to CHAT_DEPTH once with the fastest prompt threads
+    and each setting that was within 3x decodes TG_TOKENS there, cut back to CHAT_DEPTH after each."""
     raw = RawContext(ctx)
     memory = llama_cpp.llama_get_memory(ctx)
+    group = sorted(group, key=lambda s: s.threads)
     best: dict[Setting, list[float]] = {s: [0.0, 0.0, 0.0] for s in group}
     tokens = lambda n: [rng.randrange(vocab) for _ in range(n)]  # noqa: E731
-    top = max(s.threads for s in group)
-    llama_cpp.llama_set_n_threads(ctx, top, top)
-    _prompt(raw, tokens(PP_TOKENS // 2))  # warm-up
+    llama_cpp.llama_set_n_threads(ctx, group[0].threads, group[0].threads)
+    raw.clear()
+    _decode_each(raw, tokens(1))  # warm-up
     for r in range(ROUNDS):
         if r and clock() > deadline:
             break
@@ -151,7 +154,11 @@ def _measure_context(ctx, group: list[Setting], rng: random.Random, vocab: int, 
             b[0] = max(b[0], _decode_each(raw, tokens(TG_TOKENS), _give_up(fastest)))
             if b[0] * 3 >= max(v[0] for v in best.values()):  # a prompt batch only where decoding was close
                 b[2] = max(b[2], _prompt(raw, tokens(PP_TOKENS)))
+    top_tg0 = max(v[0] for v in best.values())
+    close = [s for s in group if best[s][0] * 3 >= top_tg0]
     fill = max(group, key=lambda s: best[s][2])
+    if not best[fill][2] or clock() + CHAT_DEPTH / best[fill][2] > end:
+        return best  # no time to fill the cache: decided at depth 0 alone
     llama_cpp.llama_set_n_threads(ctx, fill.threads, fill.threads)
     raw.clear()
     depth = tokens(CHAT_DEPTH)
@@ -161,7 +168,7 @@ def _measure_context(ctx, group: list[Setting], rng: random.Random, vocab: int, 
     for r in range(ROUNDS):
         if r and clock() > deadline:
             break
-        for s in group:
+        for s in close:
             llama_cpp.llama_set_n_threads(ctx, s.threads, s.threads)
             fastest = max(v[1] for v in best.values())
             b = best[s]
@@ -202,8 +209,9 @@ def measure(path: str | Path, *, n_gpu_layers: int, extra_buffers: bool, setting
                 if not ctx:
                     continue
                 try:  # each context gets its share of the time left
-                    share = (budget_s - (clock() - started)) / (len(settings_by_fa) - i)
-                    best.update(_measure_context(ctx, group, rng, vocab, clock() + share / 2, clock))
+                    share = max(budget_s - (clock() - started), 0.0) / (len(settings_by_fa) - i)
+                    best.update(_measure_context(ctx, group, rng, vocab, clock() + share / 2, clock() + share,
+                                                 clock))
                 finally:
                     llama_cpp.llama_free(ctx)
         finally:

@@ -83,9 +83,12 @@ def candidates(cores: int, backend: str = "cpu") -> list[Setting]:
     return [Setting(fa, t) for fa in (False, True) for t in thread_candidates(cores, backend)]
 
 
-def decode_score(m: Measured) -> float:
+def decode_score(m: Measured, use_depth: bool = True) -> float:
     """Decoding speed over a chat: the geometric mean of depth 0 and CHAT_DEPTH (flash attention
-    may win at one and lose at the other; a chat spends its time at both)."""
+    may win at one and lose at the other; a chat spends its time at both); depth 0 alone where
+    the calibration had no time to measure at depth (tg_depth 0)."""
+    if not use_depth:
+        return max(m.tg0, 0.0)
     return (max(m.tg0, 0.0) * max(m.tg_depth, 0.0)) ** 0.5
 
 
@@ -103,11 +106,15 @@ def choose(measured: Iterable[Measured]) -> Tuned:
     ms = [m for m in measured if m.tg0 > 0 or m.tg_depth > 0 or m.pp > 0]
     if not ms:
         raise ValueError("nothing was measured")
+    top_tg0 = max(m.tg0 for m in ms)
+    # at depth too only when every contender (within 3x at depth 0) was measured there
+    depth = all(m.tg_depth > 0 for m in ms if m.tg0 * 3 >= top_tg0)
+    score = lambda m: decode_score(m, depth)  # noqa: E731
     per_fa = {fa: [m for m in ms if m.setting.flash_attn == fa] for fa in (False, True)}
-    best_fa = {fa: max(decode_score(m) for m in group) for fa, group in per_fa.items() if group}
+    best_fa = {fa: max(score(m) for m in group) for fa, group in per_fa.items() if group}
     fa = _best(list(best_fa), key=lambda f: best_fa[f], prefer=lambda f: f)
     group = per_fa[fa]
-    dec = _best(group, key=decode_score, prefer=lambda m: m.setting.threads)
+    dec = _best(group, key=score, prefer=lambda m: m.setting.threads)
     batch = _best(group, key=lambda m: m.pp, prefer=lambda m: m.setting.threads)
     return Tuned(flash_attn=fa, n_threads=dec.setting.threads, n_threads_batch=batch.setting.threads,
                  tg0=dec.tg0, tg_depth=dec.tg_depth, pp=batch.pp)

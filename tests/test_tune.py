@@ -127,3 +127,12 @@ def test_start_up_line_says_the_choice_and_whether_it_was_measured_now():
     assert "flash attention off, 1 thread (2 for prompts)" in now and "measured now in 9.4s" in now
     assert "cached" in tuning_line(SimpleNamespace(tuned=tuned, tuned_now=False))
     assert tuning_line(SimpleNamespace(tuned=None, tuned_now=False)) is None
+
+
+def test_without_depth_measurements_the_choice_is_made_at_depth_0():
+    """A machine too busy to fill the cache in time: tg_depth 0 means not measured, not 0 tok/s."""
+    got = choose([m(False, 2, 20.0, 0.0, 100), m(True, 2, 25.0, 0.0, 90), m(True, 1, 5.0, 0.0, 0)])
+    assert (got.flash_attn, got.n_threads) == (True, 2)
+    # a setting cut early for being far slower at depth 0 does not force the depth-0 rule
+    got = choose([m(False, 2, 20.0, 19.0, 100), m(True, 2, 21.0, 12.0, 90), m(True, 1, 2.0, 0.0, 0)])
+    assert got.flash_attn is False
