@@ -229,11 +229,14 @@ def calibrate(path: str | Path, info, backend: str, *, n_gpu_layers: int, extra_
     measured = measure(path, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers, settings=settings)
     tuned = choose(measured)
     tuned = Tuned(**{**tuned.to_dict(), "seconds": round(time.perf_counter() - started, 2)})
-    write_cache(key_for(info, backend, device_names), tuned,
-                {"model": str(path), "backend": backend, "bindings": llama_cpp.__version__,
-                 "measured": [{"flash_attn": m.setting.flash_attn, "threads": m.setting.threads,
-                               "tg0": round(m.tg0, 2), "tg_depth": round(m.tg_depth, 2), "pp": round(m.pp, 2)}
-                              for m in measured]}, cache)
+    try:
+        write_cache(key_for(info, backend, device_names), tuned,
+                    {"model": str(path), "backend": backend, "bindings": llama_cpp.__version__,
+                     "measured": [{"flash_attn": m.setting.flash_attn, "threads": m.setting.threads,
+                                   "tg0": round(m.tg0, 2), "tg_depth": round(m.tg_depth, 2), "pp": round(m.pp, 2)}
+                                  for m in measured]}, cache)
+    except OSError:
+        pass  # a read-only store: the choice holds for this load, and is measured again next time
     return tuned, measured
 
 
