@@ -116,7 +116,7 @@ class Server:
         self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600)
 
     def stop(self) -> tuple[int, str]:
-        """(peak RSS in bytes, the line our server prints at start-up)."""
+        """(peak RSS in bytes, the lines our server prints at start-up: serving, and the calibration's)."""
         rss = peak_rss(self.proc.pid)
         self.proc.terminate()
         try:
@@ -124,8 +124,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, errors = self.proc.communicate()
-        lines = [line for line in (errors or "").splitlines() if line.startswith("serving ")]
-        return rss, (lines[0] if lines else "")
+        lines = [line for line in (errors or "").splitlines() if line.startswith(("serving ", "tuned for"))]
+        return rss, " / ".join(lines)
 
 
 def interleaved(servers: list[Server], rounds: int, measure) -> list[list[float]]:
