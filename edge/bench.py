@@ -124,6 +124,8 @@ def run_bench(path: str | Path, *, n_prompt: int = 512, n_gen: int = 128, repeti
     engine = Engine.load(path, n_ctx=n_prompt + n_gen, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                          n_batch=max(n_prompt, 1), rpc_servers=rpc_servers, flash_attn=flash_attn, grow=False)
     load_s = time.perf_counter() - started
+    if engine.tuned_now:  # a first use calibrated this machine (tune.py) during the load: not load time
+        load_s = max(load_s - engine.tuned.seconds, 0.0)
     llama = engine.llama
     raw = RawContext(llama._ctx.ctx)
     rng = random.Random(seed)
