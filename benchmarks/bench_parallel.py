@@ -116,7 +116,7 @@ class Server:
         self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600)
 
     def stop(self) -> tuple[int, str]:
-        """(peak RSS in bytes, the line our server prints at start-up)."""
+        """(peak RSS in bytes, the lines our server prints at start-up: serving, and the calibration's)."""
         rss = peak_rss(self.proc.pid)
         self.proc.terminate()
         try:
@@ -124,8 +124,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, errors = self.proc.communicate()
-        lines = [line for line in (errors or "").splitlines() if line.startswith("serving ")]
-        return rss, (lines[0] if lines else "")
+        lines = [line for line in (errors or "").splitlines() if line.startswith(("serving ", "tuned for"))]
+        return rss, " / ".join(lines)
 
 
 def interleaved(servers: list[Server], rounds: int, measure) -> list[list[float]]:
@@ -142,8 +142,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per client count (medians reported)")
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
-    ap.add_argument("--flash-attn", choices=["on", "off"], default="off",
-                    help="llama-server's -fa (ours: off on the CPU with an f16 cache, as the Engine opens models)")
+    ap.add_argument("--flash-attn", choices=["default", "on", "off"], default="default",
+                    help="llama-server's -fa (default: none given, its own default, auto = on where the backend "
+                         "has it); ours is the Engine's default: this machine's calibration (edge/tune.py)")
     ap.add_argument("--llama-server", type=Path, default=DEFAULT_SERVER)
     args = ap.parse_args()
     repack = default_extra_buffers()
@@ -159,7 +160,8 @@ def main() -> None:
                        str(args.ctx), "--threads", str(args.threads), "--parallel", str(n)], port, EXTRA, "ours")
         port = free_port()
         theirs = Server([str(args.llama_server), "-m", str(args.gguf), "--port", str(port), "-c", str(args.ctx * n),
-                         "-np", str(n), "-t", str(args.threads), "--jinja", "-fa", args.flash_attn]
+                         "-np", str(n), "-t", str(args.threads), "--jinja"]
+                        + ([] if args.flash_attn == "default" else ["-fa", args.flash_attn])
                         + ([] if repack else ["--no-repack"]), port, REF_EXTRA, "llama-server")
         try:
             for srv in (ours, theirs):

@@ -32,6 +32,7 @@ def bench(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
         return
-    out.print(f"{result.model} · {result.backend} · {result.device} · {result.threads} threads", soft_wrap=True)
+    fa = "flash attention on" if result.flash_attn else "flash attention off"
+    out.print(f"{result.model} · {result.backend} · {result.device} · {result.threads} threads · {fa}", soft_wrap=True)
     out.print(f"pp{n_prompt} {result.pp_tokens_per_s:.1f} tok/s · tg{n_gen} {result.tg_tokens_per_s:.1f} tok/s · "
               f"ttft {result.ttft_s * 1000:.0f} ms · load {result.load_s:.2f}s · peak {human_bytes(result.peak_rss_bytes)}")

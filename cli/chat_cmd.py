@@ -17,6 +17,7 @@ from edge.store import ModelStore
 from edge.text_check import text_problem
 
 from .chat_repl import ChatRepl, make_reader
+from .tune_cmd import tuning_line
 from .console import err, friendly_errors, out, where
 from .session import (CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, PROMPT_CACHE, DRAFT, RPC, SOURCE, THREADS, load_engine,
                       make_chat)
@@ -70,6 +71,8 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int 
     out.print(f"[dim]{escape(engine.footprint.describe())}[/]", soft_wrap=True)
     if engine.speculator is not None:
         out.print(f"[dim]speculative decoding: {escape(engine.speculator.describe())}[/]", soft_wrap=True)
+    if line := tuning_line(engine):
+        out.print(f"[dim]{escape(line)}[/]", soft_wrap=True)
     out.print(f"[bold]qwen3-edge[/] · {escape(engine.info.name or engine.info.path.name)} · {escape(where(engine))} · "
               f"ctx {engine.n_ctx} · mode {session.mode.value} · /help for commands, /exit or Ctrl-D to leave",
               soft_wrap=True)

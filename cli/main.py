@@ -14,6 +14,7 @@ from .plan_cmd import plan
 from .quantize_cmd import quantize
 from .serve_cmd import serve
 from .store_cmd import list_models, pull, rm
+from .tune_cmd import tune
 from .worker_cmd import worker
 
 app = typer.Typer(name="qwen3-edge", help="Run Qwen3 on a small machine.", no_args_is_help=True,
@@ -31,6 +32,7 @@ app.command()(plan)
 app.command()(worker)
 app.command()(embed)
 app.command()(rerank)
+app.command()(tune)
 
 
 def _version(value: bool) -> None:

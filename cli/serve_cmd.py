@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from .tune_cmd import tuning_line
 from .console import err, friendly_errors, where
 from edge.embedding import wrong_model
 from edge.engine import EngineError
@@ -80,6 +81,8 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     err.print(f"[dim]{engine.footprint.describe()}[/]", soft_wrap=True)
     names = served_names(engine.info.path, ModelStore().models_dir, alias)
     err.print(f"model name: {', '.join(names)}", soft_wrap=True)
+    if line := tuning_line(engine):
+        err.print(f"[dim]{line}[/]", soft_wrap=True)
     with engine:
         uvicorn.run(create_app(engine, api_key=api_key, queue=queue, embedders=embedders,
                                model_name=names), host=host, port=port,

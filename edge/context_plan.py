@@ -327,11 +327,30 @@ def overhead_bytes(n_ctx: int, n_vocab: int = 151936, n_batch: int = 512, *,
     return 64 * MIB + max(logits, attention)
 
 
+# Hidden-state-wide f32 activations per batch token that may be live beside the larger stage on
+# an offload device. Measured excess of llama.cpp's compute buffer over max(logits, attention):
+# Vulkan on an NVIDIA H200 +2.0 MiB for the 0.6B (hidden 1024) and +5.0 MiB for the 4B (hidden
+# 2560) at a 512-token batch, +0.38 MiB for the 192-wide scripted model, i.e. one hidden width;
+# the CPU backend up to +18 MiB for the 0.6B at 32K without flash attention (nine widths).
+ACTIVATION_WIDTHS = 10
+WIDEST_SMALL_QWEN3 = 2560  # Qwen3-4B's hidden size: the bound when a caller does not say
+
+
+def device_compute_bytes(n_ctx: int, n_vocab: int = 151936, n_batch: int = 512, *, n_heads: int = 0,
+                         flash_attn: bool = False, n_embd: int = WIDEST_SMALL_QWEN3) -> int:
+    """llama.cpp's compute buffer on an offload device, as an upper bound: the larger stage of
+    overhead_bytes (without its 64 MiB for the host process) plus ACTIVATION_WIDTHS hidden-state
+    activations per batch token, which a discrete GPU's allocator keeps beside the logits (the
+    plan of 296.75 MiB fell 2-5 MiB short of Vulkan's 298.75-301.75 on an NVIDIA GPU)."""
+    return overhead_bytes(n_ctx, n_vocab, n_batch, n_heads=n_heads, flash_attn=flash_attn) - 64 * MIB \
+        + ACTIVATION_WIDTHS * n_embd * n_batch * 4
+
+
 def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, head_dim: int,
                 available_bytes: int, type_k: str = "f16", type_v: str = "f16", n_vocab: int = 151936,
                 n_batch: int = 512, *, n_heads: int = 0, flash_attn: bool = False,
                 ctx_limit: int = MAX_CTX, n_seq: int = 1, device: str | None = None, device_free_bytes: int = 0,
-                device_weight_bytes: int = 0, device_layers: int = 0) -> MemoryPlan:
+                device_weight_bytes: int = 0, device_layers: int = 0, n_embd: int = WIDEST_SMALL_QWEN3) -> MemoryPlan:
     """Whether weights + KV cache + compute buffers for `n_ctx` fit in `available_bytes`, and
     the largest context up to `ctx_limit` (the model's `ModelRope.max_ctx`) that would. Pass
     n_heads (query heads) for the attention-score buffer, which outgrows the logits buffer
@@ -343,8 +362,8 @@ def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, he
 
     With `device` (a name such as "Vulkan0") the layers go to one offload device whose free
     memory is `device_free_bytes`: it must hold `device_weight_bytes` (offloaded_weight_bytes),
-    the KV cache of its `device_layers` repeating layers and a compute buffer sized as on the CPU
-    (overhead_bytes less its 64 MiB for the process). The host check stays as without a device
+    the KV cache of its `device_layers` repeating layers and a compute buffer
+    (device_compute_bytes, for a hidden size of `n_embd`). The host check stays as without a device
     (the model file passes through RAM, mapped or read, and on an integrated or software GPU such
     as lavapipe the device's memory is the host's anyway), so offloading never loosens it. The
     device share is an upper bound: llama.cpp keeps a weight on the CPU when the device cannot run
@@ -360,7 +379,12 @@ def plan_memory(model_bytes: int, n_ctx: int, n_layers: int, n_kv_heads: int, he
         if device is not None:
             on_dev = min(device_layers, n_layers)
             dev_kv = kv * on_dev // n_layers if n_layers else 0
-            share = DeviceShare(device, device_free_bytes, device_weight_bytes, dev_kv, extra - 64 * MIB)
+            compute = device_compute_bytes(ctx * n_seq, n_vocab, n_batch, n_heads=n_heads, flash_attn=flash_attn,
+                                           n_embd=n_embd)
+            if n_seq > 1:
+                compute += device_compute_bytes(SIDE_CTX, n_vocab, SIDE_BATCH, n_heads=n_heads, flash_attn=flash_attn,
+                                                n_embd=n_embd)
+            share = DeviceShare(device, device_free_bytes, device_weight_bytes, dev_kv, compute)
         return kv, extra, model_bytes + kv + extra, share
 
     def fits(plan: tuple[int, int, int, DeviceShare | None]) -> bool:

@@ -7,6 +7,7 @@ refused with the largest one that would, instead of an out-of-memory kill.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from .context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_
 from .footprint import Footprint, next_ctx
 from .devices import (Device, Placement, capture_llama_log, list_devices, offload_targets, parse_load_log,
                       placement_backend, placement_device, registry_names)
-from .load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadRequest, MachineFacts, device_refusal, plan_load  # noqa: F401 (re-exported)
+from .load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadRequest, MachineFacts, device_refusal, offload, plan_load  # noqa: F401 (re-exported)
 from .model_kind import ModelKind, detect_kind
 from .stream_lock import Closed, EngineLife, FairLock
 from .prompt_cache import PromptCache, open_prompt_cache
@@ -58,6 +59,7 @@ class ModelInfo:
     size_label: str | None
     file_type: int | None
     n_layers: int
+    n_embd: int
     n_heads: int
     n_kv_heads: int
     head_dim: int
@@ -90,7 +92,7 @@ def read_model_info(path: Path) -> ModelInfo:
     return ModelInfo(
         path=path, size_bytes=path.stat().st_size, name=h.get("general.name"),
         size_label=h.get("general.size_label"), file_type=h.get("general.file_type"),
-        n_layers=dims.layers, n_heads=dims.heads, n_kv_heads=dims.kv_heads, head_dim=dims.head_dim,
+        n_layers=dims.layers, n_embd=dims.hidden, n_heads=dims.heads, n_kv_heads=dims.kv_heads, head_dim=dims.head_dim,
         n_ctx_train=rope.context_length, yarn=rope.yarn,
         chat_template=h.get("tokenizer.chat_template"), rope=rope, sampling_defaults=sampling,
         tensor_bytes={t.name: t.n_bytes for t in h.tensors},
@@ -155,6 +157,8 @@ class Engine:
         # the Llama's own context holds stream_lock; `life` counts the calls using the model.
         self.stream_lock = FairLock()
         self.life = EngineLife()
+        self.tuned = None        # tune_rules.Tuned: this machine's calibrated threads and flash attention
+        self.tuned_now = False   # whether the calibration ran during this load
 
     @classmethod
     def load(cls, path: str | Path, *, n_ctx: int | None = None, n_threads: int | None = None,
@@ -164,7 +168,8 @@ class Engine:
              extra_buffers: bool | None = None, rpc_servers: str | list[str] | None = None,
              rpc_timeout: float = rpc.IO_TIMEOUT, grow: bool | None = None,
              prompt_cache: "bool | str | Path | PromptCache | None" = None,
-             draft: str | Path | None = None, draft_k: int | None = None) -> "Engine":
+             draft: str | Path | None = None, draft_k: int | None = None,
+             tune: bool | None = None) -> "Engine":
         """Open a Qwen3 GGUF.
 
         n_ctx, kv_cache_type and use_mmap left None are chosen from the memory plan and the memory
@@ -211,6 +216,11 @@ class Engine:
         tokenizer (its weights and cache enter the memory plan), or "lookup" (n-grams of the
         prompt, no model); one stream only. draft_k fixes the drafted tokens per round (default:
         adaptive, and off while it does not pay).
+
+        tune: threads and flash attention not asked come from this machine's calibration
+        (tune.py: measured once per machine, model shape, backend and bindings version, cached;
+        `engine.tuned` says what, `engine.tuned_now` whether it was measured during this load).
+        None follows QWEN3_EDGE_TUNE (on unless "0"/"off"), False keeps the fixed defaults.
         """
         path = Path(path)
         try:
@@ -246,6 +256,22 @@ class Engine:
             except rpc.RpcError as e:
                 raise EngineError(str(e)) from None
         machine = probe_machine(available_bytes, workers if rpc_servers is None or parallel == 1 else ())
+        tuned, tuned_now = None, False
+        if workers is None and (n_threads is None or flash_attn is None):  # the calibration: a machine fact
+            try:
+                gpu_layers, backend = offload(asked, machine)
+            except LoadRefused:
+                pass  # the plan below refuses it
+            else:
+                from .tune import TuneError, tuned_defaults
+                try:
+                    tuned, tuned_now = tuned_defaults(
+                        path, info, backend, n_gpu_layers=gpu_layers,
+                        extra_buffers=machine.extra_buffers if extra_buffers is None else bool(extra_buffers),
+                        device_names=[d.description for d in machine.targets], tune=tune)
+                except (TuneError, RuntimeError, ValueError):
+                    tuned = None  # llama.cpp's own load below says what is wrong
+            machine = dataclasses.replace(machine, tuned=tuned)
         try:
             plan = plan_load(info, asked, machine, draft=draft_info)
         except LoadRefused as e:
@@ -255,12 +281,12 @@ class Engine:
         if plan.rope.warning:
             warnings.warn(plan.rope.warning, stacklevel=2)
         return cls._open(path, info, plan, workers, verbose=verbose, rpc_timeout=rpc_timeout, cache=cache,
-                         draft=draft, draft_k=draft_k)
+                         draft=draft, draft_k=draft_k, tuned_now=tuned_now)
 
     @classmethod
     def _open(cls, path: Path, info: ModelInfo, plan: LoadPlan, workers, *, verbose: bool,
               rpc_timeout: float, cache: PromptCache | None = None, draft: str | Path | None = None,
-              draft_k: int | None = None) -> "Engine":
+              draft_k: int | None = None, tuned_now: bool = False) -> "Engine":
         """Open llama.cpp as the plan says: the model, its context (or the scheduler's), the workers."""
         n_ctx, kv_cache_type, slots, threads = plan.n_ctx, plan.kv_cache_type, plan.slots, plan.threads
         n_batch, extra_buffers, memory, rope = plan.n_batch, plan.extra_buffers, plan.memory, plan.rope
@@ -276,7 +302,7 @@ class Engine:
             with capture_llama_log() as load_log:
                 llama = rpc.llama_class(TunedLlama, load and load.cluster)(
                     str(path), n_ctx=own_ctx, n_batch=own_batch, n_ubatch=own_batch, n_threads=threads,
-                    n_threads_batch=threads,
+                    n_threads_batch=plan.threads_batch,
                     n_gpu_layers=plan.gpu_layers, use_mmap=plan.use_mmap, use_mlock=False, flash_attn=plan.flash_attn,
                     type_k=KV_TYPES[kv_cache_type], type_v=KV_TYPES[kv_cache_type],
                     verbose=verbose, model_overrides={"use_extra_bufts": extra_buffers, **(choice.overrides if choice else {})},
@@ -304,6 +330,7 @@ class Engine:
         engine.extra_buffers = extra_buffers
         if cache is not None and load is None:
             engine.prompt_cache = cache.attach(engine)
+        engine.tuned, engine.tuned_now = plan.tuned, tuned_now
         if slots > 1:
             from .scheduler import Scheduler, SchedulerError
             try:

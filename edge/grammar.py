@@ -71,9 +71,27 @@ class Constraints:
         return bool(self.tools)
 
 
+def nesting_depth(value: Any, limit: int) -> int:
+    """Levels of objects and arrays in `value`, counted without recursion and stopping past
+    `limit`, so the depth rule holds on every Python (json.dumps raises RecursionError for deep
+    input on 3.11 but serializes it on 3.12, where the size limit then spoke first)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def check_schema(schema: Any, where: str) -> None:
     """Bounds and validity of an untrusted JSON schema (Draft 2020-12); raises GrammarError naming
-    the problem."""
+    the problem. Depth first: a deeply nested schema is refused for its nesting whatever its size."""
+    if nesting_depth(schema, 2 * MAX_SCHEMA_DEPTH + 2) > 2 * MAX_SCHEMA_DEPTH + 1:
+        raise GrammarError(f"{where} nests deeper than {MAX_SCHEMA_DEPTH} levels", where)
     try:
         size = len(json.dumps(schema))
     except RecursionError:

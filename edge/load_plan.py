@@ -20,6 +20,7 @@ from .context_plan import (MemoryPlan, RopePlan, check_kv_types, offloaded_layer
                            plan_memory, plan_rope, plan_slots)
 from .devices import Device, no_device_message
 from .footprint import Footprint, choose_footprint
+from .tune_rules import apply_tuned
 
 DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: footprint.py chooses)
 
@@ -60,6 +61,7 @@ class MachineFacts:
     extra_buffers: bool = True                # llama.cpp's repacked weights are safe here (no AMX)
     workers: tuple[Any, ...] | None = None    # probed RPC workers (rpc.WorkerInfo), when asked
     split_devices: tuple[tuple[str, int], ...] = ()   # (name, free bytes) of worker and local devices
+    tuned: Any = None                         # tune_rules.Tuned: this machine's calibration, if measured
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,14 @@ class LoadPlan:
     backend: str                 # "cpu", "vulkan", "metal", "cuda", "rpc", ... (before loading)
     slots: int
     threads: int
+    threads_batch: int           # prompt evaluation's threads (the calibration may choose others)
     n_batch: int
     extra_buffers: bool
     footprint: Footprint
     memory: MemoryPlan
     split: Any = None            # split_plan.SplitPlan over RPC workers
     reasons: tuple[str, ...] = field(default=())
+    tuned: Any = None            # the calibration the threads and flash attention came from
 
     @property
     def grows(self) -> bool:
@@ -87,7 +91,8 @@ class LoadPlan:
 
     def describe(self) -> str:
         where = "the CPU" if self.backend == "cpu" else f"{self.backend} ({'all' if self.gpu_layers < 0 else self.gpu_layers} layers)"
-        lines = [f"loads on {where}, {self.threads} threads, {self.slots} slot(s)",
+        batch = f" ({self.threads_batch} for prompts)" if self.threads_batch != self.threads else ""
+        lines = [f"loads on {where}, {self.threads} threads{batch}, {self.slots} slot(s)",
                  self.footprint.describe(),
                  f"flash attention {'on' if self.flash_attn else 'off'}; {_rope_line(self.rope)}",
                  f"memory: {self.memory.describe()}"]
@@ -99,7 +104,8 @@ class LoadPlan:
         m = self.memory
         return {"n_ctx": self.n_ctx, "start_ctx": self.start_ctx, "kv_cache_type": self.kv_cache_type,
                 "use_mmap": self.use_mmap, "flash_attn": self.flash_attn, "gpu_layers": self.gpu_layers,
-                "backend": self.backend, "slots": self.slots, "threads": self.threads, "n_batch": self.n_batch,
+                "backend": self.backend, "slots": self.slots, "threads": self.threads,
+                "threads_batch": self.threads_batch, "n_batch": self.n_batch,
                 "extra_buffers": self.extra_buffers, "rope": _rope_json(self.rope),
                 "memory": {"model_bytes": m.model_bytes, "kv_bytes": m.kv_bytes, "overhead_bytes": m.overhead_bytes,
                            "total_bytes": m.total_bytes, "available_bytes": m.available_bytes, "fits": m.fits,
@@ -133,6 +139,19 @@ def device_refusal(memory: MemoryPlan, n_ctx: int, asked_layers: int, fitting_la
             f"what fits: {', or '.join(ways)}")
 
 
+def offload(asked: LoadRequest, machine: MachineFacts) -> tuple[int, str]:
+    """(GPU layers, backend): every layer to the first offload device (or the RPC workers) unless
+    asked otherwise; a layer count with no device to take it is refused."""
+    targets, workers = machine.targets, machine.workers
+    if workers is not None and asked.parallel != 1:
+        raise LoadRefused("parallel slots over RPC workers are not supported yet: use parallel=1", about_file=False)
+    gpu_layers = (-1 if targets or workers else 0) if asked.n_gpu_layers is None else asked.n_gpu_layers
+    if gpu_layers != 0 and not targets and not workers:
+        raise LoadRefused(f"--gpu-layers {gpu_layers}: {no_device_message(machine.registries)}", about_file=False)
+    backend = "rpc" if workers and gpu_layers != 0 else (targets[0].backend if gpu_layers != 0 and targets else "cpu")
+    return gpu_layers, backend
+
+
 def plan_load(model, asked: LoadRequest, machine: MachineFacts, draft=None) -> LoadPlan:
     """Every loading decision for `model` (a ModelInfo: the header's facts) as asked on this machine;
     `draft`, a speculative-decoding draft model's ModelInfo, whose weights and cache count too."""
@@ -140,14 +159,11 @@ def plan_load(model, asked: LoadRequest, machine: MachineFacts, draft=None) -> L
     extra_buffers = machine.extra_buffers if asked.extra_buffers is None else asked.extra_buffers
     if asked.extra_buffers is None and not machine.extra_buffers:
         reasons.append("llama.cpp's repacked weight buffers off: its AMX kernels crash this build (cpu_buffers.py)")
-    threads = asked.n_threads or machine.physical_cores
+    threads, threads_batch, _ = apply_tuned(machine.tuned, asked.n_threads, asked.flash_attn, machine.physical_cores)
+    if machine.tuned is not None and asked.n_threads is None:
+        reasons.append(f"threads from this machine's calibration: {machine.tuned.describe()}")
     workers, targets = machine.workers, list(machine.targets)
-    if workers is not None and asked.parallel != 1:
-        raise LoadRefused("parallel slots over RPC workers are not supported yet: use parallel=1", about_file=False)
-    gpu_layers = (-1 if targets or workers else 0) if asked.n_gpu_layers is None else asked.n_gpu_layers
-    if gpu_layers != 0 and not targets and not workers:
-        raise LoadRefused(f"--gpu-layers {gpu_layers}: {no_device_message(machine.registries)}", about_file=False)
-    backend = "rpc" if workers and gpu_layers != 0 else (targets[0].backend if gpu_layers != 0 and targets else "cpu")
+    gpu_layers, backend = offload(asked, machine)
     avail = machine.available_bytes
 
     def on_device(layers: int) -> dict[str, Any]:
@@ -164,15 +180,21 @@ def plan_load(model, asked: LoadRequest, machine: MachineFacts, draft=None) -> L
 
     def attention(kv: str) -> bool:
         # On the CPU flash attention slows generation at chat depths (benchmarks/RESULTS.md);
-        # GPU backends gain from it, and a quantized V cache needs it.
-        return (kv != "f16" or backend != "cpu") if asked.flash_attn is None else asked.flash_attn
+        # GPU backends gain from it, and a quantized V cache needs it. This machine's
+        # calibration (tune.py) decides where it measured (an f16 cache).
+        if asked.flash_attn is not None:
+            return asked.flash_attn
+        if machine.tuned is not None and kv == "f16":
+            return machine.tuned.flash_attn
+        return kv != "f16" or backend != "cpu"
 
     def planned(ctx: int, kv: str, budget: int = avail, n_seq: int = 1, device: dict[str, Any] | None = None) -> MemoryPlan:
         """The memory plan of `n_seq` contexts of `ctx` tokens with a `kv` cache in `budget` bytes,
         with the asked offload (or `device`, on_device's arguments for another layer count)."""
         return plan_memory(model.size_bytes, ctx, model.n_layers, model.n_kv_heads, model.head_dim, budget,
                            type_k=kv, type_v=kv, n_batch=asked.n_batch, n_heads=model.n_heads, flash_attn=attention(kv),
-                           ctx_limit=model.rope.max_ctx, n_seq=n_seq, **(device_kwargs if device is None else device))
+                           ctx_limit=model.rope.max_ctx, n_seq=n_seq, n_embd=model.n_embd,
+                           **(device_kwargs if device is None else device))
     if draft is not None:  # the draft model's weights, cache and buffers count too (draft_model.py)
         from .draft_model import with_draft
         joint = with_draft(planned, draft, n_batch=asked.n_batch, flash_attn=attention)
@@ -194,7 +216,9 @@ def plan_load(model, asked: LoadRequest, machine: MachineFacts, draft=None) -> L
         raise LoadRefused(str(e), about_file=False) from None
     n_ctx, kv, use_mmap = footprint.n_ctx, footprint.kv_cache_type, footprint.use_mmap
     flash_attn = attention(kv)
-    if asked.flash_attn is None:
+    if asked.flash_attn is None and machine.tuned is not None and kv == "f16":
+        reasons.append(f"flash attention {'on' if flash_attn else 'off'}: measured faster on this machine (tune.py)")
+    elif asked.flash_attn is None:
         reasons.append("flash attention " + ("on: a quantized KV cache needs it" if kv != "f16" else
                                              "on: a GPU backend gains from it" if backend != "cpu" else
                                              "off: on CPUs it slows generation at chat depths"))
@@ -206,14 +230,14 @@ def plan_load(model, asked: LoadRequest, machine: MachineFacts, draft=None) -> L
         raise LoadRefused(str(e), about_file=False) from None
 
     try:
-        return _sized(model, asked, machine, n_ctx, kv, use_mmap, flash_attn, rope, gpu_layers, backend, threads,
-                      extra_buffers, footprint, planned, on_device, reasons)
+        return _sized(model, asked, machine, n_ctx, kv, use_mmap, flash_attn, rope, gpu_layers, backend,
+                      (threads, threads_batch), extra_buffers, footprint, planned, on_device, reasons)
     except LoadRefused as e:  # the RoPE warning still reaches the user (a long context asked)
         raise LoadRefused(e.message, e.about_file, tuple(filter(None, [rope.warning]))) from None
 
 
 def _sized(model, asked: LoadRequest, machine: MachineFacts, n_ctx: int, kv: str, use_mmap: bool, flash_attn: bool,
-           rope: RopePlan, gpu_layers: int, backend: str, threads: int, extra_buffers: bool, footprint: Footprint,
+           rope: RopePlan, gpu_layers: int, backend: str, threads: tuple[int, int], extra_buffers: bool, footprint: Footprint,
            planned, on_device, reasons: list[str]) -> LoadPlan:
     """plan_load's second half: slots, the memory plan (or the split over workers) and its refusals."""
     workers = machine.workers
@@ -249,6 +273,6 @@ def _sized(model, asked: LoadRequest, machine: MachineFacts, n_ctx: int, kv: str
                           f"the largest that fits is {memory.max_ctx}")
     start_ctx = footprint.start_ctx if slots == 1 else n_ctx
     return LoadPlan(n_ctx=n_ctx, start_ctx=start_ctx, kv_cache_type=kv, use_mmap=use_mmap, flash_attn=flash_attn,
-                    rope=rope, gpu_layers=gpu_layers, backend=backend, slots=slots, threads=threads,
-                    n_batch=asked.n_batch, extra_buffers=bool(extra_buffers), footprint=footprint, memory=memory,
-                    split=split, reasons=tuple(reasons))
+                    rope=rope, gpu_layers=gpu_layers, backend=backend, slots=slots, threads=threads[0],
+                    threads_batch=threads[1], n_batch=asked.n_batch, extra_buffers=bool(extra_buffers),
+                    footprint=footprint, memory=memory, split=split, reasons=tuple(reasons), tuned=machine.tuned)

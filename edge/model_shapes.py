@@ -68,6 +68,7 @@ def estimated_model_info(name: str, qtype: str):
     rope = model_rope(shape.context_length, shape.freq_base)
     return ModelInfo(path=Path(f"{name}:{qtype} (not downloaded; sizes estimated)"), size_bytes=sum(tensors.values()),
                      name=name, size_label=shape.size_label, file_type=FILE_TYPES.get(qtype), n_layers=shape.layers,
+                     n_embd=shape.hidden,
                      n_heads=shape.heads, n_kv_heads=shape.kv_heads, head_dim=shape.head_dim,
                      n_ctx_train=rope.context_length, yarn=rope.yarn, chat_template=None, rope=rope,
                      sampling_defaults={}, tensor_bytes=tensors)

@@ -18,6 +18,11 @@ from edge.cpu_buffers import safe_llama
 # share KV state through it (nor write into the user's store). Its own tests turn it on explicitly.
 os.environ["QWEN3_EDGE_PROMPT_CACHE"] = "0"
 
+# The per-machine calibration (edge/tune.py) never runs by surprise in tests, nor in the CLIs they
+# start (children inherit this): every load uses the fixed defaults. Tests of the calibration
+# ask for it with tune=True and their own cache file.
+os.environ["QWEN3_EDGE_TUNE"] = "off"
+
 # Tokens that cross the vocabulary: text, punctuation, control tokens, digits.
 SAMPLE_TOKENS = [9707, 11, 1879, 0, 151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 151667]
 

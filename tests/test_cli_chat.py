@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from cli.chat_commands import CommandError, parse_budget, parse_command
 from cli.main import app
+from edge.engine import detect_backend
 from tests.llama_probe import LoadSettings, load_settings, record_sampling
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 from tests.tiny_gguf import write_foreign_gguf
@@ -179,7 +180,7 @@ def test_bench_json(scripted_gguf):
     r = runner.invoke(app, ["bench", str(scripted_gguf), "-p", "32", "-n", "8", "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert d["n_prompt"] == 32 and d["n_gen"] == 8 and d["backend"] == "cpu"
+    assert d["n_prompt"] == 32 and d["n_gen"] == 8 and d["backend"] == detect_backend(-1)
     assert d["pp_tokens_per_s"] > 0 and d["tg_tokens_per_s"] > 0 and d["ttft_s"] > 0 and d["load_s"] > 0
     assert d["peak_rss_bytes"] > 0
     r = runner.invoke(app, ["bench", str(scripted_gguf), "-p", "16", "-n", "4"])

@@ -12,7 +12,8 @@ from dataclasses import replace
 
 import pytest
 
-from edge.context_plan import MIB, kv_cache_bytes, offloaded_layers, offloaded_weight_bytes, overhead_bytes, plan_memory
+from edge.context_plan import (MIB, device_compute_bytes, kv_cache_bytes, offloaded_layers, offloaded_weight_bytes,
+                               overhead_bytes, plan_memory)
 from edge.devices import (Device, Placement, capture_llama_log, device_type_name, list_devices, no_device_message,
                           offload_targets, parse_load_log, placement_backend, placement_device, registry_names)
 from edge.engine import Engine, device_refusal, local_offload_targets
@@ -202,12 +203,31 @@ def test_plan_counts_device_weights_kv_and_compute():
     p = plan(device="Vulkan0", device_free_bytes=2048 * MIB, device_weight_bytes=380 * MIB, device_layers=28)
     kv = kv_cache_bytes(4096, 28, 8, 128)
     assert p.device.weights_bytes == 380 * MIB and p.device.kv_bytes == kv == p.kv_bytes
-    assert p.device.compute_bytes == overhead_bytes(4096, n_heads=16, flash_attn=True) - 64 * MIB
+    assert p.device.compute_bytes == device_compute_bytes(4096, n_heads=16, flash_attn=True)
     assert p.device.free_bytes == 2048 * MIB and p.fits and p.device.fits
     # the host side is what it is without a device
     cpu = plan()
     assert (p.total_bytes, p.kv_bytes, p.overhead_bytes) == (cpu.total_bytes, cpu.kv_bytes, cpu.overhead_bytes)
     assert "on Vulkan0: weights 0.37 GiB" in p.describe()
+
+
+# llama.cpp's compute buffer on Vulkan0 (NVIDIA H200), MiB, from ../shared/measurements: the 0.6B
+# and 4B shapes at a 640-token and a 32K context (flash attention on), the scripted model (hidden
+# 192); and on the CPU, the 0.6B shape at 32K without flash attention (tests/test_memory_plan_llama.py).
+@pytest.mark.parametrize("n_ctx, n_embd, flash_attn, measured_mib", [
+    (640, 1024, True, 298.75), (32768, 1024, True, 298.75), (640, 2560, True, 301.75), (32768, 2560, True, 301.75),
+    (2048, 192, True, 297.12), (32768, 1024, False, 1106.01),
+])
+def test_device_compute_estimate_is_an_upper_bound_of_what_llama_cpp_allocated(n_ctx, n_embd, flash_attn,
+                                                                                measured_mib):
+    estimate = device_compute_bytes(n_ctx, n_heads=16, flash_attn=flash_attn, n_embd=n_embd)
+    assert measured_mib * MIB <= estimate <= (measured_mib + 64) * MIB   # safe, and not loose
+
+
+def test_plan_device_compute_follows_the_hidden_size():
+    narrow = plan(device="Vulkan0", device_free_bytes=2048 * MIB, device_weight_bytes=0, device_layers=28, n_embd=1024)
+    wide = plan(device="Vulkan0", device_free_bytes=2048 * MIB, device_weight_bytes=0, device_layers=28, n_embd=2560)
+    assert wide.device.compute_bytes - narrow.device.compute_bytes == 10 * (2560 - 1024) * 512 * 4
 
 
 def test_plan_kv_share_follows_offloaded_layers():

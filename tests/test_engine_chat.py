@@ -12,7 +12,7 @@ import pytest
 from jinja2 import Environment
 
 from edge.chat import Chat, ChatError
-from edge.engine import Engine, EngineError
+from edge.engine import Engine, EngineError, detect_backend
 from edge.modes import Mode
 from quantize import quantize_model
 from tests.llama_probe import DecodeCount, apply_sampler, cached_ids, common_prefix, kv_tokens
@@ -42,8 +42,9 @@ def reference_prompt(messages, thinking: bool) -> str:
 
 
 def test_engine_basics(engine):
+    """The backend is the one the bindings offer: the CPU, or the GPU every layer goes to by default."""
     assert isinstance(engine.llama, llama_cpp.Llama)
-    assert engine.backend == "cpu" and engine.n_ctx == 2048
+    assert engine.backend == detect_backend(-1) and engine.n_ctx == 2048
     assert engine.memory_plan.fits and engine.memory_plan.kv_bytes > 0
     assert not engine.rope_plan.yarn
 

@@ -121,3 +121,33 @@ def test_largest_accepted_schema_compiles_and_is_timed(vocab, capsys):
     with capsys.disabled():
         print(f"\n[grammar] {len(json.dumps(schema))}-byte schema -> {len(grammar)}-byte grammar, "
               f"converted and compiled in {time.perf_counter() - started:.3f}s")
+
+
+def test_nesting_depth_counts_objects_and_arrays_without_recursion():
+    from edge.grammar import nesting_depth
+    assert nesting_depth("x", 10) == 0 and nesting_depth({}, 10) == 1 and nesting_depth([[1], {"a": []}], 10) == 3
+    deep: list = []
+    for _ in range(100_000):           # far past Python's recursion limit
+        deep = [deep]
+    assert nesting_depth(deep, 10) == 11   # stops just past the limit
+
+
+def test_depth_is_refused_before_size_on_every_python():
+    """A 3,000-level schema is also over the byte limit; the refusal names the nesting (json.dumps
+    on Python 3.12 serializes it where 3.11 raised RecursionError)."""
+    from edge.grammar import GrammarError, MAX_SCHEMA_DEPTH, check_schema
+    schema: dict = {"type": "string"}
+    for _ in range(3000):
+        schema = {"type": "array", "items": schema}
+    import sys
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)      # as on 3.12, json.dumps now serializes the 3,000 levels
+    try:
+        with pytest.raises(GrammarError, match="nests deeper"):
+            check_schema(schema, "response_format")
+    finally:
+        sys.setrecursionlimit(limit)
+    ok: dict = {"type": "string"}
+    for _ in range(MAX_SCHEMA_DEPTH):   # the deepest schema the rule allows, through properties
+        ok = {"type": "object", "properties": {"a": ok}}
+    check_schema(ok, "response_format")
