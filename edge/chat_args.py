@@ -12,7 +12,9 @@ from typing import Any
 MODES = ("think", "no_think", "auto")
 SAMPLING_RANGES: dict[str, tuple[type, float, float | None]] = {
     "temperature": (float, 0.0, 2.0), "top_p": (float, 0.0, 1.0), "top_k": (int, 0, None), "min_p": (float, 0.0, 1.0),
+    "frequency_penalty": (float, -2.0, 2.0), "repeat_penalty": (float, 0.0, None),
 }
+SAMPLING_KEYS = (*SAMPLING_RANGES, "logit_bias")   # logit_bias: (token, bias) pairs (the server checks them)
 PRESENCE_RANGE = (-2.0, 2.0)
 SEED_MAX = 0xFFFFFFFE   # llama.cpp's seed is 32-bit and reads 0xFFFFFFFF as "pick one at random"
 
@@ -76,10 +78,17 @@ def sampling_problem(overrides: Any) -> str | None:
     if overrides is None:
         return None
     if not isinstance(overrides, dict):
-        return f"sampling takes a dict of {', '.join(SAMPLING_RANGES)}, not {_shown(overrides)}"
+        return f"sampling takes a dict of {', '.join(SAMPLING_KEYS)}, not {_shown(overrides)}"
     for key, value in overrides.items():
+        if key == "logit_bias":
+            pairs_ok = isinstance(value, (list, tuple)) and all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], int) and not isinstance(p[0], bool)
+                and isinstance(p[1], (int, float)) and not isinstance(p[1], bool) for p in value)
+            if not pairs_ok:
+                return f"sampling logit_bias takes (token id, bias) pairs, not {_shown(value)}"
+            continue
         if key not in SAMPLING_RANGES:
-            return f"sampling takes {', '.join(SAMPLING_RANGES)}, not {_shown(key)}"
+            return f"sampling takes {', '.join(SAMPLING_KEYS)}, not {_shown(key)}"
         if value is not None and (problem := number_problem(key, value, *SAMPLING_RANGES[key])):
             return problem
     return None
