@@ -59,7 +59,8 @@ def load_search_models(embedding_model: Optional[str], rerank_model: Optional[st
         model = load_engine(spec, None, threads, None, None, source=source)
         if model.purpose != purpose:
             model.close()
-            raise EngineError(f"{option} {spec}: this is a {model.purpose} model, not a {purpose} model")
+            names = {"chat": "a chat model", "embedding": "an embedding model", "reranker": "a reranker"}
+            raise EngineError(f"{option} {spec}: this is {names[model.purpose]}, not {names[purpose]}")
         err.print(f"search: {spec} ({purpose}, {model.n_embd} dimensions, up to {model.max_tokens} tokens a text)")
         loaded.append(model)
     return loaded

@@ -65,6 +65,7 @@ def test_rerank_prints_best_first(search_ggufs):
     (["embed", "{embedding}", ""], "empty string"),
     (["embed", "{embedding}", "--file", "{binary}"], "not UTF-8 text (byte 0xff at offset 2)"),
     (["embed", "{embedding}", "x", "-o", "out.json"], "name it *.npy"),
+    (["serve", "{embedding}"], "cannot serve it as the chat model: this is an embedding model"),
 ])
 def test_wrong_model_or_input_is_one_line_exit_1(search_ggufs, tmp_path, args, words):
     binary = tmp_path / "b.bin"
@@ -74,6 +75,12 @@ def test_wrong_model_or_input_is_one_line_exit_1(search_ggufs, tmp_path, args, w
     assert r.exit_code == 1, r.output
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0], r.stderr
+
+
+def test_serve_takes_search_models_of_their_kind(search_ggufs, scripted_gguf):
+    r = runner.invoke(app, ["serve", str(scripted_gguf), "--embedding-model", str(search_ggufs["reranker"])])
+    assert r.exit_code == 1
+    assert "--embedding-model" in r.stderr and "this is a reranker, not an embedding model" in r.stderr
 
 
 def test_info_says_what_the_model_is_for(search_ggufs):
