@@ -225,14 +225,16 @@ def closed_objects(schema: Any) -> Any:
     about others) allows only those while decoding, as llama.cpp's converter does: an answer
     without extra keys validates all the same, and a model cannot wander into invented keys.
     Integer-valued floats of count keywords (``"maxLength": 2.0``) become integers, and an email
-    address is held to EMAIL_MAX_WHILE_DECODING characters (every answer is still one the schema
+    address is held to EMAIL_WHILE_DECODING's common shape (every answer is still one the schema
     accepts). A schema
     with a combining keyword (allOf, not, if, ...) is left as it is: closing a branch could
     make it unsatisfiable."""
     return _close(schema, not _mentions(schema, COMBINING))
 
 
-EMAIL_MAX_WHILE_DECODING = 64  # an email address the model writes: at most this many characters
+# An email address the model writes: the common shape (a dotted domain, as pydantic's EmailStr
+# needs), bounded; every such address passes the "email" format check.
+EMAIL_WHILE_DECODING = r"^[A-Za-z0-9_%+-]{1,32}(\.[A-Za-z0-9_%+-]{1,16}){0,2}@[A-Za-z0-9]{1,20}(\.[A-Za-z0-9]{1,20}){0,2}\.[A-Za-z]{2,8}$"
 COUNTS = {"maxLength", "minLength", "maxItems", "minItems", "maxProperties", "minProperties", "maxContains",
           "minContains"}
 
@@ -250,8 +252,9 @@ def _close(node: Any, close: bool) -> Any:
     for key in ("items", "contains"):
         if key in node:
             out[key] = _close(node[key], close)
-    if node.get("format") == "email" and "maxLength" not in node:
-        out["maxLength"] = EMAIL_MAX_WHILE_DECODING  # a local part that never ends never reaches its "@"
+    if node.get("format") == "email" and "pattern" not in node:
+        del out["format"]  # the common shape, bounded: a local part that never ends never reaches its "@"
+        out["pattern"] = EMAIL_WHILE_DECODING
     props, required = node.get("properties"), node.get("required", [])
     if close and isinstance(props, dict) and props and not (OPENING & node.keys()) and isinstance(required, list) \
             and set(required) <= props.keys():
