@@ -24,7 +24,7 @@ import llama_cpp
 import numpy as np
 
 from .sequence import common_prefix
-from .stream_lock import POLL_S, Closed, WaitTimeout, first_in_line
+from .stream_lock import wait_in_line
 
 PROMPT_CHUNK = 128   # prompt tokens per step while other slots generate
 GATHER_S = 0.02      # how long a step waits for the slots it just served to queue their next token
@@ -120,7 +120,6 @@ class Scheduler:
         self.slots = [_Slot(i) for i in range(n_slots)]
         self.steps = 0                    # decodes run (tests check that streams shared them)
         self._clock = itertools.count(1)
-        self._tickets = itertools.count()
         self._waiting: deque[int] = deque()  # generations waiting for a slot, in arrival order
         self._cv = threading.Condition()
         self._queue: list[_Work] = []
@@ -135,28 +134,13 @@ class Scheduler:
         """A free slot for `prompt` (longest cached prefix, else least recently used), waiting in
         arrival order while all are busy; None once `cancel` is set, WaitTimeout after `timeout`
         seconds, Closed once the scheduler is closed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            ticket = next(self._tickets)
-            self._waiting.append(ticket)
-            try:
-                while True:
-                    if self._closed:
-                        raise Closed()
-                    if cancel is not None and cancel.is_set():
-                        return None
-                    free = [s for s in self.slots if not s.busy]
-                    if free and first_in_line(self._waiting, ticket):
-                        slot = self._pick(free, prompt)
-                        slot.busy = True
-                        return BatchSequence(self, slot)
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise WaitTimeout()
-                    self._cv.wait(POLL_S if left is None else min(POLL_S, left))
-            finally:
-                self._waiting.remove(ticket)
-                self._cv.notify_all()
+            if not wait_in_line(self._cv, self._waiting, lambda: any(not s.busy for s in self.slots), cancel, timeout,
+                                lambda: self._closed):
+                return None
+            slot = self._pick([s for s in self.slots if not s.busy], prompt)
+            slot.busy = True
+            return BatchSequence(self, slot)
 
     def _pick(self, free: list[_Slot], prompt: list[int]) -> _Slot:
         """The slot sharing the longest prefix with `prompt` when that is over SIMILAR of it (its

@@ -32,6 +32,34 @@ def first_in_line(queue: deque[int], ticket: int) -> bool:
     return bool(queue) and queue[0] == ticket
 
 
+_TICKETS = itertools.count()
+
+
+def wait_in_line(cv: threading.Condition, line: deque[int], can_take, cancel: threading.Event | None,
+                 timeout: float | None, closed) -> bool:
+    """Wait (holding `cv`) until this waiter is first in `line` and can_take(): True; False if
+    `cancel` is set first; WaitTimeout after `timeout` seconds; Closed once closed(). The caller
+    takes what it waited for before releasing `cv`."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ticket = next(_TICKETS)
+    line.append(ticket)
+    try:
+        while True:
+            if closed():
+                raise Closed()
+            if cancel is not None and cancel.is_set():
+                return False
+            if first_in_line(line, ticket) and can_take():
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeout()
+            cv.wait(POLL_S if left is None else min(POLL_S, left))
+    finally:
+        line.remove(ticket)
+        cv.notify_all()
+
+
 class FairLock:
     """A lock for one stream, handed out in arrival order; cancellable and with a deadline.
 
@@ -41,7 +69,6 @@ class FairLock:
     def __init__(self):
         self._cv = threading.Condition()
         self._queue: deque[int] = deque()
-        self._tickets = itertools.count()
         self._held = False
         self._closed = False
         self.holder_cancel: threading.Event | None = None
@@ -49,26 +76,11 @@ class FairLock:
     def acquire(self, cancel: threading.Event | None = None, timeout: float | None = None) -> bool:
         """True once held; False if `cancel` was set while waiting. WaitTimeout past `timeout`
         seconds, Closed once close() was called."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            ticket = next(self._tickets)
-            self._queue.append(ticket)
-            try:
-                while True:
-                    if self._closed:
-                        raise Closed()
-                    if cancel is not None and cancel.is_set():
-                        return False
-                    if not self._held and first_in_line(self._queue, ticket):
-                        self._held, self.holder_cancel = True, cancel
-                        return True
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise WaitTimeout()
-                    self._cv.wait(POLL_S if left is None else min(POLL_S, left))
-            finally:
-                self._queue.remove(ticket)
-                self._cv.notify_all()
+            if not wait_in_line(self._cv, self._queue, lambda: not self._held, cancel, timeout, lambda: self._closed):
+                return False
+            self._held, self.holder_cancel = True, cancel
+            return True
 
     def release(self) -> None:
         with self._cv:

@@ -184,6 +184,6 @@ echo "total seconds: $(( $(date +%s) - START ))" >> "$SUMMARY"
 # The gist on stdout (the run's output_tail); the whole logs are in $OUT/device-*.txt.
 cat "$SUMMARY"
 grep -hE "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$TESTS" 2>/dev/null | tail -25
-grep -hE "^## bench|tok/s|threads$" "$BENCH" 2>/dev/null
+grep -hE "^## bench|tok/s| threads" "$BENCH" 2>/dev/null
 grep -hE "^## tune|^## rc|\"(threads|flash_attn|backend)\"" "$TUNE" 2>/dev/null | head -20
 exit 0
