@@ -109,12 +109,20 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
                                 temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                                 presence_penalty=presence_penalty, max_tokens=max_tokens)
             reply, printer = None, _RunPrinter(show_thinking)
+            held = []   # with a format, notices wait for the end: the schema's verdict is said once, below
             for event in session.stream(text, response_format=fmt):
                 reply = event.reply or reply
-                if not as_json:
+                if as_json:
+                    continue
+                if fmt is not None and event.kind == "notice":
+                    held.append(event)
+                else:
                     printer(event)
-    # None without a format; the Chat's own check (answer_check.py) first, then the answer's shape
-    problem = (reply.schema_error or json_answer_problem(reply.answer, fmt, reply.stop_reason)) if fmt is not None else None
+            for event in held:
+                if event.text != reply.schema_error:
+                    printer(event)
+    # None without a format: the answer's shape (a cut reply says so), then the Chat's own check (answer_check.py)
+    problem = (json_answer_problem(reply.answer, fmt, reply.stop_reason) or reply.schema_error) if fmt is not None else None
     if as_json:
         fields = {"schema_error": problem} if fmt is not None else {}
         out.print_json(json.dumps({"model": str(engine.info.path), **dataclasses.asdict(reply), **fields}))

@@ -18,7 +18,7 @@ def conversation_from_messages(messages: Any) -> tuple[str | None, list[Message]
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise ChatError("messages takes a list of message dicts ({'role': ..., 'content': ...})")
     try:
-        system_parts, turns = _conversation(messages)
+        system_parts, turns = _conversation(messages, [])   # unknown keys: accepted and ignored, as the server does
     except RequestError as e:
         raise ChatError(str(e)) from None
     return ("\n".join(system_parts) or None), turns

@@ -72,7 +72,7 @@ def test_stop_list_and_checks():
     (sampling_problem, {"temperature": -0.5}, "temperature takes a number from 0 to 2, not -0.5"),
     (sampling_problem, {"top_p": 1.5}, "top_p takes a number from 0 to 1"),
     (sampling_problem, {"top_k": 2.5}, "top_k takes a whole number 0 or more"),
-    (sampling_problem, {"temprature": 0.5}, "sampling takes temperature, top_p, top_k, min_p, not 'temprature'"),
+    (sampling_problem, {"temprature": 0.5}, "sampling takes temperature, top_p, top_k, min_p, frequency_penalty, repeat_penalty, logit_bias, not 'temprature'"),
     (sampling_problem, [0.5], "sampling takes a dict"),
 ])
 def test_bad_arguments_are_named_with_what_they_take(problem, value, fragment):
