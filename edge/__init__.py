@@ -5,12 +5,12 @@ tool calls (tool_calls.py) and grammars for tools and JSON schemas (grammar.py),
 An app imports from here: ``from edge import Engine, Chat``.
 """
 
-from .completion import complete
-from .chat import Chat, ChatError, Event, Message, Reply, load_transcript, save_transcript
-from .engine import Engine, EngineError
-from .grammar import GrammarError
-from .modes import Mode
-from .tool_calls import ToolCall
+from edge.completion import complete
+from edge.chat import Chat, ChatError, Event, Message, Reply, load_transcript, save_transcript
+from edge.engine import Engine, EngineError
+from edge.grammar import GrammarError
+from edge.modes import Mode
+from edge.tool_calls import ToolCall
 
 __all__ = ["Chat", "ChatError", "Engine", "EngineError", "Event", "GrammarError", "Message", "Mode", "Reply",
            "ToolCall", "complete", "load_transcript", "save_transcript"]

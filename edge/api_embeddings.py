@@ -30,9 +30,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .embedding import EmbedError, Embedder
-from .openai_api import RequestError, decode_body, error_body
-from .retrieval_format import InputError, base64_floats, check_dimensions, check_texts
+from edge.embedding import EmbedError, Embedder
+from edge.openai_api import RequestError, decode_body, error_body
+from edge.retrieval_format import InputError, base64_floats, check_dimensions, check_texts
 
 EMBEDDINGS_FIELDS = {"input", "model", "dimensions", "encoding_format", "user", "instruction", "truncate"}
 RERANK_FIELDS = {"query", "documents", "top_n", "return_documents", "model", "instruction", "truncate"}

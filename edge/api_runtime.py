@@ -12,9 +12,9 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from .chat import BackendError, ChatError
-from .completion import Generation
-from .openai_api import RequestError, decode_body
+from edge.chat import BackendError, ChatError
+from edge.completion import Generation
+from edge.openai_api import RequestError, decode_body
 
 
 async def read_body(request: Request, max_body_bytes: int) -> Any:

@@ -29,26 +29,26 @@ from typing import Any
 
 import llama_cpp
 
-from .async_bridge import iterate_in_thread
-from .answer_check import reply_problems
-from .budget import answer_reserve, turn_budget
-from .chat_args import chat_arguments_problem, max_tokens_problem, mode_problem, stop_list, stop_problem
-from .chat_template import TemplateError
-from .context_growth import GrowthError
-from .engine import Engine, EngineClosedError
-from .grammar import Constraints, GrammarError, plan_constraints
-from .guidance import Constraint, ConstraintError, compile_grammar, tokenizer_for
-from .model_kind import ModelKind, prompt_opens_thinking
-from .modes import Mode, soft_switch, thinking_for
-from .rpc import WorkerLost
-from .sampling import GrammarCompileError, SamplingParams, TokenSampler, preset
-from .scheduler import SchedulerError
-from .sequence import DecodeError, StreamUnavailable, open_sequence
-from .stop_strings import StopCutter
-from .text_check import text_problem, tree_problem
-from .thinking_calls import ThinkingCallHold
-from .thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
-from .tool_calls import TOOL_OPEN, Content, InvalidCall, ToolCall, ToolCallParser
+from edge.async_bridge import iterate_in_thread
+from edge.answer_check import reply_problems
+from edge.budget import answer_reserve, turn_budget
+from edge.chat_args import chat_arguments_problem, max_tokens_problem, mode_problem, stop_list, stop_problem
+from edge.chat_template import TemplateError
+from edge.context_growth import GrowthError
+from edge.engine import Engine, EngineClosedError
+from edge.grammar import Constraints, GrammarError, plan_constraints
+from edge.guidance import Constraint, ConstraintError, compile_grammar, tokenizer_for
+from edge.model_kind import ModelKind, prompt_opens_thinking
+from edge.modes import Mode, soft_switch, thinking_for
+from edge.rpc import WorkerLost
+from edge.sampling import GrammarCompileError, SamplingParams, TokenSampler, preset
+from edge.scheduler import SchedulerError
+from edge.sequence import DecodeError, StreamUnavailable, open_sequence
+from edge.stop_strings import StopCutter
+from edge.text_check import text_problem, tree_problem
+from edge.thinking_calls import ThinkingCallHold
+from edge.thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
+from edge.tool_calls import TOOL_OPEN, Content, InvalidCall, ToolCall, ToolCallParser
 
 # Qwen's model card (and vLLM's, SGLang's reproductions) start the phrase on new lines, so it is
 # never glued to the last word of the thinking.
@@ -209,7 +209,7 @@ class Chat:
             raise ArgumentError(f"wait_timeout must be a number of seconds >= 0 or None, not {wait_timeout!r}")
         _check_open(engine)
         if getattr(engine, "purpose", "chat") != "chat":   # an embedding model or reranker (embedding.py)
-            from .embedding import wrong_model
+            from edge.embedding import wrong_model
             raise ChatError(wrong_model(engine.purpose, "chat"))
         self.engine = engine
         self.wait_timeout = wait_timeout  # seconds to wait for a free stream of the engine (None: no limit)
@@ -639,7 +639,7 @@ class Chat:
     def restore(self, messages: list[dict]) -> None:
         """Replace the conversation with an OpenAI-shaped messages list (restore.py); its system
         message, when it has one, replaces the system prompt. A bad list changes nothing."""
-        from .restore import conversation_from_messages
+        from edge.restore import conversation_from_messages
         system, history = conversation_from_messages(messages)
         self.system = system if system is not None else self.system
         self.history = history

@@ -27,10 +27,10 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from .chat import Chat, ChatError, Event, Message, Reply
-from .engine import Engine
-from .modes import Mode
-from .openai_api import ChatRequest, RequestError, StopFilter, finish_reason, parse_request
+from edge.chat import Chat, ChatError, Event, Message, Reply
+from edge.engine import Engine
+from edge.modes import Mode
+from edge.openai_api import ChatRequest, RequestError, StopFilter, finish_reason, parse_request
 
 END_OF_TURN = "<|im_end|>"
 
@@ -76,7 +76,7 @@ class RequestChat(Chat):
             return self.raw
         if self.prefill is None:
             return super().render(messages, thinking, tools)
-        from .chat_template import TemplateError
+        from edge.chat_template import TemplateError
         try:
             text = self.engine.template.render(messages, add_generation_prompt=False, enable_thinking=thinking,
                                                tools=tools)
@@ -300,7 +300,7 @@ def complete(engine: Engine, messages: list[dict], *, stream: bool = False, mode
     and the same response shape (a dict; with stream=True an iterator of chunk dicts), so code
     written for `openai` or llama-cpp-python's create_chat_completion ports by changing one line.
     A bad request raises a ChatError naming the field (openai_api.RequestError)."""
-    from .openai_api import ChunkShaper, completion_id, completion_response
+    from edge.openai_api import ChunkShaper, completion_id, completion_response
     req = parse_request({"messages": messages, "stream": stream, **fields})
     name = model or req.model or engine.info.path.stem
     generation = Generation(engine, req, engine_lock(engine))

@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .context_plan import (MemoryPlan, RopePlan, check_kv_types, offloaded_layers, offloaded_weight_bytes,
+from edge.context_plan import (MemoryPlan, RopePlan, check_kv_types, offloaded_layers, offloaded_weight_bytes,
                            plan_memory, plan_rope, plan_slots)
-from .devices import Device, no_device_message
-from .footprint import Footprint, choose_footprint
-from .tune_rules import apply_tuned
+from edge.devices import Device, no_device_message
+from edge.footprint import Footprint, choose_footprint
+from edge.tune_rules import apply_tuned
 
 DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: footprint.py chooses)
 
@@ -196,7 +196,7 @@ def plan_load(model, asked: LoadRequest, machine: MachineFacts, draft=None) -> L
                            ctx_limit=model.rope.max_ctx, n_seq=n_seq, n_embd=model.n_embd,
                            **(device_kwargs if device is None else device))
     if draft is not None:  # the draft model's weights, cache and buffers count too (draft_model.py)
-        from .draft_model import with_draft
+        from edge.draft_model import with_draft
         joint = with_draft(planned, draft, n_batch=asked.n_batch, flash_attn=attention)
 
         def planned(ctx: int, kv: str, budget: int = avail, n_seq: int = 1, device: dict[str, Any] | None = None) -> MemoryPlan:
@@ -251,7 +251,7 @@ def _sized(model, asked: LoadRequest, machine: MachineFacts, n_ctx: int, kv: str
         reasons.append(f"{slots} slot(s): as many as the memory plan fits, at most {asked.max_parallel}")
     memory, split = plan(slots), None
     if workers is not None:  # the host keeps only what llama.cpp leaves on the CPU
-        from .split_plan import model_bytes, plan_split
+        from edge.split_plan import model_bytes, plan_split
         split = plan_split(model_bytes(list(model.tensor_bytes.items()), model.n_layers), list(machine.split_devices),
                            machine.available_bytes, n_ctx, n_kv_heads=model.n_kv_heads, head_dim=model.head_dim, n_heads=model.n_heads,
                            n_gpu_layers=gpu_layers, type_k=kv, type_v=kv, n_batch=asked.n_batch,

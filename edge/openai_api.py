@@ -22,12 +22,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chat import ChatError, Message, Reply
-from .grammar import GrammarError, plan_constraints
-from .modes import Mode, soft_switch
-from .stop_strings import StopCutter
-from .text_check import text_problem
-from .tool_calls import ToolCall
+from edge.chat import ChatError, Message, Reply
+from edge.grammar import GrammarError, plan_constraints
+from edge.modes import Mode, soft_switch
+from edge.stop_strings import StopCutter
+from edge.text_check import text_problem
+from edge.tool_calls import ToolCall
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_JSON_DEPTH = 64     # a tool schema may nest 24 levels (grammar.MAX_SCHEMA_DEPTH): ~55 JSON levels

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .chat import ChatError, Message
+from edge.chat import ChatError, Message
 
 
 def conversation_from_messages(messages: Any) -> tuple[str | None, list[Message]]:
     """The system prompt (None when the list has none) and the history of `messages`:
     system/developer first, then user, assistant (content, reasoning_content, tool_calls) and
     tool messages answering the calls of the assistant message before them."""
-    from .openai_api import RequestError, _conversation   # openai_api imports chat: import late
+    from edge.openai_api import RequestError, _conversation   # openai_api imports chat: import late
 
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise ChatError("messages takes a list of message dicts ({'role': ..., 'content': ...})")

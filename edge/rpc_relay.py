@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 
-from . import rpc_protocol as proto
+from edge import rpc_protocol as proto
 
 CHUNK = 1 << 20
 

@@ -29,17 +29,17 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .chat import BackendError, ChatError
-from .api_anthropic import anthropic_routes
-from .api_anthropic import error_body as anthropic_error
-from .api_completions import TextChunkShaper, parse_completion_request, text_completion
-from .api_completions import completion_id as text_completion_id
-from .api_ollama import ollama_routes
-from .api_runtime import error_kind, events, read_body, run_to_end
-from .completion import ChoiceEvent, Generation, engine_lock
-from .engine import Engine
-from .metrics import CountRequests, Metrics
-from .openai_api import (ChatRequest, ChunkShaper, RequestError, completion_id, completion_response, decode_body,
+from edge.chat import BackendError, ChatError
+from edge.api_anthropic import anthropic_routes
+from edge.api_anthropic import error_body as anthropic_error
+from edge.api_completions import TextChunkShaper, parse_completion_request, text_completion
+from edge.api_completions import completion_id as text_completion_id
+from edge.api_ollama import ollama_routes
+from edge.api_runtime import error_kind, events, read_body, run_to_end
+from edge.completion import ChoiceEvent, Generation, engine_lock
+from edge.engine import Engine
+from edge.metrics import CountRequests, Metrics
+from edge.openai_api import (ChatRequest, ChunkShaper, RequestError, completion_id, completion_response, decode_body,
                          error_body, parse_request)
 
 MAX_BODY_BYTES = 1 << 20
@@ -209,7 +209,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
 
 def _search_routes(embedders: list | None, server: _Server, max_body_bytes: int, queue: int) -> list:
     """/v1/embeddings, /v1/rerank and /api/embed over the embedders (api_embeddings.py)."""
-    from .api_embeddings import embedding_routes
+    from edge.api_embeddings import embedding_routes
     return embedding_routes(embedders or [], authorized=server.authorized, max_body_bytes=max_body_bytes, queue=queue)
 
 
