@@ -41,7 +41,7 @@ def rss_status() -> str:
 
 def turns() -> None:
     from edge.chat import Chat
-    from edge.engine import Engine
+    from edge.runtime.engine import Engine
     with Engine.load(model(), n_ctx=4096) as engine:
         chat = Chat(engine, mode="no_think", max_tokens=48, seed=0)
         print("turn  prompt  evaluated  prompt-eval ms (ttft)  tok/s")
@@ -52,7 +52,7 @@ def turns() -> None:
 
 def memory(kv: str, use_mmap: bool) -> None:
     from edge.chat import Chat
-    from edge.engine import Engine
+    from edge.runtime.engine import Engine
     with Engine.load(model(), n_ctx=4096, kv_cache_type=kv, use_mmap=use_mmap) as engine:
         r = Chat(engine, max_tokens=64, seed=0).send(MESSAGE * 10)
         print(f"kv {kv:5} mmap {'on ' if use_mmap else 'off'} 4096 ctx, {r.prompt_tokens}-token prompt, "
@@ -62,7 +62,7 @@ def memory(kv: str, use_mmap: bool) -> None:
 def long_context() -> None:
     import warnings
     from edge.chat import Chat
-    from edge.engine import Engine
+    from edge.runtime.engine import Engine
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine = Engine.load(model(), n_ctx=131072, kv_cache_type="q8_0")
@@ -77,7 +77,7 @@ def long_context() -> None:
 
 def profile() -> None:
     from edge.chat import Chat
-    from edge.engine import Engine
+    from edge.runtime.engine import Engine
     with Engine.load(model(), n_ctx=2048) as engine:
         chat = Chat(engine, budget=64, max_tokens=256, seed=0, sampling={"temperature": 0.6})
         chat.send("warm up")

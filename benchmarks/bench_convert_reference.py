@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from edge.cpu_buffers import safe_llama
+from edge.runtime.cpu_buffers import safe_llama
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"

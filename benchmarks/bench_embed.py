@@ -55,7 +55,7 @@ def default_gguf(qtype: str) -> Path:
 def ours_worker(args) -> None:
     """Child process: load, embed every text once, print figures as JSON."""
     import resource
-    from edge.embedding import Embedder
+    from edge.runtime.embedding import Embedder
     texts = make_texts(args.texts)
     e = Embedder.open(args.gguf, "embedding", n_ctx=args.ctx, n_batch=args.batch, n_threads=args.threads)
     e.embed(texts[:8])                                     # warm-up, as the server's first request is
@@ -86,7 +86,7 @@ def run_server(args) -> dict:
     cmd = [str(args.llama_server), "-m", str(args.gguf), "--embedding", "--pooling", "last", "--port", str(port),
            "-c", str(args.ctx), "-b", str(args.batch), "-ub", str(args.batch), "-t", str(args.threads),
            "-tb", str(args.threads), "-np", str(args.parallel), "--no-webui"]
-    from edge.cpu_buffers import default_extra_buffers
+    from edge.runtime.cpu_buffers import default_extra_buffers
     if not default_extra_buffers():      # as the Embedder opens models: no AMX repacking (it crashes)
         cmd.append("--no-repack")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

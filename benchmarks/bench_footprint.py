@@ -89,14 +89,14 @@ def growth(args) -> None:
     against re-evaluating the cached tokens in a fresh context of the new size."""
     import numpy as np
 
-    from edge.engine import Engine
+    from edge.runtime.engine import Engine
     gguf = model(args.shape)
     rng = np.random.default_rng(0)
     with Engine.load(gguf, n_threads=args.threads) as engine:
         print(engine.footprint.describe())
         vocab = engine.llama.n_vocab()
         tokens = rng.integers(1000, vocab - 1000, size=16384).tolist()
-        from edge.sequence import open_sequence
+        from edge.runtime.sequence import open_sequence
         import threading
         seq = open_sequence(engine, tokens[:1], threading.Event())
         seq.prefill(tokens[:2040])

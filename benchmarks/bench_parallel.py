@@ -26,7 +26,7 @@ from pathlib import Path
 
 import openai
 
-from edge.cpu_buffers import default_extra_buffers
+from edge.runtime.cpu_buffers import default_extra_buffers
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
     ap.add_argument("--flash-attn", choices=["default", "on", "off"], default="default",
                     help="llama-server's -fa (default: none given, its own default, auto = on where the backend "
-                         "has it); ours is the Engine's default: this machine's calibration (edge/tune.py)")
+                         "has it); ours is the Engine's default: this machine's calibration (edge/runtime/tune.py)")
     ap.add_argument("--llama-server", type=Path, default=DEFAULT_SERVER)
     args = ap.parse_args()
     repack = default_extra_buffers()

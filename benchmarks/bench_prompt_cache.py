@@ -1,5 +1,5 @@
 """Warm at restart: time to first token of the first reply of a fresh process with a 2,000-token
-system prompt, with the persistent prompt cache (edge/prompt_cache.py) against without it.
+system prompt, with the persistent prompt cache (edge/runtime/prompt_cache.py) against without it.
 
     python benchmarks/bench_prompt_cache.py [--shape 0.6b] [--reps 3] [--kv f16 q8_0] [--tokens 2000]
 
@@ -45,7 +45,7 @@ def child(args) -> None:
     import numpy as np
     import llama_cpp
     from edge import Chat, Engine
-    from edge.prompt_cache import PromptCache
+    from edge.runtime.prompt_cache import PromptCache
 
     cache = PromptCache(args.cache_dir) if args.cache_dir else False
     with Engine.load(args.model, kv_cache_type=args.kv, prompt_cache=cache) as engine:

@@ -20,7 +20,7 @@ from benchmarks.bench_runtime import CACHE, ensure_gguf  # noqa: E402
 from quantize.gguf_header import read_header  # noqa: E402
 from quantize.gguf_info import bits_per_weight  # noqa: E402
 from tests.reference_qwen3 import kl_divergence  # noqa: E402
-from edge.cpu_buffers import safe_llama
+from edge.runtime.cpu_buffers import safe_llama
 
 TEXT = ("The quick brown fox jumps over the lazy dog. 你好，世界！今天的天气怎么样？ "
         "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from quantize import quantize_model  # noqa: E402
 from quantize.gguf_header import read_header  # noqa: E402
-from edge.cpu_buffers import default_extra_buffers  # noqa: E402
+from edge.runtime.cpu_buffers import default_extra_buffers  # noqa: E402
 
 DEFAULT_LLAMA_BENCH = CACHE / "llama.cpp-src" / "build" / "bin" / "llama-bench"
 
@@ -54,7 +54,7 @@ def llama_bench(binary: Path, model: Path, threads: int, reps: int, n_prompt: in
 
 
 def ours(model: Path, threads: int, reps: int, n_prompt: int, n_gen: int) -> dict:
-    code = ("import json, sys; from edge.bench import run_bench; "
+    code = ("import json, sys; from edge.runtime.bench import run_bench; "
             "r = run_bench(sys.argv[1], n_prompt=int(sys.argv[2]), n_gen=int(sys.argv[3]), "
             "repetitions=int(sys.argv[4]), n_threads=int(sys.argv[5])); print(json.dumps(r.to_dict()))")
     out = subprocess.run([sys.executable, "-c", code, str(model), str(n_prompt), str(n_gen), str(reps), str(threads)],

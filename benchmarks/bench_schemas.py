@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from edge import Chat, ChatError, Engine  # noqa: E402
 from edge.answer_check import answer_problem  # noqa: E402
 from edge.grammar import Constraints  # noqa: E402
-from edge.sampling import Grammar, GrammarCompileError  # noqa: E402
+from edge.runtime.sampling import Grammar, GrammarCompileError  # noqa: E402
 
 PROMPT = "Reply with JSON."
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_tune.py [--gguf PATH] [--llama-bench PATH] [--busy N] [--tokens 32]
 
-1. `edge.tune.tune_model` calibrates (its wall time is printed: the goal is under 15 s on the 0.6B).
+1. `edge.runtime.tune.tune_model` calibrates (its wall time is printed: the goal is under 15 s on the 0.6B).
 2. The sweep measures every candidate longer, as llama-bench does (one model copy, a context per
    flash-attention setting, cleared caches, synchronized decodes): decoding `--tokens` tokens at
    depth 0 and at 512, a 256-token prompt; two interleaved rounds, best kept. The score is the
@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 import llama_cpp  # noqa: E402
 import llama_cpp._logger  # noqa: E402
 
-from edge.bench import RawContext, measure_gen, measure_prompt  # noqa: E402
-from edge.context_plan import physical_cores  # noqa: E402
-from edge.cpu_buffers import default_extra_buffers  # noqa: E402
-from edge.engine import detect_backend, local_offload_targets  # noqa: E402
-from edge.tune import tune_model  # noqa: E402
-from edge.tune_rules import Measured, candidates, decode_score  # noqa: E402
+from edge.runtime.bench import RawContext, measure_gen, measure_prompt  # noqa: E402
+from edge.runtime.context_plan import physical_cores  # noqa: E402
+from edge.runtime.cpu_buffers import default_extra_buffers  # noqa: E402
+from edge.runtime.engine import detect_backend, local_offload_targets  # noqa: E402
+from edge.runtime.tune import tune_model  # noqa: E402
+from edge.runtime.tune_rules import Measured, candidates, decode_score  # noqa: E402
 
 DEFAULT_GGUF = Path("/work/wt/_llama/models/Qwen3-0.6B-random-q4_k_m.gguf")
 DEFAULT_BENCH = Path("/work/wt/_llama/bin/llama-bench")

@@ -45,10 +45,10 @@ OUT = ROOT / "benchmarks" / ".cache" / "mutation"
 TARGETS: dict[str, list[str]] = {
     "edge/thinking_parser.py": ["tests/test_thinking_parser.py"],
     "edge/modes.py": ["tests/test_modes_and_sampling.py", "tests/test_modes_languages.py"],
-    "edge/context_plan.py": ["tests/test_context_plan.py"],
+    "edge/runtime/context_plan.py": ["tests/test_context_plan.py"],
     "quantize/gguf_header.py": ["tests/test_hostile_files.py::test_corpus_of_broken_ggufs",
                                 "tests/test_hostile_files.py::test_fuzz_gguf_checker"],
-    "edge/sampling.py": ["tests/test_modes_and_sampling.py", "tests/test_grammar.py",
+    "edge/runtime/sampling.py": ["tests/test_modes_and_sampling.py", "tests/test_grammar.py",
                          *(f"tests/test_engine_chat.py::test_sampler_{t}" for t in
                            ("chain_is_qwens", "keeps_what_qwens_preset_keeps", "applies_each_override"))],
     "edge/openai_api.py": ["tests/test_server.py", "tests/test_server_tools.py", "tests/test_api_fuzz.py",

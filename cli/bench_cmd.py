@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edge.bench import run_bench
+from edge.runtime.bench import run_bench
 from edge.resolve import resolve_model
 from edge.store import ModelStore
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edge.chat import ChatError
-from edge.engine import EngineError
+from edge.runtime.engine import EngineError
 from edge.store import StoreError
 from quantize import QuantizeError
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from edge.engine import EngineError
+from edge.runtime.engine import EngineError
 
 from .console import err, friendly_errors, out
 from .session import CTX, GPU_LAYERS, SOURCE, THREADS, load_engine

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from edge.engine import EngineError, probe_machine, read_model_info
-from edge.load_plan import LoadRefused, LoadRequest, plan_load
+from edge.runtime.engine import EngineError, probe_machine, read_model_info
+from edge.runtime.load_plan import LoadRefused, LoadRequest, plan_load
 from edge.model_shapes import OFFICIAL_SHAPES, estimated_model_info
 from edge.store import ModelStore, StoreError, parse_ref
 

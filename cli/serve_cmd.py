@@ -10,8 +10,8 @@ import typer
 
 from .tune_cmd import tuning_line
 from .console import err, friendly_errors, where
-from edge.embedding import wrong_model
-from edge.engine import EngineError
+from edge.runtime.embedding import wrong_model
+from edge.runtime.engine import EngineError
 
 from .embed_cmd import load_search_models
 from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, PROMPT_CACHE, DRAFT, RPC, SOURCE, THREADS, load_engine

@@ -10,9 +10,9 @@ from typing import Optional
 import typer
 
 from edge.chat import Chat, ChatError
-from edge.engine import Engine, EngineError
+from edge.runtime.engine import Engine, EngineError
 from edge.modes import Mode
-from edge.prompt_cache import PromptCacheWarning
+from edge.runtime.prompt_cache import PromptCacheWarning
 from edge.rpc import RpcError, parse_endpoints
 from edge.resolve import resolve_model
 from edge.store import ModelStore
@@ -73,7 +73,7 @@ def load_engine(model: Optional[str], ctx: Optional[int], threads: Optional[int]
 
 
 def _show_warning(previous, message, category, *args, **kwargs) -> None:
-    """A prompt cache that cannot be used (edge/prompt_cache.py) is said in one line, like the
+    """A prompt cache that cannot be used (edge/runtime/prompt_cache.py) is said in one line, like the
     warnings of the load; any other warning as before."""
     if issubclass(category, PromptCacheWarning):
         err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
@@ -84,7 +84,7 @@ def _show_warning(previous, message, category, *args, **kwargs) -> None:
 def resolve_draft(draft: str, target: Path, store: ModelStore, progress, source: str | None) -> str | Path:
     """--draft's model: 'lookup' as it is, 'auto' the smallest Qwen3 in the store that shares the
     target's tokenizer (none: an error saying what to pull), else resolved like MODEL."""
-    from edge.draft_model import AUTO, LOOKUP, pick_auto
+    from edge.runtime.draft_model import AUTO, LOOKUP, pick_auto
     if draft == LOOKUP:
         return draft
     if draft == AUTO:

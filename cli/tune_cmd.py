@@ -1,4 +1,4 @@
-"""`qwen3-edge tune`: calibrate this machine's defaults for a model (edge/tune.py) and show them."""
+"""`qwen3-edge tune`: calibrate this machine's defaults for a model (edge/runtime/tune.py) and show them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.table import Table
 
 from edge.resolve import resolve_model
 from edge.store import ModelStore
-from edge.tune import tune_model
+from edge.runtime.tune import tune_model
 
 from .console import friendly_errors, out
 from .progress_view import stage_bars

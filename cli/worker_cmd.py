@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from edge.context_plan import physical_cores
+from edge.runtime.context_plan import physical_cores
 from edge.rpc import RpcError
 from edge.rpc_worker import SECURITY_WARNING, check_bind_host, is_loopback, run_worker
 

@@ -7,7 +7,7 @@ An app imports from here: ``from edge import Engine, Chat``.
 
 from edge.completion import complete
 from edge.chat import Chat, ChatError, Event, Message, Reply, load_transcript, save_transcript
-from edge.engine import Engine, EngineError
+from edge.runtime.engine import Engine, EngineError
 from edge.grammar import GrammarError
 from edge.modes import Mode
 from edge.tool_calls import ToolCall

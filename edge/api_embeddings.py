@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edge.embedding import EmbedError, Embedder
+from edge.runtime.embedding import EmbedError, Embedder
 from edge.openai_api import RequestError, decode_body, error_body
 from edge.retrieval_format import InputError, base64_floats, check_dimensions, check_texts
 

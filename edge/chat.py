@@ -29,21 +29,21 @@ from typing import Any
 
 import llama_cpp
 
-from edge.async_bridge import iterate_in_thread
+from edge.runtime.async_bridge import iterate_in_thread
 from edge.answer_check import reply_problems
 from edge.budget import answer_reserve, turn_budget
 from edge.chat_args import chat_arguments_problem, max_tokens_problem, mode_problem, stop_list, stop_problem
 from edge.chat_template import TemplateError
-from edge.context_growth import GrowthError
-from edge.engine import Engine, EngineClosedError
+from edge.runtime.context_growth import GrowthError
+from edge.runtime.engine import Engine, EngineClosedError
 from edge.grammar import Constraints, GrammarError, plan_constraints
 from edge.guidance import Constraint, ConstraintError, compile_grammar, tokenizer_for
 from edge.model_kind import ModelKind, prompt_opens_thinking
 from edge.modes import Mode, soft_switch, thinking_for
 from edge.rpc import WorkerLost
-from edge.sampling import GrammarCompileError, SamplingParams, TokenSampler, preset
-from edge.scheduler import SchedulerError
-from edge.sequence import DecodeError, StreamUnavailable, open_sequence
+from edge.runtime.sampling import GrammarCompileError, SamplingParams, TokenSampler, preset
+from edge.runtime.scheduler import SchedulerError
+from edge.runtime.sequence import DecodeError, StreamUnavailable, open_sequence
 from edge.stop_strings import StopCutter
 from edge.text_check import text_problem, tree_problem
 from edge.thinking_calls import ThinkingCallHold
@@ -209,7 +209,7 @@ class Chat:
             raise ArgumentError(f"wait_timeout must be a number of seconds >= 0 or None, not {wait_timeout!r}")
         _check_open(engine)
         if getattr(engine, "purpose", "chat") != "chat":   # an embedding model or reranker (embedding.py)
-            from edge.embedding import wrong_model
+            from edge.runtime.embedding import wrong_model
             raise ChatError(wrong_model(engine.purpose, "chat"))
         self.engine = engine
         self.wait_timeout = wait_timeout  # seconds to wait for a free stream of the engine (None: no limit)

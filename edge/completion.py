@@ -28,7 +28,7 @@ import llama_cpp
 import numpy as np
 
 from edge.chat import Chat, ChatError, Event, Message, Reply
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from edge.modes import Mode
 from edge.openai_api import ChatRequest, RequestError, StopFilter, finish_reason, parse_request
 

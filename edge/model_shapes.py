@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.context_plan import model_rope
+from edge.runtime.context_plan import model_rope
 
 N_VOCAB = 151936
 # Bits per weight of the big matrices, per llama.cpp quant type (block sizes: q8_0 34 bytes per 32,
@@ -62,7 +62,7 @@ def tensor_bytes(shape: Shape, qtype: str) -> dict[str, int]:
 
 def estimated_model_info(name: str, qtype: str):
     """A ModelInfo for an official model not downloaded yet (sizes estimated; see the module doc)."""
-    from edge.engine import ModelInfo
+    from edge.runtime.engine import ModelInfo
     shape = OFFICIAL_SHAPES[name]
     tensors = tensor_bytes(shape, qtype)
     rope = model_rope(shape.context_length, shape.freq_base)

@@ -37,7 +37,7 @@ from edge.api_completions import completion_id as text_completion_id
 from edge.api_ollama import ollama_routes
 from edge.api_runtime import error_kind, events, read_body, run_to_end
 from edge.completion import ChoiceEvent, Generation, engine_lock
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from edge.metrics import CountRequests, Metrics
 from edge.openai_api import (ChatRequest, ChunkShaper, RequestError, completion_id, completion_response, decode_body,
                          error_body, parse_request)

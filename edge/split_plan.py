@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.context_plan import CTX_STEP, MAX_CTX, MIB, DeviceShare, MemoryPlan, _gib, kv_cache_bytes, overhead_bytes
+from edge.runtime.context_plan import CTX_STEP, MAX_CTX, MIB, DeviceShare, MemoryPlan, _gib, kv_cache_bytes, overhead_bytes
 
 HOST = "host"
 

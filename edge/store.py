@@ -30,7 +30,7 @@ DEFAULT_MODEL = "qwen3-0.6b"
 OFFICIAL_MODELS = {"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B", "qwen3-4b": "Qwen/Qwen3-4B",
                    "qwen3-4b-instruct-2507": "Qwen/Qwen3-4B-Instruct-2507",
                    "qwen3-4b-thinking-2507": "Qwen/Qwen3-4B-Thinking-2507",
-                   # search: vectors and relevance scores (edge/embedding.py), not chat
+                   # search: vectors and relevance scores (edge/runtime/embedding.py), not chat
                    "qwen3-embedding-0.6b": "Qwen/Qwen3-Embedding-0.6B", "qwen3-reranker-0.6b": "Qwen/Qwen3-Reranker-0.6B"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _TYPE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")   # a ready GGUF's quant may be any llama.cpp type (iq4_xs...)

@@ -125,7 +125,7 @@ echo "qwen3-edge: $(command -v qwen3-edge)" >> "$SETUP"
 devices() {
     "$PY" - <<'PY'
 import importlib
-for name in ("edge.runtime.devices", "edge.devices"):
+for name in ("edge.runtime.devices", "edge.runtime.devices"):
     try:
         m = importlib.import_module(name)
     except ImportError as e:

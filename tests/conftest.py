@@ -12,13 +12,13 @@ import pytest
 from quantize import quantize_model
 from tests.model_factory import TINY_TIED, TINY_UNTIED_SHARDED, build_model
 from tests.scripted_model import QWEN3_SCRIPT, build_scripted_model
-from edge.cpu_buffers import safe_llama
+from edge.runtime.cpu_buffers import safe_llama
 
 # The persistent prompt cache is on by default and outlives a process: the suite's tests must not
 # share KV state through it (nor write into the user's store). Its own tests turn it on explicitly.
 os.environ["QWEN3_EDGE_PROMPT_CACHE"] = "0"
 
-# The per-machine calibration (edge/tune.py) never runs by surprise in tests, nor in the CLIs they
+# The per-machine calibration (edge/runtime/tune.py) never runs by surprise in tests, nor in the CLIs they
 # start (children inherit this): every load uses the fixed defaults. Tests of the calibration
 # ask for it with tune=True and their own cache file.
 os.environ["QWEN3_EDGE_TUNE"] = "off"

@@ -107,19 +107,19 @@ def apply_sampler(sampler, logits: np.ndarray, accepted: list[int] = ()) -> tupl
 
 def record_sampling(monkeypatch) -> list[tuple]:
     """Record (temperature, top_p, top_k, min_p, presence_penalty, seed) of every sampler chain the
-    runtime builds, still building the real one. Coupling: it wraps edge.sampling.build_sampler
+    runtime builds, still building the real one. Coupling: it wraps edge.runtime.sampling.build_sampler
     (and the name edge.chat imported, if it did); a runtime that built its chain elsewhere would
     record nothing and fail the test."""
     import edge.chat
-    import edge.sampling
-    real, built = edge.sampling.build_sampler, []
+    import edge.runtime.sampling
+    real, built = edge.runtime.sampling.build_sampler, []
 
     def recording(params, *args, **kwargs):
         built.append((params.temperature, params.top_p, params.top_k, params.min_p, params.presence_penalty,
                       params.seed))
         return real(params, *args, **kwargs)
 
-    monkeypatch.setattr(edge.sampling, "build_sampler", recording)
+    monkeypatch.setattr(edge.runtime.sampling, "build_sampler", recording)
     if hasattr(edge.chat, "build_sampler"):
         monkeypatch.setattr(edge.chat, "build_sampler", recording)
     return built

@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cli.serve_cmd import served_names
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from edge.server import create_app
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 

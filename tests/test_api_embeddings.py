@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from edge.api_embeddings import parse_embeddings, parse_rerank
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from edge.openai_api import RequestError
 from quantize import quantize_model
 from tests.model_factory import TINY_TIED

@@ -12,7 +12,7 @@ import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from edge.modes import Mode
 from edge.openai_api import RequestError, decode_body, parse_request
 from tests.llama_probe import record_sampling

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from edge.openai_api import KNOWN, MAX_JSON_DEPTH, MESSAGE_KEYS
 from edge.server import create_app
 from tests.scripted_model import SCRIPT_ANSWER_TEXT

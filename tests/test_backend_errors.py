@@ -19,15 +19,15 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from edge.engine import local_offload_targets
+from edge.runtime.engine import local_offload_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
 import json, sys
 import llama_cpp
-from edge.devices import capture_llama_log, registry_names
-from edge.engine import Engine, EngineError, local_offload_targets
+from edge.runtime.devices import capture_llama_log, registry_names
+from edge.runtime.engine import Engine, EngineError, local_offload_targets
 out = {"registries": registry_names(), "targets": [d.name for d in local_offload_targets()],
        "supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}
 if not out["targets"]:

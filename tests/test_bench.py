@@ -7,8 +7,8 @@ from __future__ import annotations
 import llama_cpp
 import pytest
 
-from edge.bench import RawContext, measure_gen, measure_prompt, run_bench
-from edge.engine import Engine
+from edge.runtime.bench import RawContext, measure_gen, measure_prompt, run_bench
+from edge.runtime.engine import Engine
 
 
 def test_each_repetition_evaluates_exactly_its_tokens_by_llama_cpps_count(scripted_gguf):

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from quantize import quantize_model
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, build_scripted_model
 from tests.test_server import serving

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cli.chat_commands import CommandError, parse_budget, parse_command
 from cli.main import app
-from edge.engine import detect_backend
+from edge.runtime.engine import detect_backend
 from tests.llama_probe import LoadSettings, load_settings, record_sampling
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 from tests.tiny_gguf import write_foreign_gguf
@@ -80,7 +80,7 @@ def test_chat_soft_switch_goes_to_the_model_with_the_message(scripted_gguf):
 def record_loads(monkeypatch) -> list[LoadSettings]:
     """What llama.cpp was given for each model the CLI opens, read while the model is open.
     Coupling: the CLI opens models through Engine.load."""
-    from edge.engine import Engine
+    from edge.runtime.engine import Engine
     real, seen = Engine.load.__func__, []
 
     def load(cls, path, *args, **kwargs):

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from quantize import quantize_model
 from tests.model_factory import TINY_TIED
 from tests.retrieval_models import build_embedding_model, build_reranker_model

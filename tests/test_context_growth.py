@@ -1,4 +1,4 @@
-"""A context that grows with the conversation (edge/context_growth.py, Engine.reserve_ctx): llama.cpp
+"""A context that grows with the conversation (edge/runtime/context_growth.py, Engine.reserve_ctx): llama.cpp
 is asked for its n_ctx after each growth, the scripted model still says its exact script across a
 growth in the middle of a reply, the KV cache comes across exactly (a random-weight model's logits
 after growth equal those of a context made large from the start), and the chat's room checks use
@@ -10,9 +10,9 @@ import llama_cpp
 import numpy as np
 import pytest
 
-import edge.footprint
+import edge.runtime.footprint
 from edge.chat import Chat
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from tests.llama_probe import cached_ids, kv_tokens
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 
@@ -29,7 +29,7 @@ def last_logits(engine: Engine) -> np.ndarray:
 @pytest.fixture
 def small_start(monkeypatch):
     """Growing contexts start at 256 tokens, so that a test crosses a growth cheaply."""
-    monkeypatch.setattr(edge.footprint, "START_CTX", 256)
+    monkeypatch.setattr(edge.runtime.footprint, "START_CTX", 256)
 
 
 def system_for(chat: Chat, prompt_tokens: int) -> str:
@@ -104,7 +104,7 @@ def test_the_grown_cache_is_the_same_cache(converted, small_start):
         big.llama.eval(tokens)
         want = last_logits(big)
     with Engine.load(gguf, n_ctx=4096, grow=True, n_threads=1, kv_cache_type="f32", flash_attn=False) as grown:
-        from edge.sequence import open_sequence
+        from edge.runtime.sequence import open_sequence
         import threading
         seq = open_sequence(grown, tokens[:200], threading.Event())
         seq.prefill(tokens[:200])
@@ -124,7 +124,7 @@ def test_without_grow_the_whole_context_is_made_at_once(scripted_gguf, small_sta
 def test_a_growth_llama_cpp_refuses_ends_the_reply_and_keeps_the_chat(scripted_gguf, small_start, monkeypatch):
     """llama.cpp cannot make the larger context (memory taken meanwhile): one ChatError, the old
     context is back with its cached tokens, n_ctx drops to it, and the chat goes on within it."""
-    import edge.context_growth as growth
+    import edge.runtime.context_growth as growth
     from edge.chat import ChatError
     real = growth.internals.LlamaContext
 
@@ -158,7 +158,7 @@ def test_library_defaults_reach_llama_cpp(converted):
     with Engine.load(gguf, n_threads=1) as engine:
         got = load_settings(engine.llama, gguf)
         assert engine.footprint.chosen == ("ctx", "kv", "mmap")
-        assert got.n_ctx == edge.footprint.START_CTX == 2048 and engine.n_ctx == engine.footprint.n_ctx >= 4096
+        assert got.n_ctx == edge.runtime.footprint.START_CTX == 2048 and engine.n_ctx == engine.footprint.n_ctx >= 4096
         assert got.type_k == got.type_v == llama_cpp.GGML_TYPE_F16
         assert got.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         # read in where llama.cpp repacks the quantized weights (its extra buffers on), else mapped

@@ -7,7 +7,7 @@ import os
 import llama_cpp
 import pytest
 
-from edge.context_plan import (
+from edge.runtime.context_plan import (
     KV_TYPES, MAX_CTX, NATIVE_CTX, available_memory_bytes, check_kv_types, count_physical_cores,
     kv_bytes_per_element, kv_cache_bytes, model_rope, model_rope_from_metadata, parse_meminfo_available,
     parse_size_label, physical_cores, plan_memory, plan_rope,

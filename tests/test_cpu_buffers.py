@@ -1,4 +1,4 @@
-"""llama.cpp's extra weight buffers (edge/cpu_buffers.py): AMX's kernels crash this llama.cpp on any
+"""llama.cpp's extra weight buffers (edge/runtime/cpu_buffers.py): AMX's kernels crash this llama.cpp on any
 batch of two or more tokens, so the Engine keeps them off where the CPU backend offers AMX.
 
 The crash test runs in a child process (a SIGSEGV would take pytest with it) on a 256-wide Q4_0
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.cpu_buffers import cpu_extra_buffer_types, extra_buffers_safe
-from edge.engine import Engine
+from edge.runtime.cpu_buffers import cpu_extra_buffer_types, extra_buffers_safe
+from edge.runtime.engine import Engine
 from tests.model_factory import TINY_UNTIED_SHARDED, write_zero_gguf
 from tests.test_memory_plan_llama import llama_log
 
@@ -67,13 +67,13 @@ def test_engine_default_survives_a_batch(amx_shaped, mmap):
     """A 2-token prompt and a 2-sequence batched step, in a child: exit 0, not SIGSEGV."""
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(ROOT)!r})
-        from edge.engine import Engine
+        from edge.runtime.engine import Engine
         from edge.chat import Chat
         e = Engine.load({str(amx_shaped)!r}, n_ctx=256, n_threads=2, use_mmap={mmap})
         e.llama.eval([9707, 11])
         e.close()
         e = Engine.load({str(amx_shaped)!r}, n_ctx=256, n_threads=2, use_mmap={mmap}, parallel=2)
-        from edge.sequence import open_sequence
+        from edge.runtime.sequence import open_sequence
         import threading
         seqs = [open_sequence(e, [1, 2, 3], threading.Event()) for _ in range(2)]
         ts = [threading.Thread(target=s.prefill, args=([9707, 11, 1879 + i],)) for i, s in enumerate(seqs)]

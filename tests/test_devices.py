@@ -1,4 +1,4 @@
-"""edge.devices and the memory plan's device arithmetic, on any build of the bindings (CPU-only
+"""edge.runtime.devices and the memory plan's device arithmetic, on any build of the bindings (CPU-only
 included): the registry read through libllama's handle, llama.cpp's load log parsed into a
 placement, llama.cpp's choice of offload devices, and a device's share of the memory plan.
 The Vulkan checks against a real (software) Vulkan device are in test_vulkan.py."""
@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import pytest
 
-from edge.context_plan import (MIB, device_compute_bytes, kv_cache_bytes, offloaded_layers, offloaded_weight_bytes,
+from edge.runtime.context_plan import (MIB, device_compute_bytes, kv_cache_bytes, offloaded_layers, offloaded_weight_bytes,
                                overhead_bytes, plan_memory)
-from edge.devices import (Device, Placement, capture_llama_log, device_type_name, list_devices, no_device_message,
+from edge.runtime.devices import (Device, Placement, capture_llama_log, device_type_name, list_devices, no_device_message,
                           offload_targets, parse_load_log, placement_backend, placement_device, registry_names)
-from edge.engine import Engine, device_refusal, local_offload_targets
+from edge.runtime.engine import Engine, device_refusal, local_offload_targets
 
 GIB = 1 << 30
 
@@ -162,7 +162,7 @@ def test_engine_on_cpu_reads_its_placement_from_llama_cpp(tiny_gguf):
 @needs_no_gpu
 @pytest.mark.parametrize("layers", [-1, 1, 99])
 def test_gpu_layers_without_a_gpu_device_is_one_line(tiny_gguf, layers):
-    from edge.engine import EngineError
+    from edge.runtime.engine import EngineError
     with pytest.raises(EngineError) as e:
         Engine.load(tiny_gguf, n_ctx=256, n_gpu_layers=layers)
     assert "\n" not in str(e.value) and f"--gpu-layers {layers}" in str(e.value)

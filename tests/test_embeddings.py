@@ -15,8 +15,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from edge.chat import Chat, ChatError
-from edge.embedding import Embedder
-from edge.engine import Engine, EngineError
+from edge.runtime.embedding import Embedder
+from edge.runtime.engine import Engine, EngineError
 from edge.retrieval_format import DEFAULT_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX
 from quantize import quantize_model
 from quantize.gguf_header import read_header

@@ -12,7 +12,7 @@ import pytest
 from jinja2 import Environment
 
 from edge.chat import Chat, ChatError
-from edge.engine import Engine, EngineError, detect_backend
+from edge.runtime.engine import Engine, EngineError, detect_backend
 from edge.modes import Mode
 from quantize import quantize_model
 from tests.llama_probe import DecodeCount, apply_sampler, cached_ids, common_prefix, kv_tokens
@@ -241,7 +241,7 @@ def test_hostile_template_in_gguf_is_rejected_not_executed(tmp_path):
 
 
 def test_sampler_chain_is_qwens(engine):
-    from edge.sampling import build_sampler
+    from edge.runtime.sampling import build_sampler
     chat = Chat(engine, presence_penalty=1.5)
     sampler = build_sampler(chat.sampling_params(True), engine.llama.n_vocab())
     n = llama_cpp.llama_sampler_chain_n(sampler.sampler)
@@ -286,7 +286,7 @@ def assert_chain_keeps(sampler, expected: dict[int, float], accepted=()) -> None
 def test_sampler_keeps_what_qwens_preset_keeps(engine, thinking, top_p, temperature, survivors):
     """Qwen's settings (top_k 20; top_p 0.95 / 0.8; temperature 0.6 / 0.7; min_p 0), written out
     here, against the chain the chat builds, run by llama.cpp on known candidates."""
-    from edge.sampling import build_sampler
+    from edge.runtime.sampling import build_sampler
     expected = expected_survivors(CANDIDATES, top_k=20, top_p=top_p, temperature=temperature)
     assert len(expected) == survivors
     assert_chain_keeps(build_sampler(Chat(engine, seed=1).sampling_params(thinking), engine.llama.n_vocab()), expected)
@@ -299,7 +299,7 @@ def test_sampler_applies_each_override(engine, override, survivors):
     """Each field of SamplingParams, changed alone from Qwen's thinking preset, changes what
     llama.cpp keeps or how it scales it. The presence penalty hits two tokens already said (ranks
     0 and 3), small enough that they survive, so its size shows in their logits."""
-    from edge.sampling import SamplingParams, build_sampler
+    from edge.runtime.sampling import SamplingParams, build_sampler
     base = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=0.0)
     params = {**base, **override}
     said = [int(np.argsort(-CANDIDATES)[r]) for r in (0, 3)]

@@ -1,11 +1,11 @@
-"""The defaults that follow the machine (edge/footprint.py): each rule, on Qwen3-0.6B's numbers."""
+"""The defaults that follow the machine (edge/runtime/footprint.py): each rule, on Qwen3-0.6B's numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge.context_plan import plan_memory
-from edge.footprint import (DEFAULT_MAX_CTX, MIN_AUTO_CTX, START_CTX, Footprint, choose_footprint, default_mmap,
+from edge.runtime.context_plan import plan_memory
+from edge.runtime.footprint import (DEFAULT_MAX_CTX, MIN_AUTO_CTX, START_CTX, Footprint, choose_footprint, default_mmap,
                             next_ctx)
 
 GIB = 1 << 30

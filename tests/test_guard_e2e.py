@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from edge.chat import Chat, Event, Reply
-from edge.cpu_buffers import safe_llama
-from edge.devices import capture_llama_log
-from edge.engine import Engine
-from edge.scheduler import Scheduler
+from edge.runtime.cpu_buffers import safe_llama
+from edge.runtime.devices import capture_llama_log
+from edge.runtime.engine import Engine
+from edge.runtime.scheduler import Scheduler
 from edge.tool_calls import ToolCall
 from quantize import quantize_model
 from tests import tool_scripts

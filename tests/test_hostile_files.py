@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.engine import EngineError, read_model_info
+from edge.runtime.engine import EngineError, read_model_info
 from quantize import QuantizeError
 from quantize.gguf_header import read_header
 from quantize.safetensors_files import open_tensors

@@ -232,7 +232,7 @@ def rename_fails(*args, **kwargs):
 @pytest.mark.parametrize("fault", ["disk fills mid-write", "rename fails"])
 def test_transcript_save_is_atomic(scripted_gguf, tmp_path, monkeypatch, fault):
     """A save that fails part way leaves the previous transcript whole and no temporary beside it."""
-    from edge.engine import Engine
+    from edge.runtime.engine import Engine
     with Engine.load(scripted_gguf, n_ctx=512) as engine:
         chat = Chat(engine, mode="no_think", seed=1)
         chat.send("Hi")

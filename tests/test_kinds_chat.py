@@ -197,7 +197,7 @@ def test_thinking_only_through_run_json_and_serve(kinds):
 def test_the_gguf_brings_its_own_sampling_preset(tmp_path):
     """generation_config.json -> general.sampling.* -> the sampler: for a hybrid model it is the
     thinking preset (Qwen's non-thinking preset stays); overrides still win."""
-    from edge.sampling import NON_THINKING
+    from edge.runtime.sampling import NON_THINKING
     folder = build_scripted_model(tmp_path / "preset", answer_only_script())
     (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.55, "top_p": 0.9, "top_k": 30,
                                                                "min_p": 0.01}))

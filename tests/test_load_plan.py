@@ -1,4 +1,4 @@
-"""Loading as a pure plan (edge/load_plan.py) over a table of machines and every model shape:
+"""Loading as a pure plan (edge/runtime/load_plan.py) over a table of machines and every model shape:
 no llama.cpp, no /proc, no network. Engine.load runs the same function (test_engine_basics and the
 rest of the suite load through it); here the decisions themselves are checked."""
 
@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from edge.devices import Device
-from edge.load_plan import LoadRefused, LoadRequest, MachineFacts, plan_load
+from edge.runtime.devices import Device
+from edge.runtime.load_plan import LoadRefused, LoadRequest, MachineFacts, plan_load
 from edge.model_shapes import OFFICIAL_SHAPES, estimated_model_info
 
 GIB = 1 << 30

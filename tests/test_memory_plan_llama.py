@@ -21,7 +21,7 @@ import llama_cpp
 import llama_cpp._logger
 import pytest
 
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from tests.model_factory import QWEN3_0_6B, write_zero_gguf
 
 MIB = 1 << 20

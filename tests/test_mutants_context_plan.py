@@ -1,4 +1,4 @@
-"""Claims about edge/context_plan.py that benchmarks/mutation.py found untested (see docs/MUTATION.md)."""
+"""Claims about edge/runtime/context_plan.py that benchmarks/mutation.py found untested (see docs/MUTATION.md)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 
-from edge import context_plan
-from edge.context_plan import (
+from edge.runtime import context_plan
+from edge.runtime.context_plan import (
     MAX_CTX, available_memory_bytes, count_physical_cores, kv_cache_bytes, model_rope, model_rope_from_metadata,
     parse_size_label, physical_cores, plan_memory, plan_rope,
 )
@@ -185,7 +185,7 @@ def test_flash_attention_mask_term_against_llama_cpp_past_300k_tokens(tmp_path):
     at 393,216 tokens (mask 384 MiB, logits 297 MiB), llama.cpp's own buffers must sit inside
     the plan, which may exceed its compute buffer by the 64 MiB allowance only (measured: compute
     385.14 MiB + output 0.58 MiB, plan 448 MiB; at 524,288 tokens 513.14 + 0.58 against 576)."""
-    from edge.engine import Engine
+    from edge.runtime.engine import Engine
     from quantize import quantize_model
     from tests.model_factory import TINY_TIED, build_model, make_2507
     from tests.test_memory_plan_llama import ALLOWANCE_MIB, MIB, llama_log, reported_mib

@@ -1,4 +1,4 @@
-"""edge/sampling.py's TokenSampler and Grammar, driven directly with logits rows (the path the
+"""edge/runtime/sampling.py's TokenSampler and Grammar, driven directly with logits rows (the path the
 scheduler uses) over a byte-level vocabulary: seeds repeat and differ, temperature 0 is greedy,
 top_k / top_p / min_p cut where they say, presence_penalty sees the tokens drawn, and a grammar only
 ever lets out what it allows (a rejection takes the full pass and is counted). Fast: a 300-token
@@ -10,7 +10,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from edge.sampling import (NON_THINKING, THINKING, Grammar, GrammarCompileError, SamplingParams, TokenSampler,
+from edge.runtime.sampling import (NON_THINKING, THINKING, Grammar, GrammarCompileError, SamplingParams, TokenSampler,
                            build_sampler, preset)
 from tests.tiny_gguf import write_tiny_qwen3
 

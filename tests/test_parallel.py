@@ -1,4 +1,4 @@
-"""Several generations at once on one Engine (edge/scheduler.py): each stream is what it is alone.
+"""Several generations at once on one Engine (edge/runtime/scheduler.py): each stream is what it is alone.
 
 - Random weights, forced tokens: each sequence's logits rows, decoded in shared batches with
   prompts of other lengths (one longer than a prompt chunk), match the rows it gets alone
@@ -24,8 +24,8 @@ import openai
 import pytest
 
 from edge.chat import Chat
-from edge.engine import Engine, EngineError
-from edge.scheduler import PROMPT_CHUNK
+from edge.runtime.engine import Engine, EngineError
+from edge.runtime.scheduler import PROMPT_CHUNK
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT, build_scripted_model
 from tests.test_server import serving
 from tests.test_soak import settled_rss_kb

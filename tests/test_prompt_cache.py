@@ -1,4 +1,4 @@
-"""The persistent prompt cache (edge/prompt_cache.py): the system block's KV state is read back from
+"""The persistent prompt cache (edge/runtime/prompt_cache.py): the system block's KV state is read back from
 disk by a later Engine instead of being evaluated (llama.cpp's own counters say so), the reply and
 the logits are those of an evaluated prompt, and a file that is not exactly right (cut short, a
 flipped bit, another model or KV type) is ignored with a warning and replaced, never loaded. A
@@ -19,12 +19,12 @@ import llama_cpp
 import numpy as np
 import pytest
 
-import edge.prompt_cache as pc
+import edge.runtime.prompt_cache as pc
 from edge.chat import Chat
-from edge.engine import Engine
-from edge.prompt_cache import (CacheEntry, CacheFileError, PromptCache, PromptCacheWarning, cache_key, check_file,
+from edge.runtime.engine import Engine
+from edge.runtime.prompt_cache import (CacheEntry, CacheFileError, PromptCache, PromptCacheWarning, cache_key, check_file,
                                choose_evictions, encode_header, file_name, open_prompt_cache, system_prefix_length)
-from edge.sequence import open_sequence
+from edge.runtime.sequence import open_sequence
 from tests.llama_probe import DecodeCount
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 
@@ -319,8 +319,8 @@ def file_for(engine: Engine, system: str) -> str:
 
 def test_a_growing_context_makes_room_before_the_state_goes_in(scripted_gguf, tmp_path, monkeypatch):
     """The growing context starts small (here 256 tokens): the prefix's state needs its cells first."""
-    import edge.footprint
-    monkeypatch.setattr(edge.footprint, "START_CTX", 256)
+    import edge.runtime.footprint
+    monkeypatch.setattr(edge.runtime.footprint, "START_CTX", 256)
     folder, system = tmp_path / "c", SYSTEM_TEXT * 3    # about 400 tokens
     with Engine.load(scripted_gguf, n_threads=1, n_ctx=4096, grow=True, prompt_cache=cache_at(folder)) as engine:
         send(engine, system)

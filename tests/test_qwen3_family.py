@@ -13,7 +13,7 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from edge.engine import Engine, EngineError, read_model_info
+from edge.runtime.engine import Engine, EngineError, read_model_info
 from edge.model_kind import ModelKind
 from quantize import quantize_model
 from tests.model_factory import TINY_TIED, build_model, gguf_kv_bytes, make_2507, rewrite_gguf_metadata
@@ -96,7 +96,7 @@ def test_rope_settings_llama_cpp_receives(family, variant, n_ctx):
 
 
 def test_2507_model_beyond_native_gets_yarn_over_262144_without_the_4b_warning(family):
-    from edge.context_plan import plan_rope
+    from edge.runtime.context_plan import plan_rope
     info = read_model_info(family["instruct-2507"])
     plan = plan_rope(524288, native_ctx=info.native_ctx, size_label=info.size_label,
                      original_family=info.rope.original_family)

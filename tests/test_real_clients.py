@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 from tests.test_server import serving
 from tests.tool_scripts import THINKING_TEXT, WEATHER_TOOL

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from gguf import GGUFValueType
 
-from edge.engine import EngineError, read_model_info
+from edge.runtime.engine import EngineError, read_model_info
 from quantize import QuantizeError, quantize_model
 from quantize.gguf_header import read_header
 from tests.model_factory import QWEN3_2507, TINY_TIED, _gguf_kvs, build_model, gguf_kv_bytes, rewrite_gguf_metadata

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from quantize import quantize_model
 from tests.model_factory import FIXTURES
-from edge.cpu_buffers import safe_llama
+from edge.runtime.cpu_buffers import safe_llama
 from tests.scripted_model import (
     BUDGET_END, DOUBLE_NEWLINE, END_THINK, IM_END, NEWLINE, QWEN3_SCRIPT, SCRIPT_ANSWER_IDS, SCRIPT_ANSWER_MODE_IDS,
     SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_IDS, SCRIPT_THINKING_MODE_IDS, SCRIPT_THINKING_TEXT, THINK,
@@ -115,7 +115,7 @@ def test_how_llama_cpp_detokenizes_the_script(scripted_gguf):
 
 @pytest.mark.parametrize("n_ctx", [512, 40960])
 def test_rope_plan_kwargs_are_accepted_by_llama_cpp(scripted_gguf, n_ctx):
-    from edge.context_plan import plan_rope
+    from edge.runtime.context_plan import plan_rope
     plan = plan_rope(n_ctx)
     llm = safe_llama(str(scripted_gguf), n_ctx=n_ctx, n_threads=2, verbose=False, seed=5,
                           **plan.llama_kwargs())

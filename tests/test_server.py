@@ -15,7 +15,7 @@ import openai
 import pytest
 import uvicorn
 
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from edge.server import create_app
 from quantize import quantize_model
 from tests.fake_hub import free_port

@@ -10,7 +10,7 @@ import jsonschema
 import openai
 import pytest
 
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from tests.scripted_model import SCRIPT_THINKING_TEXT
 from tests.test_server import reasoning, serving
 from tests.tool_scripts import ANSWER_TEXT, THINKING_TEXT, TIME_TOOL, WEATHER_TOOL

@@ -1,4 +1,4 @@
-"""One Engine shared by threads and asyncio tasks (edge/stream_lock.py, sequence.py, chat.py).
+"""One Engine shared by threads and asyncio tasks (edge/runtime/stream_lock.py, sequence.py, chat.py).
 
 The claims, each through llama.cpp with a scripted model (exact text) or random weights with a seed:
 - any number of Chats on any threads, on parallel=1 and parallel=2: every reply exact, and a seeded
@@ -28,7 +28,7 @@ import llama_cpp
 import pytest
 
 from edge import Chat, ChatError, Engine
-from edge.stream_lock import Closed, FairLock, WaitTimeout, first_in_line
+from edge.runtime.stream_lock import Closed, FairLock, WaitTimeout, first_in_line
 from quantize import quantize_model
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT, build_scripted_model
 from tests.test_tmux_chat import looping_script

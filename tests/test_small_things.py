@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from edge.chat import ArgumentError, Chat, ChatError
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from quantize import quantize_model
 from tests.model_factory import FIXTURES
 from tests.scripted_model import QWEN3_SCRIPT, SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT, build_scripted_model

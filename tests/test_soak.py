@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 
 from edge.chat import Chat
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from tests.llama_probe import cached_ids
 from tests.scripted_model import SCRIPT_ANSWER_TEXT
 from tests.test_server import serving

@@ -1,4 +1,4 @@
-"""Speculative decoding (edge/speculative.py, edge/draft_model.py): the decisions as pure
+"""Speculative decoding (edge/runtime/speculative.py, edge/runtime/draft_model.py): the decisions as pure
 functions, then end to end through llama.cpp with scripted targets and drafts whose agreement is
 known, and random weights where greedy output must not change."""
 
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from edge import Chat, Engine
-from edge.draft_model import tokenizer_problem, pick_auto, with_draft
-from edge.engine import EngineError, read_model_info
-from edge.context_plan import plan_memory
-from edge.speculative import (BACKOFF_START, PROBE_K, SpecPolicy, accept_or_resample, choose_k,
+from edge.runtime.draft_model import tokenizer_problem, pick_auto, with_draft
+from edge.runtime.engine import EngineError, read_model_info
+from edge.runtime.context_plan import plan_memory
+from edge.runtime.speculative import (BACKOFF_START, PROBE_K, SpecPolicy, accept_or_resample, choose_k,
                               expected_tokens, n_eval_tokens, round_cost)
 from quantize import quantize_model
 from tests.model_factory import gguf_kv_bytes, rewrite_gguf_metadata

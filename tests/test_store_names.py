@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge.chat_template import compile_template
-from edge.engine import read_model_info
+from edge.runtime.engine import read_model_info
 from edge.hub import PullError, pull
 from edge.model_kind import ModelKind, detect_kind
 from edge.resolve import resolve_model

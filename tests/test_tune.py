@@ -1,4 +1,4 @@
-"""The per-machine calibration (edge/tune.py, edge/tune_rules.py): which candidates, which one
+"""The per-machine calibration (edge/runtime/tune.py, edge/runtime/tune_rules.py): which candidates, which one
 wins, the cache key, explicit options over tuned ones; and once end to end through llama.cpp."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import llama_cpp
 import pytest
 from typer.testing import CliRunner
 
-from edge import tune
-from edge.engine import Engine
-from edge.tune_rules import (Measured, Setting, Tuned, apply_tuned, candidates, choose, machine_id,
+from edge.runtime import tune
+from edge.runtime.engine import Engine
+from edge.runtime.tune_rules import (Measured, Setting, Tuned, apply_tuned, candidates, choose, machine_id,
                              thread_candidates, tune_key, tuning_enabled)
 
 

@@ -23,8 +23,8 @@ import pytest
 import llama_cpp
 
 from edge.chat import Chat
-from edge.devices import capture_llama_log, list_devices
-from edge.engine import Engine, EngineError
+from edge.runtime.devices import capture_llama_log, list_devices
+from edge.runtime.engine import Engine, EngineError
 from tests.conftest import SAMPLE_TOKENS
 from tests.model_factory import QWEN3_0_6B, QWEN3_4B, write_zero_gguf
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT

@@ -15,7 +15,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from edge.engine import Engine
+from edge.runtime.engine import Engine
 from tests import reference_qwen3 as ref
 
 N_TOKENS = 512          # the window; relative distances up to 511 exercise the ramp pairs

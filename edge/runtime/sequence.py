@@ -16,7 +16,7 @@ import threading
 
 import llama_cpp
 
-from edge.stream_lock import Closed, WaitTimeout
+from edge.runtime.stream_lock import Closed, WaitTimeout
 
 
 class DecodeError(RuntimeError):

@@ -22,20 +22,20 @@ from quantize.gguf_header import read_header
 from quantize.gguf_info import sampling_defaults
 
 from edge.chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
-from edge.context_growth import GrowthError, resize_context
-from edge.cpu_buffers import TunedLlama, default_extra_buffers
-from edge.context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, SIDE_BATCH, SIDE_CTX,
+from edge.runtime.context_growth import GrowthError, resize_context
+from edge.runtime.cpu_buffers import TunedLlama, default_extra_buffers
+from edge.runtime.context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, SIDE_BATCH, SIDE_CTX,
                            model_rope_from_metadata, physical_cores)
-from edge.footprint import Footprint, next_ctx
-from edge.devices import (Device, Placement, capture_llama_log, list_devices, offload_targets, parse_load_log,
+from edge.runtime.footprint import Footprint, next_ctx
+from edge.runtime.devices import (Device, Placement, capture_llama_log, list_devices, offload_targets, parse_load_log,
                       placement_backend, placement_device, registry_names)
-from edge.load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadRequest, MachineFacts, device_refusal, offload, plan_load  # noqa: F401 (re-exported)
+from edge.runtime.load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadRequest, MachineFacts, device_refusal, offload, plan_load  # noqa: F401 (re-exported)
 from edge.model_kind import ModelKind, detect_kind
-from edge.stream_lock import Closed, EngineLife, FairLock
-from edge.prompt_cache import PromptCache, open_prompt_cache
+from edge.runtime.stream_lock import Closed, EngineLife, FairLock
+from edge.runtime.prompt_cache import PromptCache, open_prompt_cache
 from edge import rpc
 
-POOLING_KEY = "qwen3.pooling_type"          # LAST: an embedding model, RANK: a reranker (edge/embedding.py)
+POOLING_KEY = "qwen3.pooling_type"          # LAST: an embedding model, RANK: a reranker (edge/runtime/embedding.py)
 PURPOSES = {3: "embedding", 4: "reranker"}
 
 
@@ -229,7 +229,7 @@ class Engine:
             raise EngineError(str(e)) from None
         draft_info = None
         if draft is not None:
-            from edge.draft_model import LOOKUP, DraftError, tokenizer_problem
+            from edge.runtime.draft_model import LOOKUP, DraftError, tokenizer_problem
             if parallel != 1 or rpc_servers is not None:
                 raise EngineError("speculative decoding (draft) runs one stream on local devices: "
                                   "use parallel=1 and no RPC workers")
@@ -243,7 +243,7 @@ class Engine:
                     raise EngineError(f"draft: {problem}")
         info = read_model_info(path)
         if info.purpose != "chat":  # Qwen3-Embedding or Qwen3-Reranker: an Embedder (embedding.py)
-            from edge.embedding import Embedder
+            from edge.runtime.embedding import Embedder
             return Embedder.open(path, info.purpose, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                                  verbose=verbose, extra_buffers=extra_buffers, n_ctx_train=info.native_ctx)
         asked = LoadRequest(n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, kv_cache_type=kv_cache_type,
@@ -263,7 +263,7 @@ class Engine:
             except LoadRefused:
                 pass  # the plan below refuses it
             else:
-                from edge.tune import TuneError, tuned_defaults
+                from edge.runtime.tune import TuneError, tuned_defaults
                 try:
                     tuned, tuned_now = tuned_defaults(
                         path, info, backend, n_gpu_layers=gpu_layers,
@@ -332,7 +332,7 @@ class Engine:
             engine.prompt_cache = cache.attach(engine)
         engine.tuned, engine.tuned_now = plan.tuned, tuned_now
         if slots > 1:
-            from edge.scheduler import Scheduler, SchedulerError
+            from edge.runtime.scheduler import Scheduler, SchedulerError
             try:
                 engine.scheduler = Scheduler(llama, slots, n_ctx, n_batch=n_batch)
             except SchedulerError as e:
@@ -340,7 +340,7 @@ class Engine:
                 raise EngineError(f"{path}: {e}") from None
             engine.scheduler.prompt_cache = engine.prompt_cache
         if draft is not None:
-            from edge.draft_model import DraftError, open_speculator
+            from edge.runtime.draft_model import DraftError, open_speculator
             try:
                 engine.speculator = open_speculator(engine, draft, draft_k, n_gpu_layers=plan.gpu_layers,
                                                     flash_attn=plan.flash_attn, n_batch=n_batch, verbose=verbose)
@@ -390,12 +390,12 @@ class Engine:
 
     def embed(self, texts, **kwargs):
         """Refused: a chat model makes no embeddings (Engine.load gives an Embedder for those)."""
-        from edge.embedding import wrong_model
+        from edge.runtime.embedding import wrong_model
         raise EngineError(wrong_model("chat", "embed"))
 
     def rerank(self, query, documents, **kwargs):
         """Refused: a chat model is not a reranker."""
-        from edge.embedding import wrong_model
+        from edge.runtime.embedding import wrong_model
         raise EngineError(wrong_model("chat", "rerank"))
 
     def tokenize(self, text: str) -> list[int]:

@@ -22,10 +22,10 @@ from typing import Callable
 import llama_cpp
 import llama_cpp._logger
 
-from edge.bench import RawContext
-from edge.context_plan import physical_cores
+from edge.runtime.bench import RawContext
+from edge.runtime.context_plan import physical_cores
 from edge.store import store_root
-from edge.tune_rules import (CHAT_DEPTH, Measured, Setting, Tuned, candidates, choose, machine_id, tune_key,
+from edge.runtime.tune_rules import (CHAT_DEPTH, Measured, Setting, Tuned, candidates, choose, machine_id, tune_key,
                          tuning_enabled)
 
 TIME_BUDGET_S = 12.0   # candidates not reached by then are left out (the 0.6B needs about 8 s on 2 cores)
@@ -242,8 +242,8 @@ def calibrate(path: str | Path, info, backend: str, *, n_gpu_layers: int, extra_
 
 def tune_model(path: str | Path, n_gpu_layers: int | None = None) -> tuple[Tuned, list[Measured], str]:
     """`qwen3-edge tune`: measure again whatever is cached; (choice, measurements, backend)."""
-    from edge.cpu_buffers import default_extra_buffers
-    from edge.engine import EngineError, detect_backend, local_offload_targets, read_model_info
+    from edge.runtime.cpu_buffers import default_extra_buffers
+    from edge.runtime.engine import EngineError, detect_backend, local_offload_targets, read_model_info
     path = Path(path)
     info = read_model_info(path)
     targets = local_offload_targets()

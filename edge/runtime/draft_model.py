@@ -15,7 +15,7 @@ from pathlib import Path
 from quantize import QuantizeError
 from quantize.gguf_header import read_header
 
-from edge.context_plan import CTX_STEP, KV_TYPES, MemoryPlan, plan_memory
+from edge.runtime.context_plan import CTX_STEP, KV_TYPES, MemoryPlan, plan_memory
 
 LOOKUP = "lookup"
 AUTO = "auto"
@@ -103,7 +103,7 @@ def load_draft_llama(path: Path, *, n_ctx: int, threads: int, n_gpu_layers: int,
                      rope: dict | None = None):
     """The draft's llama.cpp model and context, set up as the target's (threads, cache type,
     attention, offload): it follows the target's conversation token for token."""
-    from edge.cpu_buffers import TunedLlama
+    from edge.runtime.cpu_buffers import TunedLlama
     try:
         return TunedLlama(str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
                           n_threads_batch=threads, n_gpu_layers=n_gpu_layers, use_mlock=False,
@@ -119,7 +119,7 @@ def open_speculator(engine, draft: str | Path, draft_k: int | None, *, n_gpu_lay
     target (its context starts at the target's size and grows with it, up to engine.n_ctx)."""
     import llama_cpp
 
-    from edge.speculative import ModelDrafter, PromptLookupDrafter, SpecPolicy, Speculator
+    from edge.runtime.speculative import ModelDrafter, PromptLookupDrafter, SpecPolicy, Speculator
     if draft_k is not None and not 1 <= draft_k <= 64:
         raise DraftError(f"draft_k must be 1 to 64, not {draft_k}")
     if str(draft) == LOOKUP:

@@ -23,8 +23,8 @@ from collections import deque
 import llama_cpp
 import numpy as np
 
-from edge.sequence import common_prefix
-from edge.stream_lock import wait_in_line
+from edge.runtime.sequence import common_prefix
+from edge.runtime.stream_lock import wait_in_line
 
 PROMPT_CHUNK = 128   # prompt tokens per step while other slots generate
 GATHER_S = 0.02      # how long a step waits for the slots it just served to queue their next token

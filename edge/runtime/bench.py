@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import llama_cpp
 
-from edge.engine import Engine
-from edge.sampling import THINKING, build_sampler
+from edge.runtime.engine import Engine
+from edge.runtime.sampling import THINKING, build_sampler
 
 
 @dataclass(frozen=True)

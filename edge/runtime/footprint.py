@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from edge.context_plan import CTX_STEP, MemoryPlan
+from edge.runtime.context_plan import CTX_STEP, MemoryPlan
 
 DEFAULT_MAX_CTX = 32768       # an automatic context never passes this (nor the model's native one)
 MIN_AUTO_CTX = 4096           # below this with f16, a quantized KV cache is worth its slower attention

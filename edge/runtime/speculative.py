@@ -186,8 +186,8 @@ class ModelDrafter:
         self._n_vocab = llama.n_vocab()
 
     def _room(self, n: int) -> bool:
-        from edge.context_growth import GrowthError, resize_context
-        from edge.footprint import next_ctx
+        from edge.runtime.context_growth import GrowthError, resize_context
+        from edge.runtime.footprint import next_ctx
         have = min(self.llama.n_ctx(), len(self.llama.input_ids))
         if n <= have:
             return True

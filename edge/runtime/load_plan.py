@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.context_plan import (MemoryPlan, RopePlan, check_kv_types, offloaded_layers, offloaded_weight_bytes,
+from edge.runtime.context_plan import (MemoryPlan, RopePlan, check_kv_types, offloaded_layers, offloaded_weight_bytes,
                            plan_memory, plan_rope, plan_slots)
-from edge.devices import Device, no_device_message
-from edge.footprint import Footprint, choose_footprint
-from edge.tune_rules import apply_tuned
+from edge.runtime.devices import Device, no_device_message
+from edge.runtime.footprint import Footprint, choose_footprint
+from edge.runtime.tune_rules import apply_tuned
 
 DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: footprint.py chooses)
 
@@ -196,7 +196,7 @@ def plan_load(model, asked: LoadRequest, machine: MachineFacts, draft=None) -> L
                            ctx_limit=model.rope.max_ctx, n_seq=n_seq, n_embd=model.n_embd,
                            **(device_kwargs if device is None else device))
     if draft is not None:  # the draft model's weights, cache and buffers count too (draft_model.py)
-        from edge.draft_model import with_draft
+        from edge.runtime.draft_model import with_draft
         joint = with_draft(planned, draft, n_batch=asked.n_batch, flash_attn=attention)
 
         def planned(ctx: int, kv: str, budget: int = avail, n_seq: int = 1, device: dict[str, Any] | None = None) -> MemoryPlan:
