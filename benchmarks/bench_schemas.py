@@ -3,7 +3,7 @@ draft 2020-12 keyword and format files, pydantic models, the OpenAI SDK's strict
 response format to a small random-weight model at temperature 1, each answer checked with
 jsonschema (Draft 2020-12, formats checked). Two engines on the same cases and seeds:
 
-- llguidance: qwen3-edge's engine (edge/grammar.py, edge/guidance.py);
+- llguidance: qwen3-edge's engine (edge/protocol/grammar.py, edge/protocol/guidance.py);
 - gbnf: the previous planner with llama.cpp's converter and grammar sampler (benchmarks/legacy_gbnf.py).
 
     python benchmarks/bench_schemas.py [--seeds 3] [--max-tokens 384] [--engines llguidance,gbnf] [--only TEXT]
@@ -29,8 +29,8 @@ CACHE = ROOT / "benchmarks" / ".cache"
 sys.path.insert(0, str(ROOT))
 
 from edge import Chat, ChatError, Engine  # noqa: E402
-from edge.answer_check import answer_problem  # noqa: E402
-from edge.grammar import Constraints  # noqa: E402
+from edge.protocol.answer_check import answer_problem  # noqa: E402
+from edge.protocol.grammar import Constraints  # noqa: E402
 from edge.runtime.sampling import Grammar, GrammarCompileError  # noqa: E402
 
 PROMPT = "Reply with JSON."
@@ -73,8 +73,8 @@ def response_format(schema) -> dict:
 
 def compile_seconds(engine: Engine, kind: str, schema) -> float | None:
     """Time to plan and compile the schema's grammar for this model (None: refused)."""
-    from edge.grammar import GrammarError, plan_constraints
-    from edge.guidance import ConstraintError, compile_grammar, tokenizer_for
+    from edge.protocol.grammar import GrammarError, plan_constraints
+    from edge.protocol.guidance import ConstraintError, compile_grammar, tokenizer_for
     from benchmarks import legacy_gbnf
     tokenizer_for(engine.llama)  # built once per model, not per request
     started = time.perf_counter()
@@ -109,8 +109,8 @@ def compile_times() -> None:
     against the real Qwen3 vocabulary from tests/fixtures (no model needed)."""
     import llguidance
 
-    from edge.grammar import GrammarError, plan_constraints
-    from edge.guidance import compile_grammar
+    from edge.protocol.grammar import GrammarError, plan_constraints
+    from edge.protocol.guidance import compile_grammar
     from tests.schema_cases import app_cases, suite_cases
     tok = llguidance.LLTokenizer(str(ROOT / "tests" / "fixtures" / "qwen3-tokenizer" / "tokenizer.json"),
                                  n_vocab=151936, eos_token=[151643, 151645])

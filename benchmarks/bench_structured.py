@@ -62,8 +62,8 @@ def mask_overhead(reps: int = 20) -> None:
     import llguidance
     import numpy as np
 
-    from edge.grammar import plan_constraints
-    from edge.guidance import compile_grammar
+    from edge.protocol.grammar import plan_constraints
+    from edge.protocol.guidance import compile_grammar
     tok = llguidance.LLTokenizer(str(ROOT / "tests" / "fixtures" / "qwen3-tokenizer" / "tokenizer.json"),
                                  n_vocab=151936, eos_token=[151643, 151645])
     answers = {"string schema (fits)": "Some free text the model writes, " * 4,

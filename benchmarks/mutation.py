@@ -2,8 +2,8 @@
 code do the unit tests fail to notice?
 
     python benchmarks/mutation.py                          # every module below, from HEAD
-    python benchmarks/mutation.py edge/modes.py --list     # the mutants, without running them
-    python benchmarks/mutation.py edge/modes.py --only 12 40 --overlay tests/test_mutants_modes.py
+    python benchmarks/mutation.py edge/protocol/modes.py --list     # the mutants, without running them
+    python benchmarks/mutation.py edge/protocol/modes.py --only 12 40 --overlay tests/test_mutants_modes.py
 
 A self-contained runner rather than mutmut: mutmut 3 needs its own [tool.mutmut] table and
 writes a mutants/ copy inside the checkout, and this tree is edited by others while it runs. Here
@@ -43,8 +43,8 @@ OUT = ROOT / "benchmarks" / ".cache" / "mutation"
 # module -> the fast tests (pytest files or node ids) that cover it. Any
 # tests/test_mutants_<stem>.py present in the snapshot is added.
 TARGETS: dict[str, list[str]] = {
-    "edge/thinking_parser.py": ["tests/test_thinking_parser.py"],
-    "edge/modes.py": ["tests/test_modes_and_sampling.py", "tests/test_modes_languages.py"],
+    "edge/protocol/thinking_parser.py": ["tests/test_thinking_parser.py"],
+    "edge/protocol/modes.py": ["tests/test_modes_and_sampling.py", "tests/test_modes_languages.py"],
     "edge/runtime/context_plan.py": ["tests/test_context_plan.py"],
     "quantize/gguf_header.py": ["tests/test_hostile_files.py::test_corpus_of_broken_ggufs",
                                 "tests/test_hostile_files.py::test_fuzz_gguf_checker"],
@@ -58,8 +58,8 @@ TARGETS: dict[str, list[str]] = {
     "edge/api_completions.py": ["tests/test_api_dialects.py"],
     "edge/api_anthropic.py": ["tests/test_real_clients.py", "tests/test_api_dialects.py"],
     # issue 21's newer modules: their fast, model-free tests (the end-to-end ones take minutes a run)
-    "edge/tool_calls.py": ["tests/test_tool_calls.py", "tests/test_guard_rules.py"],
-    "edge/budget.py": ["tests/test_guard_rules.py"],
+    "edge/protocol/tool_calls.py": ["tests/test_tool_calls.py", "tests/test_guard_rules.py"],
+    "edge/protocol/budget.py": ["tests/test_guard_rules.py"],
 }
 
 _COMPARE = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE,

@@ -12,9 +12,9 @@ import typer
 from rich.markup import escape
 
 from edge.chat import ChatError, Event
-from edge.json_answer import json_answer_problem
+from edge.protocol.json_answer import json_answer_problem
 from edge.store import ModelStore
-from edge.text_check import text_problem
+from edge.protocol.text_check import text_problem
 
 from .chat_repl import ChatRepl, make_reader
 from .tune_cmd import tuning_line

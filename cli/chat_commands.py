@@ -52,7 +52,7 @@ def parse_command(line: str) -> Command | None:
 
 
 def parse_budget(argument: str) -> int | str | None:
-    """`/budget 256` -> 256; `auto` -> "auto" (sized per message, edge/budget.py); `0` or `off` ->
+    """`/budget 256` -> 256; `auto` -> "auto" (sized per message, edge/protocol/budget.py); `0` or `off` ->
     None (no cap)."""
     value = argument.strip().lower()
     if value in ("0", "off", "none"):

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edge.chat import Chat, ChatError, Reply, load_transcript, save_transcript
-from edge.modes import Mode
+from edge.protocol.modes import Mode
 
 from .chat_commands import COMMANDS, Command, CommandError, parse_budget, parse_command
 from .console import where

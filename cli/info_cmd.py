@@ -10,11 +10,11 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from edge.chat_template import QWEN3_CHAT_TEMPLATE, TemplateError, compile_template
+from edge.protocol.chat_template import QWEN3_CHAT_TEMPLATE, TemplateError, compile_template
 from edge.runtime.context_plan import model_rope_from_metadata
 from edge.runtime.devices import describe_devices, list_devices
 from edge.runtime.engine import POOLING_KEY, PURPOSES, detect_backend, local_offload_targets
-from edge.model_kind import detect_kind
+from edge.protocol.model_kind import detect_kind
 from edge.resolve import resolve_model
 from edge.store import ModelStore
 from quantize import describe_gguf

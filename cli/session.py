@@ -11,7 +11,7 @@ import typer
 
 from edge.chat import Chat, ChatError
 from edge.runtime.engine import Engine, EngineError
-from edge.modes import Mode
+from edge.protocol.modes import Mode
 from edge.runtime.prompt_cache import PromptCacheWarning
 from edge.rpc import RpcError, parse_endpoints
 from edge.resolve import resolve_model

@@ -8,9 +8,9 @@ An app imports from here: ``from edge import Engine, Chat``.
 from edge.completion import complete
 from edge.chat import Chat, ChatError, Event, Message, Reply, load_transcript, save_transcript
 from edge.runtime.engine import Engine, EngineError
-from edge.grammar import GrammarError
-from edge.modes import Mode
-from edge.tool_calls import ToolCall
+from edge.protocol.grammar import GrammarError
+from edge.protocol.modes import Mode
+from edge.protocol.tool_calls import ToolCall
 
 __all__ = ["Chat", "ChatError", "Engine", "EngineError", "Event", "GrammarError", "Message", "Mode", "Reply",
            "ToolCall", "complete", "load_transcript", "save_transcript"]

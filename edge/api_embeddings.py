@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from edge.runtime.embedding import EmbedError, Embedder
 from edge.openai_api import RequestError, decode_body, error_body
-from edge.retrieval_format import InputError, base64_floats, check_dimensions, check_texts
+from edge.protocol.retrieval_format import InputError, base64_floats, check_dimensions, check_texts
 
 EMBEDDINGS_FIELDS = {"input", "model", "dimensions", "encoding_format", "user", "instruction", "truncate"}
 RERANK_FIELDS = {"query", "documents", "top_n", "return_documents", "model", "instruction", "truncate"}

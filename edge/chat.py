@@ -30,25 +30,25 @@ from typing import Any
 import llama_cpp
 
 from edge.runtime.async_bridge import iterate_in_thread
-from edge.answer_check import reply_problems
-from edge.budget import answer_reserve, turn_budget
-from edge.chat_args import chat_arguments_problem, max_tokens_problem, mode_problem, stop_list, stop_problem
-from edge.chat_template import TemplateError
+from edge.protocol.answer_check import reply_problems
+from edge.protocol.budget import answer_reserve, turn_budget
+from edge.protocol.chat_args import chat_arguments_problem, max_tokens_problem, mode_problem, stop_list, stop_problem
+from edge.protocol.chat_template import TemplateError
 from edge.runtime.context_growth import GrowthError
 from edge.runtime.engine import Engine, EngineClosedError
-from edge.grammar import Constraints, GrammarError, plan_constraints
-from edge.guidance import Constraint, ConstraintError, compile_grammar, tokenizer_for
-from edge.model_kind import ModelKind, prompt_opens_thinking
-from edge.modes import Mode, soft_switch, thinking_for
+from edge.protocol.grammar import Constraints, GrammarError, plan_constraints
+from edge.protocol.guidance import Constraint, ConstraintError, compile_grammar, tokenizer_for
+from edge.protocol.model_kind import ModelKind, prompt_opens_thinking
+from edge.protocol.modes import Mode, soft_switch, thinking_for
 from edge.rpc import WorkerLost
 from edge.runtime.sampling import GrammarCompileError, SamplingParams, TokenSampler, preset
 from edge.runtime.scheduler import SchedulerError
 from edge.runtime.sequence import DecodeError, StreamUnavailable, open_sequence
-from edge.stop_strings import StopCutter
-from edge.text_check import text_problem, tree_problem
-from edge.thinking_calls import ThinkingCallHold
-from edge.thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
-from edge.tool_calls import TOOL_OPEN, Content, InvalidCall, ToolCall, ToolCallParser
+from edge.protocol.stop_strings import StopCutter
+from edge.protocol.text_check import text_problem, tree_problem
+from edge.protocol.thinking_calls import ThinkingCallHold
+from edge.protocol.thinking_parser import THINK_CLOSE, THINK_OPEN, ThinkingParser
+from edge.protocol.tool_calls import TOOL_OPEN, Content, InvalidCall, ToolCall, ToolCallParser
 
 # Qwen's model card (and vLLM's, SGLang's reproductions) start the phrase on new lines, so it is
 # never glued to the last word of the thinking.
@@ -639,7 +639,7 @@ class Chat:
     def restore(self, messages: list[dict]) -> None:
         """Replace the conversation with an OpenAI-shaped messages list (restore.py); its system
         message, when it has one, replaces the system prompt. A bad list changes nothing."""
-        from edge.restore import conversation_from_messages
+        from edge.protocol.restore import conversation_from_messages
         system, history = conversation_from_messages(messages)
         self.system = system if system is not None else self.system
         self.history = history

@@ -29,7 +29,7 @@ import numpy as np
 
 from edge.chat import Chat, ChatError, Event, Message, Reply
 from edge.runtime.engine import Engine
-from edge.modes import Mode
+from edge.protocol.modes import Mode
 from edge.openai_api import ChatRequest, RequestError, StopFilter, finish_reason, parse_request
 
 END_OF_TURN = "<|im_end|>"
@@ -76,7 +76,7 @@ class RequestChat(Chat):
             return self.raw
         if self.prefill is None:
             return super().render(messages, thinking, tools)
-        from edge.chat_template import TemplateError
+        from edge.protocol.chat_template import TemplateError
         try:
             text = self.engine.template.render(messages, add_generation_prompt=False, enable_thinking=thinking,
                                                tools=tools)

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.chat import ChatError, Message, Reply
-from edge.grammar import GrammarError, plan_constraints
-from edge.modes import Mode, soft_switch
-from edge.stop_strings import StopCutter
-from edge.text_check import text_problem
-from edge.tool_calls import ToolCall
+from edge.protocol.grammar import GrammarError, plan_constraints
+from edge.protocol.modes import Mode, soft_switch
+from edge.protocol.stop_strings import StopCutter
+from edge.protocol.text_check import text_problem
+from edge.protocol.tool_calls import ToolCall
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_JSON_DEPTH = 64     # a tool schema may nest 24 levels (grammar.MAX_SCHEMA_DEPTH): ~55 JSON levels

@@ -9,7 +9,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from edge.chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
+from edge.protocol.chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
 
 CONFIG = Path(__file__).parent / "fixtures" / "qwen3-tokenizer" / "tokenizer_config.json"
 SOURCE: str = json.loads(CONFIG.read_text(encoding="utf-8"))["chat_template"]

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from edge.chat import Chat, ChatError
 from edge.runtime.embedding import Embedder
 from edge.runtime.engine import Engine, EngineError
-from edge.retrieval_format import DEFAULT_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX
+from edge.protocol.retrieval_format import DEFAULT_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX
 from quantize import quantize_model
 from quantize.gguf_header import read_header
 from quantize.retrieval_head import RERANK_TEMPLATE

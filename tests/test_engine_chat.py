@@ -13,7 +13,7 @@ from jinja2 import Environment
 
 from edge.chat import Chat, ChatError
 from edge.runtime.engine import Engine, EngineError, detect_backend
-from edge.modes import Mode
+from edge.protocol.modes import Mode
 from quantize import quantize_model
 from tests.llama_probe import DecodeCount, apply_sampler, cached_ids, common_prefix, kv_tokens
 from tests.model_factory import FIXTURES

@@ -9,8 +9,8 @@ import time
 import llama_cpp
 import pytest
 
-from edge.grammar import MAX_ENUM, GrammarError, plan_constraints, response_schema
-from edge.guidance import compile_grammar, tokenizer_for
+from edge.protocol.grammar import MAX_ENUM, GrammarError, plan_constraints, response_schema
+from edge.protocol.guidance import compile_grammar, tokenizer_for
 from tests.tool_scripts import CALL_JSON, TIME_TOOL, WEATHER_TOOL
 
 
@@ -124,7 +124,7 @@ def test_largest_accepted_schema_compiles_and_is_timed(vocab, capsys):
 
 
 def test_nesting_depth_counts_objects_and_arrays_without_recursion():
-    from edge.grammar import nesting_depth
+    from edge.protocol.grammar import nesting_depth
     assert nesting_depth("x", 10) == 0 and nesting_depth({}, 10) == 1 and nesting_depth([[1], {"a": []}], 10) == 3
     deep: list = []
     for _ in range(100_000):           # far past Python's recursion limit
@@ -135,7 +135,7 @@ def test_nesting_depth_counts_objects_and_arrays_without_recursion():
 def test_depth_is_refused_before_size_on_every_python():
     """A 3,000-level schema is also over the byte limit; the refusal names the nesting (json.dumps
     on Python 3.12 serializes it where 3.11 raised RecursionError)."""
-    from edge.grammar import GrammarError, MAX_SCHEMA_DEPTH, check_schema
+    from edge.protocol.grammar import GrammarError, MAX_SCHEMA_DEPTH, check_schema
     schema: dict = {"type": "string"}
     for _ in range(3000):
         schema = {"type": "array", "items": schema}

@@ -22,7 +22,7 @@ from edge.runtime.cpu_buffers import safe_llama
 from edge.runtime.devices import capture_llama_log
 from edge.runtime.engine import Engine
 from edge.runtime.scheduler import Scheduler
-from edge.tool_calls import ToolCall
+from edge.protocol.tool_calls import ToolCall
 from quantize import quantize_model
 from tests import tool_scripts
 from tests.scripted_model import DOUBLE_NEWLINE, END_THINK, IM_END, NEWLINE, THINK, build_scripted_model

@@ -11,13 +11,13 @@ import json
 
 import pytest
 
-from edge.budget import answer_reserve
+from edge.protocol.budget import answer_reserve
 from edge.chat import Reply
 from edge.hub import _with_hint
 from edge.openai_api import (RequestError, StopFilter, chunk, completion_response, completion_id, finish_reason, parse_request,
                              tool_call_deltas, usage)
 from edge.sources import PullError, get_source
-from edge.tool_calls import Content, InvalidCall, ToolCall, ToolCallParser
+from edge.protocol.tool_calls import Content, InvalidCall, ToolCall, ToolCallParser
 
 HI = [{"role": "user", "content": "Hi"}]
 ANSWER = "The answer is forty-two."

@@ -12,8 +12,8 @@ import pytest
 from jinja2 import Environment
 
 from edge import Chat, Engine
-from edge.budget import MIN_BUDGET, auto_budget, difficulty, time_budget, turn_budget
-from edge.model_kind import ModelKind
+from edge.protocol.budget import MIN_BUDGET, auto_budget, difficulty, time_budget, turn_budget
+from edge.protocol.model_kind import ModelKind
 from quantize import quantize_model
 from tests.model_factory import FIXTURES
 from tests.scripted_model import (BUDGET_END, DOUBLE_NEWLINE, END_THINK, IM_END, NEWLINE, SCRIPT_ANSWER_IDS,

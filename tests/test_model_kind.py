@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.chat_template import QWEN3_CHAT_TEMPLATE, compile_template
-from edge.model_kind import ModelKind, detect_kind, prompt_opens_thinking
+from edge.protocol.chat_template import QWEN3_CHAT_TEMPLATE, compile_template
+from edge.protocol.model_kind import ModelKind, detect_kind, prompt_opens_thinking
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
 THINKING_2507 = (TEMPLATES / "qwen3-thinking-2507.jinja").read_text()

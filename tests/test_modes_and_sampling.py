@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.modes import Mode, auto_wants_thinking, soft_switch, thinking_for
+from edge.protocol.modes import Mode, auto_wants_thinking, soft_switch, thinking_for
 from edge.runtime.sampling import NON_THINKING, THINKING, preset
 
 

@@ -1,4 +1,4 @@
-"""Auto mode in other languages than English (edge/modes.py's docstring states the rule): Chinese
+"""Auto mode in other languages than English (edge/protocol/modes.py's docstring states the rule): Chinese
 and Japanese words, full-width question marks and character counts; Spanish, French and German
 words; and the signals that need no words (digits and operators, math symbols, code)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.modes import LONG_CJK_CHARS, LONG_WORDS, Mode, auto_wants_thinking, thinking_for
+from edge.protocol.modes import LONG_CJK_CHARS, LONG_WORDS, Mode, auto_wants_thinking, thinking_for
 
 THINKS = {
     "chinese": ["为什么天空是蓝色的？", "证明根号2是无理数", "用Python写一个快速排序", "1+1等于几？",

@@ -1,4 +1,4 @@
-"""edge/budget.py's rules as pure functions (the end-to-end budget tests load models and are too
+"""edge/protocol/budget.py's rules as pure functions (the end-to-end budget tests load models and are too
 slow to run per mutant): the three difficulty levels and their token / time caps, the floor of 64,
 and how a fixed, automatic and time budget combine."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.budget import LEVELS, MIN_BUDGET, auto_budget, difficulty, time_budget, turn_budget
+from edge.protocol.budget import LEVELS, MIN_BUDGET, auto_budget, difficulty, time_budget, turn_budget
 
 
 @pytest.mark.parametrize("text, level", [("Hello", "light"), ("What is the capital of France?", "light"),

@@ -1,10 +1,10 @@
-"""Claims about edge/modes.py that benchmarks/mutation.py found untested (see docs/MUTATION.md)."""
+"""Claims about edge/protocol/modes.py that benchmarks/mutation.py found untested (see docs/MUTATION.md)."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge.modes import LONG_WORDS, Mode, auto_wants_thinking
+from edge.protocol.modes import LONG_WORDS, Mode, auto_wants_thinking
 
 
 @pytest.mark.parametrize("name, mode", [("think", Mode.THINK), ("no_think", Mode.NO_THINK), ("auto", Mode.AUTO)])

@@ -1,4 +1,4 @@
-"""Claims about edge/thinking_parser.py that benchmarks/mutation.py found untested (see docs/MUTATION.md)."""
+"""Claims about edge/protocol/thinking_parser.py that benchmarks/mutation.py found untested (see docs/MUTATION.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import string
 
 import pytest
 
-from edge.thinking_parser import ThinkingParser
+from edge.protocol.thinking_parser import ThinkingParser
 
 
 def parse(chunks: list[str]) -> tuple[str, str]:

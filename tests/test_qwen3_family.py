@@ -14,7 +14,7 @@ import llama_cpp
 import pytest
 
 from edge.runtime.engine import Engine, EngineError, read_model_info
-from edge.model_kind import ModelKind
+from edge.protocol.model_kind import ModelKind
 from quantize import quantize_model
 from tests.model_factory import TINY_TIED, build_model, gguf_kv_bytes, make_2507, rewrite_gguf_metadata
 from tests.test_memory_plan_llama import llama_log

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from edge.retrieval_format import (DEFAULT_INSTRUCTION, MAX_INPUTS, InputError, base64_floats, check_dimensions,
+from edge.protocol.retrieval_format import (DEFAULT_INSTRUCTION, MAX_INPUTS, InputError, base64_floats, check_dimensions,
                                    check_texts, finish_vectors, pack_batches, query_text, rerank_body, truncated)
 from quantize.errors import QuantizeError
 from quantize.retrieval_head import (Pooling, detect_retrieval_head, is_qwen3_reranker, sentence_transformers_pooling,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from edge.grammar import plan_constraints
+from edge.protocol.grammar import plan_constraints
 
 NESTED = {  # pydantic's model_json_schema() of a model with a nested model and an enum class
     "$defs": {"Step": {"properties": {"explanation": {"type": "string"}, "output": {"type": "string"}},

@@ -8,14 +8,14 @@ import os
 
 import pytest
 
-from edge.chat_args import (budget_problem, chat_arguments_problem, max_tokens_problem, mode_problem,
+from edge.protocol.chat_args import (budget_problem, chat_arguments_problem, max_tokens_problem, mode_problem,
                             sampling_problem, seed_problem, stop_list, stop_problem, think_time_problem)
 from edge.hub import not_official
-from edge.json_answer import json_answer_problem
-from edge.stop_strings import StopCutter
+from edge.protocol.json_answer import json_answer_problem
+from edge.protocol.stop_strings import StopCutter
 from edge.store import ModelRef
-from edge.thinking_calls import ThinkingCallHold
-from edge.thinking_parser import ThinkingParser
+from edge.protocol.thinking_calls import ThinkingCallHold
+from edge.protocol.thinking_parser import ThinkingParser
 from quantize.atomic import current_umask, user_file_mode
 
 ANSWER = "The answer is forty-two. Done."

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.chat_template import compile_template
+from edge.protocol.chat_template import compile_template
 from edge.runtime.engine import read_model_info
 from edge.hub import PullError, pull
-from edge.model_kind import ModelKind, detect_kind
+from edge.protocol.model_kind import ModelKind, detect_kind
 from edge.resolve import resolve_model
 from edge.store import OFFICIAL_MODELS, ModelStore, parse_ref
 from tests.fake_hub import serve_repos

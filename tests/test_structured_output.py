@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from edge import Chat, Engine
-from edge.answer_check import answer_problem, reply_problems
-from edge.grammar import closed_objects, plan_constraints
-from edge.guidance import apply_mask
-from edge.tool_calls import ToolCall
+from edge.protocol.answer_check import answer_problem, reply_problems
+from edge.protocol.grammar import closed_objects, plan_constraints
+from edge.protocol.guidance import apply_mask
+from edge.protocol.tool_calls import ToolCall
 from tests.schema_cases import Profile, app_cases, suite_cases
 
 FORMAT_CHECKER = jsonschema.Draft202012Validator.FORMAT_CHECKER

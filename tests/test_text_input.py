@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from edge.chat import Chat, ChatError, load_transcript, save_transcript
 from edge.runtime.engine import Engine
-from edge.modes import Mode
+from edge.protocol.modes import Mode
 from tests.scripted_model import SCRIPT_ANSWER_TEXT
 from tests.test_engine_chat import reference_prompt
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from edge.thinking_parser import Piece, ThinkingParser
+from edge.protocol.thinking_parser import Piece, ThinkingParser
 
 GENERATION = "<think>\nThe user asks 2+2.\n\nSo a < b, and </th is not an end.\n</think>\n\nIt is **4**.\n"
 THINKING = "The user asks 2+2.\n\nSo a < b, and </th is not an end."

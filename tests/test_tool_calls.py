@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.tool_calls import Content, InvalidCall, ToolCall, ToolCallParser, parse_call
+from edge.protocol.tool_calls import Content, InvalidCall, ToolCall, ToolCallParser, parse_call
 
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 SAMPLES = [

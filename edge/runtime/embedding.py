@@ -21,7 +21,7 @@ import numpy as np
 from edge.runtime.context_plan import physical_cores
 from edge.runtime.cpu_buffers import TunedLlama, default_extra_buffers
 from edge.runtime.engine import POOLING_KEY, PURPOSES, EngineError, local_offload_targets
-from edge.retrieval_format import (EOT, MAX_TOKENS, RERANK_PREFIX, RERANK_SUFFIX, InputError, check_dimensions,
+from edge.protocol.retrieval_format import (EOT, MAX_TOKENS, RERANK_PREFIX, RERANK_SUFFIX, InputError, check_dimensions,
                                check_texts, finish_vectors, pack_batches, query_text, rerank_body, truncated)
 
 DEFAULT_BATCH = 512

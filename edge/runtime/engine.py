@@ -21,7 +21,7 @@ from quantize.gguf_check import check_qwen3
 from quantize.gguf_header import read_header
 from quantize.gguf_info import sampling_defaults
 
-from edge.chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
+from edge.protocol.chat_template import QWEN3_CHAT_TEMPLATE, ChatTemplate, TemplateError, compile_template
 from edge.runtime.context_growth import GrowthError, resize_context
 from edge.runtime.cpu_buffers import TunedLlama, default_extra_buffers
 from edge.runtime.context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, SIDE_BATCH, SIDE_CTX,
@@ -30,7 +30,7 @@ from edge.runtime.footprint import Footprint, next_ctx
 from edge.runtime.devices import (Device, Placement, capture_llama_log, list_devices, offload_targets, parse_load_log,
                       placement_backend, placement_device, registry_names)
 from edge.runtime.load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadRequest, MachineFacts, device_refusal, offload, plan_load  # noqa: F401 (re-exported)
-from edge.model_kind import ModelKind, detect_kind
+from edge.protocol.model_kind import ModelKind, detect_kind
 from edge.runtime.stream_lock import Closed, EngineLife, FairLock
 from edge.runtime.prompt_cache import PromptCache, open_prompt_cache
 from edge import rpc

@@ -17,7 +17,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from edge.guidance import Constraint, ConstraintError
+from edge.protocol.guidance import Constraint, ConstraintError
 
 PENALTY_LAST_N = 64
 

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.thinking_parser import _marker_prefix_len
+from edge.protocol.thinking_parser import _marker_prefix_len
 
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"

@@ -11,8 +11,8 @@ the think block closes or the reply ends otherwise, parsed for calls when it end
 
 from __future__ import annotations
 
-from edge.thinking_parser import _marker_prefix_len
-from edge.tool_calls import TOOL_OPEN
+from edge.protocol.thinking_parser import _marker_prefix_len
+from edge.protocol.tool_calls import TOOL_OPEN
 
 __all__ = ["ThinkingCallHold"]
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge.text_check import text_problem
+from edge.protocol.text_check import text_problem
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 EOT = "<|endoftext|>"

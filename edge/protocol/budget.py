@@ -12,7 +12,7 @@ speed of the loaded model (tokens/s of the replies so far, or of this reply's fi
 
 from __future__ import annotations
 
-from edge.modes import _CODE, _MATH, auto_wants_thinking
+from edge.protocol.modes import _CODE, _MATH, auto_wants_thinking
 
 MIN_BUDGET = 64
 LEVELS = {"light": (256, 15.0), "reasoning": (1024, 45.0), "hard": (4096, 90.0)}

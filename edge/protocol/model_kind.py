@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from edge.chat_template import ChatTemplate, TemplateError
+from edge.protocol.chat_template import ChatTemplate, TemplateError
 
 OPEN_THINK = "<think>\n"
 EMPTY_THINK = "<think>\n\n</think>\n\n"

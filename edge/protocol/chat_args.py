@@ -44,7 +44,7 @@ def number_problem(name: str, value: Any, kind: type, low: float, high: float | 
 
 
 def mode_problem(value: Any) -> str | None:
-    from edge.modes import Mode
+    from edge.protocol.modes import Mode
     if isinstance(value, Mode) or value in MODES:
         return None
     return f"mode takes {', '.join(repr(m) for m in MODES[:-1])} or {MODES[-1]!r}, not {_shown(value)}"

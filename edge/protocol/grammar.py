@@ -28,7 +28,7 @@ from typing import Any
 
 import jsonschema
 
-from edge.guidance import check_grammar
+from edge.protocol.guidance import check_grammar
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_SCHEMA_DEPTH = 24
