@@ -13,7 +13,7 @@ from edge.chat import Chat, ChatError
 from edge.runtime.engine import Engine, EngineError
 from edge.protocol.modes import Mode
 from edge.runtime.prompt_cache import PromptCacheWarning
-from edge.rpc import RpcError, parse_endpoints
+from edge.cluster.rpc import RpcError, parse_endpoints
 from edge.resolve import resolve_model
 from edge.store import ModelStore
 

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from edge.runtime.context_plan import physical_cores
-from edge.rpc import RpcError
-from edge.rpc_worker import SECURITY_WARNING, check_bind_host, is_loopback, run_worker
+from edge.cluster.rpc import RpcError
+from edge.cluster.rpc_worker import SECURITY_WARNING, check_bind_host, is_loopback, run_worker
 
 from .console import err, terminate_as_interrupt
 

@@ -40,7 +40,7 @@ from edge.protocol.grammar import Constraints, GrammarError, plan_constraints
 from edge.protocol.guidance import Constraint, ConstraintError, compile_grammar, tokenizer_for
 from edge.protocol.model_kind import ModelKind, prompt_opens_thinking
 from edge.protocol.modes import Mode, soft_switch, thinking_for
-from edge.rpc import WorkerLost
+from edge.cluster.rpc import WorkerLost
 from edge.runtime.sampling import GrammarCompileError, SamplingParams, TokenSampler, preset
 from edge.runtime.scheduler import SchedulerError
 from edge.runtime.sequence import DecodeError, StreamUnavailable, open_sequence

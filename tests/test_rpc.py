@@ -23,7 +23,7 @@ import pytest
 from edge import Chat, ChatError, Engine, EngineError
 from edge.runtime.cpu_buffers import TunedLlama
 from edge.runtime.devices import capture_llama_log, parse_load_log, registry_names
-from edge.rpc import Endpoint, RpcError, WorkerLost, local_choice, probe, registry_has_rpc, rpc_available
+from edge.cluster.rpc import Endpoint, RpcError, WorkerLost, local_choice, probe, registry_has_rpc, rpc_available
 from tests.model_factory import TINY_TIED, build_model
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 

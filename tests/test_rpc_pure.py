@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from edge import rpc_protocol as proto
-from edge.rpc import Endpoint, RpcError, parse_endpoint, parse_endpoints, probe, rpc_available
-from edge.rpc_relay import Relay
-from edge.rpc_worker import check_bind_host, is_loopback
-from edge.split_plan import ModelBytes, layer_devices, model_bytes, plan_split
+from edge.cluster import rpc_protocol as proto
+from edge.cluster.rpc import Endpoint, RpcError, parse_endpoint, parse_endpoints, probe, rpc_available
+from edge.cluster.rpc_relay import Relay
+from edge.cluster.rpc_worker import check_bind_host, is_loopback
+from edge.cluster.split_plan import ModelBytes, layer_devices, model_bytes, plan_split
 
 GIB = 1 << 30
 

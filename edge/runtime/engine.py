@@ -33,7 +33,7 @@ from edge.runtime.load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadReque
 from edge.protocol.model_kind import ModelKind, detect_kind
 from edge.runtime.stream_lock import Closed, EngineLife, FairLock
 from edge.runtime.prompt_cache import PromptCache, open_prompt_cache
-from edge import rpc
+from edge.cluster import rpc
 
 POOLING_KEY = "qwen3.pooling_type"          # LAST: an embedding model, RANK: a reranker (edge/runtime/embedding.py)
 PURPOSES = {3: "embedding", 4: "reranker"}

@@ -251,7 +251,7 @@ def _sized(model, asked: LoadRequest, machine: MachineFacts, n_ctx: int, kv: str
         reasons.append(f"{slots} slot(s): as many as the memory plan fits, at most {asked.max_parallel}")
     memory, split = plan(slots), None
     if workers is not None:  # the host keeps only what llama.cpp leaves on the CPU
-        from edge.split_plan import model_bytes, plan_split
+        from edge.cluster.split_plan import model_bytes, plan_split
         split = plan_split(model_bytes(list(model.tensor_bytes.items()), model.n_layers), list(machine.split_devices),
                            machine.available_bytes, n_ctx, n_kv_heads=model.n_kv_heads, head_dim=model.head_dim, n_heads=model.n_heads,
                            n_gpu_layers=gpu_layers, type_k=kv, type_v=kv, n_batch=asked.n_batch,

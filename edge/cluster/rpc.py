@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import llama_cpp
 
-from edge import rpc_protocol as proto
-from edge.rpc_relay import Relay
+from edge.cluster import rpc_protocol as proto
+from edge.cluster.rpc_relay import Relay
 
 if TYPE_CHECKING:
-    from edge.split_plan import SplitPlan
+    from edge.cluster.split_plan import SplitPlan
 
 DEFAULT_PORT = 50052                 # rpc-server's default
 CONNECT_TIMEOUT = 5.0
@@ -357,7 +357,7 @@ def split_devices(infos: Sequence[WorkerInfo]) -> list[tuple[str, int]]:
 def plan_over_workers(infos: Sequence[WorkerInfo], tensors: Sequence[tuple[str, int]], n_layer: int,
                       host_free: int, n_ctx: int, **plan_kwargs) -> "SplitPlan":
     """The split plan over the workers' devices and the local accelerators, in llama.cpp's order."""
-    from edge.split_plan import model_bytes, plan_split
+    from edge.cluster.split_plan import model_bytes, plan_split
     return plan_split(model_bytes(tensors, n_layer), split_devices(infos), host_free, n_ctx, **plan_kwargs)
 
 

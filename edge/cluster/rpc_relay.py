@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 
-from edge import rpc_protocol as proto
+from edge.cluster import rpc_protocol as proto
 
 CHUNK = 1 << 20
 

@@ -14,7 +14,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from edge.rpc import BUILD_HINT, RpcError, _Ggml
+from edge.cluster.rpc import BUILD_HINT, RpcError, _Ggml
 
 SECURITY_WARNING = ("the RPC protocol has no authentication and no encryption: anyone who can reach {where} "
                     "can read and write this worker's memory buffers and run graphs on it; expose it only on a "
