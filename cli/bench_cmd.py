@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from edge.runtime.bench import run_bench
-from edge.resolve import resolve_model
-from edge.store import ModelStore
+from edge.models.resolve import resolve_model
+from edge.models.store import ModelStore
 
 from .console import friendly_errors, human_bytes, out
 from .progress_view import stage_bars

@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from edge.chat import ChatError, Event
 from edge.protocol.json_answer import json_answer_problem
-from edge.store import ModelStore
+from edge.models.store import ModelStore
 from edge.protocol.text_check import text_problem
 
 from .chat_repl import ChatRepl, make_reader

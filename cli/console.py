@@ -12,13 +12,13 @@ from rich.markup import escape
 
 from edge.chat import ChatError
 from edge.runtime.engine import EngineError
-from edge.store import StoreError
+from edge.models.store import StoreError
 from quantize import QuantizeError
 
 
 def _library_errors() -> tuple[type[Exception], ...]:
     """Every one-line error the libraries raise for bad input."""
-    from edge.hub import PullError  # late: keeps huggingface_hub out of commands that never pull
+    from edge.models.hub import PullError  # late: keeps huggingface_hub out of commands that never pull
     return (QuantizeError, EngineError, ChatError, StoreError, PullError)
 
 

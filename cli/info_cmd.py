@@ -15,8 +15,8 @@ from edge.runtime.context_plan import model_rope_from_metadata
 from edge.runtime.devices import describe_devices, list_devices
 from edge.runtime.engine import POOLING_KEY, PURPOSES, detect_backend, local_offload_targets
 from edge.protocol.model_kind import detect_kind
-from edge.resolve import resolve_model
-from edge.store import ModelStore
+from edge.models.resolve import resolve_model
+from edge.models.store import ModelStore
 from quantize import describe_gguf
 from quantize.gguf_header import read_header
 

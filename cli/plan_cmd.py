@@ -10,8 +10,8 @@ import typer
 
 from edge.runtime.engine import EngineError, probe_machine, read_model_info
 from edge.runtime.load_plan import LoadRefused, LoadRequest, plan_load
-from edge.model_shapes import OFFICIAL_SHAPES, estimated_model_info
-from edge.store import ModelStore, StoreError, parse_ref
+from edge.models.model_shapes import OFFICIAL_SHAPES, estimated_model_info
+from edge.models.store import ModelStore, StoreError, parse_ref
 
 from .console import err, friendly_errors, out
 

@@ -1,6 +1,6 @@
 """Rich progress bars for the library's progress callbacks: one bar per stage.
 
-Takes quantize.Progress (tensors, bytes) and edge.hub.PullProgress (done/total) alike."""
+Takes quantize.Progress (tensors, bytes) and edge.models.hub.PullProgress (done/total) alike."""
 
 from __future__ import annotations
 

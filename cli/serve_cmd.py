@@ -63,7 +63,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     import uvicorn
 
     from edge.server import create_app
-    from edge.store import ModelStore
+    from edge.models.store import ModelStore
 
     if not _is_loopback(host) and not api_key:
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")

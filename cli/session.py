@@ -14,8 +14,8 @@ from edge.runtime.engine import Engine, EngineError
 from edge.protocol.modes import Mode
 from edge.runtime.prompt_cache import PromptCacheWarning
 from edge.cluster.rpc import RpcError, parse_endpoints
-from edge.resolve import resolve_model
-from edge.store import ModelStore
+from edge.models.resolve import resolve_model
+from edge.models.store import ModelStore
 
 from .chat_commands import CommandError, parse_budget
 from .console import err

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from edge.store import ModelStore
+from edge.models.store import ModelStore
 
 from .console import friendly_errors, human_bytes, out
 from .progress_view import stage_bars
@@ -20,8 +20,8 @@ def pull(name: str = typer.Argument(..., help="qwen3-0.6b, qwen3-1.7b, qwen3-4b,
          source: Optional[str] = typer.Option(None, "--source", help="Hub to download from: hf or modelscope (default: $QWEN3_EDGE_SOURCE, else hf)."),
          prebuilt: bool = typer.Option(False, "--prebuilt", help="Take Qwen's official GGUF when it has this type (qwen3-4b: q4_k_m, q5_k_m, q6_k, q8_0; 0.6b, 1.7b: q8_0); else quantize.")) -> None:
     """Download a Qwen3 model into the store: an official checkpoint, quantized here, or a ready GGUF."""
-    from edge.hub import pull as pull_model
-    from edge.store import parse_ready_ref
+    from edge.models.hub import pull as pull_model
+    from edge.models.store import parse_ready_ref
     ref = f"{name.rsplit(':', 1)[0] if parse_ready_ref(name) else name.split(':')[0]}:{type_}" if type_ else name
     with friendly_errors(), stage_bars() as bars:
         path = pull_model(ref, ModelStore(), progress=bars, threads=threads, source=source, prebuilt=prebuilt)

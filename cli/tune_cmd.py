@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from edge.resolve import resolve_model
-from edge.store import ModelStore
+from edge.models.resolve import resolve_model
+from edge.models.store import ModelStore
 from edge.runtime.tune import tune_model
 
 from .console import friendly_errors, out

@@ -13,10 +13,10 @@ import pytest
 
 from edge.protocol.budget import answer_reserve
 from edge.chat import Reply
-from edge.hub import _with_hint
+from edge.models.hub import _with_hint
 from edge.openai_api import (RequestError, StopFilter, chunk, completion_response, completion_id, finish_reason, parse_request,
                              tool_call_deltas, usage)
-from edge.sources import PullError, get_source
+from edge.models.sources import PullError, get_source
 from edge.protocol.tool_calls import Content, InvalidCall, ToolCall, ToolCallParser
 
 HI = [{"role": "user", "content": "Hi"}]

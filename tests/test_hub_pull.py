@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.hub import HINT, PullError, PullProgress, pull
-from edge.store import OFFICIAL_MODELS, ModelStore
+from edge.models.hub import HINT, PullError, PullProgress, pull
+from edge.models.store import OFFICIAL_MODELS, ModelStore
 from quantize import describe_gguf
 from tests.fake_hub import FakeHub, closed_port_url, serve_repos
 from tests.model_factory import TINY_TIED, build_model
@@ -225,7 +225,7 @@ def test_pull_killed_mid_download_resumes_in_the_next_pull(hub: FakeHub, tmp_pat
     blobs = tmp_path / "hf" / "hub" / "models--Qwen--Qwen3-0.6B" / "blobs"
     full = (hub.repos[REPO].files["model.safetensors"]).size
     env = dict(os.environ, HF_HUB_DISABLE_TELEMETRY="1")
-    code = "from edge.hub import pull; from edge.store import ModelStore; pull('qwen3-0.6b:q8_0', ModelStore())"
+    code = "from edge.models.hub import pull; from edge.models.store import ModelStore; pull('qwen3-0.6b:q8_0', ModelStore())"
     child = subprocess.Popen([sys.executable, "-c", code],
                              cwd=Path(__file__).resolve().parent.parent, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -10,7 +10,7 @@ import pytest
 
 from edge.runtime.devices import Device
 from edge.runtime.load_plan import LoadRefused, LoadRequest, MachineFacts, plan_load
-from edge.model_shapes import OFFICIAL_SHAPES, estimated_model_info
+from edge.models.model_shapes import OFFICIAL_SHAPES, estimated_model_info
 
 GIB = 1 << 30
 

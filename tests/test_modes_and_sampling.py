@@ -49,6 +49,6 @@ def test_presets_are_qwens_and_never_llama_cpp_python_defaults():
 
 
 def test_default_quant_type_per_machine():
-    from edge.store import machine_default_type
+    from edge.models.store import machine_default_type
     assert machine_default_type("aarch64") == machine_default_type("arm64") == "q4_0"
     assert machine_default_type("x86_64") == "q4_k_m"

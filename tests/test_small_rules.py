@@ -10,10 +10,10 @@ import pytest
 
 from edge.protocol.chat_args import (budget_problem, chat_arguments_problem, max_tokens_problem, mode_problem,
                             sampling_problem, seed_problem, stop_list, stop_problem, think_time_problem)
-from edge.hub import not_official
+from edge.models.hub import not_official
 from edge.protocol.json_answer import json_answer_problem
 from edge.protocol.stop_strings import StopCutter
-from edge.store import ModelRef
+from edge.models.store import ModelRef
 from edge.protocol.thinking_calls import ThinkingCallHold
 from edge.protocol.thinking_parser import ThinkingParser
 from quantize.atomic import current_umask, user_file_mode

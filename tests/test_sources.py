@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from edge.hub import HINT, PullError, pull
-from edge.resolve import resolve_model
-from edge.store import ModelStore, read_origin
+from edge.models.hub import HINT, PullError, pull
+from edge.models.resolve import resolve_model
+from edge.models.store import ModelStore, read_origin
 from quantize import describe_gguf
 from tests.fake_hub import closed_port_url, serve_repos
 from tests.fake_modelscope import serve_modelscope

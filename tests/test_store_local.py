@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from edge.hub import PullError, pull
-from edge.resolve import resolve_model
-from edge.store import ModelRef, ModelStore, machine_default_type, origin_path, read_origin, write_origin
+from edge.models.hub import PullError, pull
+from edge.models.resolve import resolve_model
+from edge.models.store import ModelRef, ModelStore, machine_default_type, origin_path, read_origin, write_origin
 from tests.test_hub_pull import checkpoint, hermetic, hub  # noqa: F401  (fixtures)
 
 runner = CliRunner(env={"COLUMNS": "200"})

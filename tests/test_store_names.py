@@ -11,10 +11,10 @@ import pytest
 
 from edge.protocol.chat_template import compile_template
 from edge.runtime.engine import read_model_info
-from edge.hub import PullError, pull
+from edge.models.hub import PullError, pull
 from edge.protocol.model_kind import ModelKind, detect_kind
-from edge.resolve import resolve_model
-from edge.store import OFFICIAL_MODELS, ModelStore, parse_ref
+from edge.models.resolve import resolve_model
+from edge.models.store import OFFICIAL_MODELS, ModelStore, parse_ref
 from tests.fake_hub import serve_repos
 from tests.model_factory import QWEN3_2507, TINY_TIED, build_model, make_2507
 from tests.test_hub_pull import hermetic  # noqa: F401  (autouse: fresh HF cache and store, 127.0.0.1 only)

@@ -355,7 +355,7 @@ def engine_identity(engine) -> dict[str, Any]:
 
 def default_folder() -> Path:
     """`<store>/cache/prompts` (QWEN3_EDGE_HOME or the user's data folder)."""
-    from edge.store import store_root
+    from edge.models.store import store_root
     return store_root() / "cache" / "prompts"
 
 

@@ -24,7 +24,7 @@ import llama_cpp._logger
 
 from edge.runtime.bench import RawContext
 from edge.runtime.context_plan import physical_cores
-from edge.store import store_root
+from edge.models.store import store_root
 from edge.runtime.tune_rules import (CHAT_DEPTH, Measured, Setting, Tuned, candidates, choose, machine_id, tune_key,
                          tuning_enabled)
 

@@ -82,7 +82,7 @@ class ReadyRef:
 
 def parse_ready_ref(spec: str) -> ReadyRef | None:
     """A ReadyRef when `spec` names a hub the sources know (hf.co, modelscope.cn...), else None."""
-    from edge.sources import source_for_host   # the hosts belong to the sources
+    from edge.models.sources import source_for_host   # the hosts belong to the sources
 
     m = _READY.match(spec.strip())
     if m is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from edge.sources.base import Fetched, Listing, PullCallback, PullError, PullProgress, RemoteFile, Source, ignore_progress
+from edge.models.sources.base import Fetched, Listing, PullCallback, PullError, PullProgress, RemoteFile, Source, ignore_progress
 
 SOURCE_ENV = "QWEN3_EDGE_SOURCE"
 DEFAULT_SOURCE = "hf"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge.sources.base import Fetched, Listing, PullCallback, PullError, PullProgress, RemoteFile, ignore_progress
+from edge.models.sources.base import Fetched, Listing, PullCallback, PullError, PullProgress, RemoteFile, ignore_progress
 
 _TRUE = {"1", "ON", "YES", "TRUE"}   # huggingface_hub's spelling of a true environment variable
 WEIGHTS = (".safetensors", ".gguf")  # the files worth resuming across processes

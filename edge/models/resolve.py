@@ -11,7 +11,7 @@ from pathlib import Path
 
 from quantize import quantize_model
 
-from edge.store import (DEFAULT_MODEL, OFFICIAL_MODELS, ModelRef, ModelStore, StoreError, machine_default_type,
+from edge.models.store import (DEFAULT_MODEL, OFFICIAL_MODELS, ModelRef, ModelStore, StoreError, machine_default_type,
                     parse_ready_ref, parse_ref, write_origin)
 
 
@@ -50,7 +50,7 @@ def resolve_model(spec: str | None, store: ModelStore, *, pull_missing: bool = T
         if (found := store.find(ready.ref)) is not None:
             return found
         if pull_missing:
-            from edge.hub import pull
+            from edge.models.hub import pull
             return pull(spec, store, progress=progress)
         raise StoreError(f"{spec}: not in the store; pull it (qwen3-edge pull {spec})")
     if "/" in spec or spec.endswith(".gguf"):
@@ -59,7 +59,7 @@ def resolve_model(spec: str | None, store: ModelStore, *, pull_missing: bool = T
     if (found := store.find(ref)) is not None:
         return found
     if ref.name in OFFICIAL_MODELS and pull_missing:
-        from edge.hub import pull  # huggingface_hub is imported only when a download is needed
+        from edge.models.hub import pull  # huggingface_hub is imported only when a download is needed
         return pull(str(ref), store, progress=progress, source=source)
     raise StoreError(f"{spec}: not in the store; pull it (qwen3-edge pull {ref}) or pass a GGUF path "
                      f"or a Hugging Face folder")

@@ -21,9 +21,9 @@ from quantize.atomic import atomic_path
 from quantize.gguf_check import check_qwen3
 from quantize.gguf_header import read_header
 
-from edge.sources import SOURCE_ENV, Listing, Source, choose_source, get_source, other_sources
-from edge.sources.base import PullCallback, PullError, PullProgress, ignore_progress
-from edge.store import (OFFICIAL_MODELS, ModelRef, ModelStore, ReadyRef, StoreError, parse_ready_ref, parse_ref, read_origin,
+from edge.models.sources import SOURCE_ENV, Listing, Source, choose_source, get_source, other_sources
+from edge.models.sources.base import PullCallback, PullError, PullProgress, ignore_progress
+from edge.models.store import (OFFICIAL_MODELS, ModelRef, ModelStore, ReadyRef, StoreError, parse_ready_ref, parse_ref, read_origin,
                     write_origin)
 
 __all__ = ["ALLOW_PATTERNS", "HINT", "PREBUILT", "PullCallback", "PullError", "PullProgress", "download", "pull"]

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.sources.base import Fetched, Listing, PullCallback, PullError, PullProgress, RemoteFile, ignore_progress
+from edge.models.sources.base import Fetched, Listing, PullCallback, PullError, PullProgress, RemoteFile, ignore_progress
 
 OFFLINE_ENV = "QWEN3_EDGE_OFFLINE"
 DEFAULT_REVISION = "master"   # ModelScope's default branch
