@@ -51,12 +51,12 @@ TARGETS: dict[str, list[str]] = {
     "edge/runtime/sampling.py": ["tests/test_modes_and_sampling.py", "tests/test_grammar.py",
                          *(f"tests/test_engine_chat.py::test_sampler_{t}" for t in
                            ("chain_is_qwens", "keeps_what_qwens_preset_keeps", "applies_each_override"))],
-    "edge/openai_api.py": ["tests/test_server.py", "tests/test_server_tools.py", "tests/test_api_fuzz.py",
+    "edge/serve/openai_api.py": ["tests/test_server.py", "tests/test_server_tools.py", "tests/test_api_fuzz.py",
                            "tests/test_api_fields.py", "tests/test_completion.py"],
-    "edge/completion.py": ["tests/test_completion.py", "tests/test_api_dialects.py"],
-    "edge/api_ollama.py": ["tests/test_api_dialects.py"],
-    "edge/api_completions.py": ["tests/test_api_dialects.py"],
-    "edge/api_anthropic.py": ["tests/test_real_clients.py", "tests/test_api_dialects.py"],
+    "edge/serve/completion.py": ["tests/test_completion.py", "tests/test_api_dialects.py"],
+    "edge/serve/api_ollama.py": ["tests/test_api_dialects.py"],
+    "edge/serve/api_completions.py": ["tests/test_api_dialects.py"],
+    "edge/serve/api_anthropic.py": ["tests/test_real_clients.py", "tests/test_api_dialects.py"],
     # issue 21's newer modules: their fast, model-free tests (the end-to-end ones take minutes a run)
     "edge/protocol/tool_calls.py": ["tests/test_tool_calls.py", "tests/test_guard_rules.py"],
     "edge/protocol/budget.py": ["tests/test_guard_rules.py"],

@@ -1,4 +1,4 @@
-"""`qwen3-edge serve`: the OpenAI-compatible server on loopback (uvicorn over edge.server)."""
+"""`qwen3-edge serve`: the OpenAI-compatible server on loopback (uvicorn over edge.serve.server)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     search models beside it (/v1/embeddings, /v1/rerank, /api/embed)."""
     import uvicorn
 
-    from edge.server import create_app
+    from edge.serve.server import create_app
     from edge.models.store import ModelStore
 
     if not _is_loopback(host) and not api_key:

@@ -5,7 +5,7 @@ tool calls (tool_calls.py) and grammars for tools and JSON schemas (grammar.py),
 An app imports from here: ``from edge import Engine, Chat``.
 """
 
-from edge.completion import complete
+from edge.serve.completion import complete
 from edge.chat import Chat, ChatError, Event, Message, Reply, load_transcript, save_transcript
 from edge.runtime.engine import Engine, EngineError
 from edge.protocol.grammar import GrammarError

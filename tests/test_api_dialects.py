@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from cli.serve_cmd import served_names
 from edge.runtime.engine import Engine
-from edge.server import create_app
+from edge.serve.server import create_app
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -142,7 +142,7 @@ def test_metrics_count_requests_and_tokens(client):
 
 
 def test_ollama_body_translation():
-    from edge.api_ollama import chat_body
+    from edge.serve.api_ollama import chat_body
     body, ignored = chat_body({"model": "m", "think": "high", "format": {"type": "object"}, "keep_alive": "5m",
                                "options": {"num_predict": -1, "repeat_penalty": 1.2, "num_thread": 2},
                                "messages": [{"role": "user", "content": "w?"},

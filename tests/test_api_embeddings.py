@@ -13,9 +13,9 @@ import numpy as np
 import openai
 import pytest
 
-from edge.api_embeddings import parse_embeddings, parse_rerank
+from edge.serve.api_embeddings import parse_embeddings, parse_rerank
 from edge.runtime.engine import Engine
-from edge.openai_api import RequestError
+from edge.serve.openai_api import RequestError
 from quantize import quantize_model
 from tests.model_factory import TINY_TIED
 from tests.retrieval_models import build_embedding_model, build_reranker_model

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 
 from edge.runtime.engine import Engine
 from edge.protocol.modes import Mode
-from edge.openai_api import RequestError, decode_body, parse_request
+from edge.serve.openai_api import RequestError, decode_body, parse_request
 from tests.llama_probe import record_sampling
 from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 from tests.test_api_fuzz import MUTATIONS, Case, cases, check_response

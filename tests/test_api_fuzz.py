@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from edge.runtime.engine import Engine
-from edge.openai_api import KNOWN, MAX_JSON_DEPTH, MESSAGE_KEYS
-from edge.server import create_app
+from edge.serve.openai_api import KNOWN, MAX_JSON_DEPTH, MESSAGE_KEYS
+from edge.serve.server import create_app
 from tests.scripted_model import SCRIPT_ANSWER_TEXT
 
 N_CTX = 1024

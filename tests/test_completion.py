@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from edge import ChatError, complete
-from edge.completion import continuation_prompt
+from edge.serve.completion import continuation_prompt
 from edge.runtime.engine import Engine
 from edge.protocol.modes import Mode
-from edge.openai_api import RequestError, parse_request
+from edge.serve.openai_api import RequestError, parse_request
 from tests.scripted_model import SCRIPT_ANSWER_IDS, SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 
 HI = [{"role": "user", "content": "Hi"}]

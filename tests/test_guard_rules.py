@@ -14,7 +14,7 @@ import pytest
 from edge.protocol.budget import answer_reserve
 from edge.chat import Reply
 from edge.models.hub import _with_hint
-from edge.openai_api import (RequestError, StopFilter, chunk, completion_response, completion_id, finish_reason, parse_request,
+from edge.serve.openai_api import (RequestError, StopFilter, chunk, completion_response, completion_id, finish_reason, parse_request,
                              tool_call_deltas, usage)
 from edge.models.sources import PullError, get_source
 from edge.protocol.tool_calls import Content, InvalidCall, ToolCall, ToolCallParser
@@ -26,7 +26,7 @@ ANSWER = "The answer is forty-two."
 def completion(cid: str, model: str, reply, answer: str, reason: str) -> dict:
     """One choice's chat.completion object, as the server shapes it (openai_api.completion_response)."""
     from types import SimpleNamespace
-    from edge.completion import Choice
+    from edge.serve.completion import Choice
     return completion_response(cid, model, SimpleNamespace(hide_reasoning=False), [Choice(0, reply, answer, reason)])
 
 

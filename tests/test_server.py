@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 
 from edge.runtime.engine import Engine
-from edge.server import create_app
+from edge.serve.server import create_app
 from quantize import quantize_model
 from tests.fake_hub import free_port
 from tests.llama_probe import DecodeCount, cached_ids, common_prefix, kv_tokens, record_sampling

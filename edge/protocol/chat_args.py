@@ -1,6 +1,6 @@
 """The arguments a Chat takes, checked at the door: each function returns what is wrong with a
 value as one line naming the argument and what it takes (the line the library raises and the CLI
-prints), or None when the value is fine. Ranges are the server's (edge/openai_api.py), so a value
+prints), or None when the value is fine. Ranges are the server's (edge/serve/openai_api.py), so a value
 the library takes the server takes too."""
 
 from __future__ import annotations

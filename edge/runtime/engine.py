@@ -406,7 +406,7 @@ class Engine:
     def create_chat_completion(self, messages: list[dict], **fields):
         """OpenAI's request and response shape on this engine (llama-cpp-python's method name):
         completion.complete, the one mapping the server uses too."""
-        from edge.completion import complete
+        from edge.serve.completion import complete
         return complete(self, messages, **fields)
 
     @property

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from edge.openai_api import ChatRequest, RequestError, parse_request, usage
+from edge.serve.openai_api import ChatRequest, RequestError, parse_request, usage
 
 DEFAULT_MAX_TOKENS = 16     # OpenAI's default for this endpoint
 MAX_LEGACY_LOGPROBS = 5     # the legacy API's bound on `logprobs`

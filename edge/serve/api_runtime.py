@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from edge.chat import BackendError, ChatError
-from edge.completion import Generation
-from edge.openai_api import RequestError, decode_body
+from edge.serve.completion import Generation
+from edge.serve.openai_api import RequestError, decode_body
 
 
 async def read_body(request: Request, max_body_bytes: int) -> Any:

@@ -22,10 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from edge.api_runtime import error_kind, events, read_body, run_to_end
+from edge.serve.api_runtime import error_kind, events, read_body, run_to_end
 from edge.chat import ChatError
-from edge.completion import ChoiceEvent
-from edge.openai_api import ChatRequest, RequestError, parse_request
+from edge.serve.completion import ChoiceEvent
+from edge.serve.openai_api import ChatRequest, RequestError, parse_request
 
 OLLAMA_VERSION = "0.12.6"   # the API version this follows (clients may check it)
 OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "seed": "seed",

@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from edge.api_runtime import error_kind, events, read_body, run_to_end
+from edge.serve.api_runtime import error_kind, events, read_body, run_to_end
 from edge.chat import ChatError, Message
-from edge.completion import ChoiceEvent, chat_for
-from edge.openai_api import ChatRequest, RequestError, parse_request
+from edge.serve.completion import ChoiceEvent, chat_for
+from edge.serve.openai_api import ChatRequest, RequestError, parse_request
 
 MEDIA_BLOCKS = ("image", "document", "audio", "video", "file")
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}

@@ -30,16 +30,16 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from edge.chat import BackendError, ChatError
-from edge.api_anthropic import anthropic_routes
-from edge.api_anthropic import error_body as anthropic_error
-from edge.api_completions import TextChunkShaper, parse_completion_request, text_completion
-from edge.api_completions import completion_id as text_completion_id
-from edge.api_ollama import ollama_routes
-from edge.api_runtime import error_kind, events, read_body, run_to_end
-from edge.completion import ChoiceEvent, Generation, engine_lock
+from edge.serve.api_anthropic import anthropic_routes
+from edge.serve.api_anthropic import error_body as anthropic_error
+from edge.serve.api_completions import TextChunkShaper, parse_completion_request, text_completion
+from edge.serve.api_completions import completion_id as text_completion_id
+from edge.serve.api_ollama import ollama_routes
+from edge.serve.api_runtime import error_kind, events, read_body, run_to_end
+from edge.serve.completion import ChoiceEvent, Generation, engine_lock
 from edge.runtime.engine import Engine
-from edge.metrics import CountRequests, Metrics
-from edge.openai_api import (ChatRequest, ChunkShaper, RequestError, completion_id, completion_response, decode_body,
+from edge.serve.metrics import CountRequests, Metrics
+from edge.serve.openai_api import (ChatRequest, ChunkShaper, RequestError, completion_id, completion_response, decode_body,
                          error_body, parse_request)
 
 MAX_BODY_BYTES = 1 << 20
@@ -209,7 +209,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, model_name: str | 
 
 def _search_routes(embedders: list | None, server: _Server, max_body_bytes: int, queue: int) -> list:
     """/v1/embeddings, /v1/rerank and /api/embed over the embedders (api_embeddings.py)."""
-    from edge.api_embeddings import embedding_routes
+    from edge.serve.api_embeddings import embedding_routes
     return embedding_routes(embedders or [], authorized=server.authorized, max_body_bytes=max_body_bytes, queue=queue)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from edge.chat import Chat, ChatError, Event, Message, Reply
 from edge.runtime.engine import Engine
 from edge.protocol.modes import Mode
-from edge.openai_api import ChatRequest, RequestError, StopFilter, finish_reason, parse_request
+from edge.serve.openai_api import ChatRequest, RequestError, StopFilter, finish_reason, parse_request
 
 END_OF_TURN = "<|im_end|>"
 
@@ -300,7 +300,7 @@ def complete(engine: Engine, messages: list[dict], *, stream: bool = False, mode
     and the same response shape (a dict; with stream=True an iterator of chunk dicts), so code
     written for `openai` or llama-cpp-python's create_chat_completion ports by changing one line.
     A bad request raises a ChatError naming the field (openai_api.RequestError)."""
-    from edge.openai_api import ChunkShaper, completion_id, completion_response
+    from edge.serve.openai_api import ChunkShaper, completion_id, completion_response
     req = parse_request({"messages": messages, "stream": stream, **fields})
     name = model or req.model or engine.info.path.stem
     generation = Generation(engine, req, engine_lock(engine))

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge.runtime.embedding import EmbedError, Embedder
-from edge.openai_api import RequestError, decode_body, error_body
+from edge.serve.openai_api import RequestError, decode_body, error_body
 from edge.protocol.retrieval_format import InputError, base64_floats, check_dimensions, check_texts
 
 EMBEDDINGS_FIELDS = {"input", "model", "dimensions", "encoding_format", "user", "instruction", "truncate"}

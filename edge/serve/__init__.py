@@ -1,0 +1,1 @@
+"""Serving: the ASGI server and the API dialects (OpenAI, ...) over the one request-to-Chat mapping."""
