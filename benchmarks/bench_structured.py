@@ -93,7 +93,7 @@ def first_tool_call() -> None:
     from edge import Engine
     from quantize import quantize_model
     from tests.scripted_model import build_scripted_model
-    from tests.test_server import serving
+    from tests.serve.test_server import serving
     from tests.tool_scripts import WEATHER_TOOL, think_then_call
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_scripted_model(Path(tmp) / "tools", think_then_call())

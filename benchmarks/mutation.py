@@ -3,7 +3,7 @@ code do the unit tests fail to notice?
 
     python benchmarks/mutation.py                          # every module below, from HEAD
     python benchmarks/mutation.py edge/protocol/modes.py --list     # the mutants, without running them
-    python benchmarks/mutation.py edge/protocol/modes.py --only 12 40 --overlay tests/test_mutants_modes.py
+    python benchmarks/mutation.py edge/protocol/modes.py --only 12 40 --overlay tests/protocol/test_mutants_modes.py
 
 A self-contained runner rather than mutmut: mutmut 3 needs its own [tool.mutmut] table and
 writes a mutants/ copy inside the checkout, and this tree is edited by others while it runs. Here
@@ -43,23 +43,23 @@ OUT = ROOT / "benchmarks" / ".cache" / "mutation"
 # module -> the fast tests (pytest files or node ids) that cover it. Any
 # tests/test_mutants_<stem>.py present in the snapshot is added.
 TARGETS: dict[str, list[str]] = {
-    "edge/protocol/thinking_parser.py": ["tests/test_thinking_parser.py"],
-    "edge/protocol/modes.py": ["tests/test_modes_and_sampling.py", "tests/test_modes_languages.py"],
-    "edge/runtime/context_plan.py": ["tests/test_context_plan.py"],
-    "quantize/gguf_header.py": ["tests/test_hostile_files.py::test_corpus_of_broken_ggufs",
-                                "tests/test_hostile_files.py::test_fuzz_gguf_checker"],
-    "edge/runtime/sampling.py": ["tests/test_modes_and_sampling.py", "tests/test_grammar.py",
-                         *(f"tests/test_engine_chat.py::test_sampler_{t}" for t in
+    "edge/protocol/thinking_parser.py": ["tests/protocol/test_thinking_parser.py"],
+    "edge/protocol/modes.py": ["tests/protocol/test_modes_and_sampling.py", "tests/protocol/test_modes_languages.py"],
+    "edge/runtime/context_plan.py": ["tests/runtime/test_context_plan.py"],
+    "quantize/gguf_header.py": ["tests/quantize/test_hostile_files.py::test_corpus_of_broken_ggufs",
+                                "tests/quantize/test_hostile_files.py::test_fuzz_gguf_checker"],
+    "edge/runtime/sampling.py": ["tests/protocol/test_modes_and_sampling.py", "tests/protocol/test_grammar.py",
+                         *(f"tests/chat/test_engine_chat.py::test_sampler_{t}" for t in
                            ("chain_is_qwens", "keeps_what_qwens_preset_keeps", "applies_each_override"))],
-    "edge/serve/openai_api.py": ["tests/test_server.py", "tests/test_server_tools.py", "tests/test_api_fuzz.py",
-                           "tests/test_api_fields.py", "tests/test_completion.py"],
-    "edge/serve/completion.py": ["tests/test_completion.py", "tests/test_api_dialects.py"],
-    "edge/serve/api_ollama.py": ["tests/test_api_dialects.py"],
-    "edge/serve/api_completions.py": ["tests/test_api_dialects.py"],
-    "edge/serve/api_anthropic.py": ["tests/test_real_clients.py", "tests/test_api_dialects.py"],
+    "edge/serve/openai_api.py": ["tests/serve/test_server.py", "tests/serve/test_server_tools.py", "tests/serve/test_api_fuzz.py",
+                           "tests/serve/test_api_fields.py", "tests/serve/test_completion.py"],
+    "edge/serve/completion.py": ["tests/serve/test_completion.py", "tests/serve/test_api_dialects.py"],
+    "edge/serve/api_ollama.py": ["tests/serve/test_api_dialects.py"],
+    "edge/serve/api_completions.py": ["tests/serve/test_api_dialects.py"],
+    "edge/serve/api_anthropic.py": ["tests/serve/test_real_clients.py", "tests/serve/test_api_dialects.py"],
     # issue 21's newer modules: their fast, model-free tests (the end-to-end ones take minutes a run)
-    "edge/protocol/tool_calls.py": ["tests/test_tool_calls.py", "tests/test_guard_rules.py"],
-    "edge/protocol/budget.py": ["tests/test_guard_rules.py"],
+    "edge/protocol/tool_calls.py": ["tests/protocol/test_tool_calls.py", "tests/protocol/test_guard_rules.py"],
+    "edge/protocol/budget.py": ["tests/protocol/test_guard_rules.py"],
 }
 
 _COMPARE = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE,

@@ -119,6 +119,6 @@ export GGML_VK_VISIBLE_DEVICES="${GGML_VK_VISIBLE_DEVICES:-0}"
 say "devices (GGML_VK_VISIBLE_DEVICES=$GGML_VK_VISIBLE_DEVICES):"
 "$VENV/bin/python" -c "from edge.runtime.devices import main; main()"
 # -s shows the measured logit difference; ggml-vulkan's device banner is filtered out.
-$NICE "$VENV/bin/python" -m pytest -q -s -m vulkan -rs -W ignore::UserWarning tests/test_vulkan.py "$@" 2>&1 \
+$NICE "$VENV/bin/python" -m pytest -q -s -m vulkan -rs -W ignore::UserWarning tests/runtime/test_vulkan.py "$@" 2>&1 \
     | grep -v -e '^ggml_vulkan: ' -e 'does not match expectation'
-$NICE "$VENV/bin/python" -m pytest -q -rs tests/test_devices.py tests/test_backend_errors.py
+$NICE "$VENV/bin/python" -m pytest -q -rs tests/runtime/test_devices.py tests/runtime/test_backend_errors.py

@@ -2,7 +2,7 @@
 # Issue 25 sections 1-2 on a GPU host (runs in the repo root, no network, about 5 minutes):
 #  (a) the tests that must pass where the bindings see a GPU: bench (perf counters, cleared cache,
 #      synchronize), the device compute estimate, test_engine_basics, the nested-schema test, the
-#      calibration, and tests/test_vulkan.py (the memory plan against llama.cpp's device buffers);
+#      calibration, and tests/runtime/test_vulkan.py (the memory plan against llama.cpp's device buffers);
 #  (b) `qwen3-edge bench` on the 0.6B Q4_K_M (GPU, 3 repetitions, per-repetition perf counters)
 #      next to llama-bench pp512/tg128 -fa 1 when LLAMA_BENCH points at one: pp must no longer read 2x;
 #  (c) the calibration's time and choice on the GPU and on the CPU (16 cores), and
@@ -18,10 +18,10 @@ step() { echo; echo "## $1"; }
 run() { local t=$1; shift; timeout "$t" "$@"; echo "rc=$?"; }
 
 step "(a) tests"
-QWEN3_EDGE_TUNE=off run 150 "$PY" -m pytest -q -x tests/test_bench.py tests/test_devices.py tests/test_tune.py \
-    tests/test_grammar.py "tests/test_engine_chat.py::test_engine_basics" \
-    "tests/test_tools_chat.py::test_deeply_nested_schema_is_refused_quickly" 2>&1 | tail -15
-QWEN3_EDGE_TUNE=off run 90 "$PY" -m pytest -q -m vulkan tests/test_vulkan.py 2>&1 | tail -8
+QWEN3_EDGE_TUNE=off run 150 "$PY" -m pytest -q -x tests/runtime/test_bench.py tests/runtime/test_devices.py tests/runtime/test_tune.py \
+    tests/protocol/test_grammar.py "tests/chat/test_engine_chat.py::test_engine_basics" \
+    "tests/chat/test_tools_chat.py::test_deeply_nested_schema_is_refused_quickly" 2>&1 | tail -15
+QWEN3_EDGE_TUNE=off run 90 "$PY" -m pytest -q -m vulkan tests/runtime/test_vulkan.py 2>&1 | tail -8
 
 GGUF="${GGUF:-$OUT/Qwen3-0.6B-random-q4_k_m.gguf}"
 if [ ! -f "$GGUF" ]; then

@@ -6,7 +6,7 @@ JSON-Schema-Test-Suite's draft 2020-12 schemas (tests/fixtures/json-schema-test-
   OpenAI SDK's strict schemas of some of them (what `client.chat.completions.parse()` sends).
 - suite_cases(): every schema of the generation-relevant keyword files and the format files.
 
-benchmarks/bench_schemas.py runs them all; tests/test_structured_output.py runs a fast subset.
+benchmarks/bench_schemas.py runs them all; tests/chat/test_structured_output.py runs a fast subset.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ worker shares, each with why) or raises LoadRefused with one line saying what wo
 
 Engine.load then only reads the header, probes the machine, makes the plan and opens llama.cpp with
 it; `qwen3-edge plan MODEL` prints the same plan without loading anything. No llama.cpp, no /proc,
-no network here: the plan is tested over a table of machines (tests/test_load_plan.py).
+no network here: the plan is tested over a table of machines (tests/runtime/test_load_plan.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""RPC workers and the layer split."""

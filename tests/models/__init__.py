@@ -1,0 +1,1 @@
+"""The store, hubs and sources."""

@@ -1,0 +1,1 @@
+"""Hugging Face folder to GGUF: conversion, quantization, hostile files."""

@@ -1,0 +1,1 @@
+"""The runtime on llama.cpp: loading plans, contexts, devices, slots, threads."""
