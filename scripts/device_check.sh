@@ -96,18 +96,13 @@ openai>=1.40 hypothesis>=6 pydantic>=2.6 email-validator>=2 diskcache>=5.6.1"
 install() {
     local pip=("$PY" -m pip install -q --no-index --find-links .devcarry --no-cache-dir --no-compile --disable-pip-version-check --no-warn-script-location)
     "${pip[@]}" --no-deps --force-reinstall .devcarry/llama_cpp_python-*.whl || return 1
-    # shellcheck disable=SC2086
-    if ! "${pip[@]}" $REQS; then
-        echo "resolved install failed: the named requirements alone (--no-deps), then each missing distribution"
-        # shellcheck disable=SC2086
-        "${pip[@]}" --no-deps $REQS || echo "  --no-deps install of the requirements failed too"
-        local w n
-        for w in .devcarry/*.whl; do
-            n=$(basename "$w" | cut -d- -f1)
-            case "$n" in llama_cpp_python) continue;; esac
-            "$PY" -m pip show -q "$n" >/dev/null 2>&1 || "${pip[@]}" --no-deps "$n" || echo "  could not install $n"
-        done
-    fi
+    # One --no-deps install of every wheel for this interpreter: the host's own packages (an older
+    # tokenizers pinned by its torch stack) make pip's resolver give up, and one call is fast.
+    local tag
+    tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+    # shellcheck disable=SC2046
+    "${pip[@]}" --no-deps $(ls .devcarry/*.whl | grep -v llama_cpp_python | grep -E -- "-($tag|py3|py2.py3)-|abi3") \
+        || echo "  the --no-deps install of .devcarry failed"
     # Build isolation takes setuptools from .devcarry (the host's own may be older than pyproject's >=68).
     "${pip[@]}" --no-deps -e . || echo "editable install failed: PYTHONPATH=$PWD and a qwen3-edge wrapper stand in"
     echo "requirements: $(echo $REQS)"
