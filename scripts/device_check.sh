@@ -100,9 +100,22 @@ install() {
     # tokenizers pinned by its torch stack) make pip's resolver give up, and one call is fast.
     local tag
     tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-    # shellcheck disable=SC2046
-    "${pip[@]}" --no-deps $(ls .devcarry/*.whl | grep -v llama_cpp_python | grep -E -- "-($tag|py3|py2.py3)-|abi3") \
-        || echo "  the --no-deps install of .devcarry failed"
+    local wheels
+    wheels=$("$PY" - "$tag" <<'PYEOF'
+import re, sys, pathlib
+tag, best = sys.argv[1], {}
+for w in sorted(pathlib.Path(".devcarry").glob("*.whl")):
+    name, version = w.name.split("-")[:2]
+    if name == "llama_cpp_python" or not re.search(rf"-({tag}|py3|py2\.py3)-|abi3", w.name):
+        continue
+    key = tuple(int(x) if x.isdigit() else 0 for x in re.split(r"[.+]", version))
+    if name.lower() not in best or key > best[name.lower()][0]:
+        best[name.lower()] = (key, str(w))
+print(" ".join(v[1] for v in best.values()))
+PYEOF
+)
+    # shellcheck disable=SC2086
+    "${pip[@]}" --no-deps $wheels || echo "  the --no-deps install of .devcarry failed"
     # Build isolation takes setuptools from .devcarry (the host's own may be older than pyproject's >=68).
     "${pip[@]}" --no-deps -e . || echo "editable install failed: PYTHONPATH=$PWD and a qwen3-edge wrapper stand in"
     echo "requirements: $(echo $REQS)"

@@ -112,6 +112,7 @@ def test_the_grown_cache_is_the_same_cache(converted, small_start):
             seq.eval([t])
         assert [g[:2] for g in grown.growths] == [(256, 512), (512, 1024)] and llama_n_ctx(grown) == 1024
         got = last_logits(grown)
+        seq.release()   # the engine's stream: close() would wait for it
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert np.abs(want).max() > 0.1   # the logits say something
 

@@ -157,9 +157,12 @@ def logits_after_prompt(engine: Engine, system: str = SYSTEM_TEXT) -> np.ndarray
     chat = Chat(engine, system=system)
     prompt = engine.tokenize(chat.render(chat.messages() + [{"role": "user", "content": "Which rule?"}], False))
     seq = open_sequence(engine, prompt, threading.Event())
-    seq.prefill(prompt)
-    ctx = engine.llama._ctx.ctx
-    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(engine.llama.n_vocab(),)).copy()
+    try:
+        seq.prefill(prompt)
+        ctx = engine.llama._ctx.ctx
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(engine.llama.n_vocab(),)).copy()
+    finally:
+        seq.release()   # the engine's stream: close() would wait for it
 
 
 @pytest.fixture(scope="module")
