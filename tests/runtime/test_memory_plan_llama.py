@@ -65,7 +65,9 @@ def ggufs(converted, tmp_path_factory):
 @pytest.mark.parametrize("n_ctx", [512, 4096, 32768])
 @pytest.mark.parametrize("kv", ["f16", "q8_0"])
 def test_plan_matches_llama_cpp_buffers(model, n_ctx, kv, ggufs):
-    with llama_log() as lines, Engine.load(ggufs[model], n_ctx=n_ctx, kv_cache_type=kv, n_threads=2) as engine:
+    """The CPU plan against llama.cpp's CPU buffers, on any build (test_vulkan.py checks a device's)."""
+    with llama_log() as lines, Engine.load(ggufs[model], n_ctx=n_ctx, kv_cache_type=kv, n_threads=2,
+                                           n_gpu_layers=0) as engine:
         plan = engine.memory_plan
     log = "".join(lines)
     assert f"{plan.kv_bytes / MIB:.2f}" == reported_mib(log, "KV")      # exact to llama.cpp's rounding

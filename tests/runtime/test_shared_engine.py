@@ -147,7 +147,9 @@ def test_threads_times_chats_every_reply_exact(scripted_gguf, parallel):
 def test_seeded_replies_equal_alone_and_together(converted, parallel):
     """Random weights at temperature 1, where the seed decides the text: each seeded reply is the same
     whether its Chat runs alone or beside five others on other threads."""
-    with Engine.load(converted("untied", "f16"), n_ctx=512, n_threads=2, parallel=parallel) as engine:
+    # On the CPU: a GPU backend's kernels change with the batch's shape (seen on an H200 through
+    # Vulkan), which moves a temperature-1 draw; the claim is about the scheduling, not the kernels.
+    with Engine.load(converted("untied", "f16"), n_ctx=512, n_threads=2, parallel=parallel, n_gpu_layers=0) as engine:
         def reply(seed):
             chat = Chat(engine, seed=seed, mode="no_think", max_tokens=16, sampling={"temperature": 1.0})
             r = chat.send(f"Say something number {seed}")
