@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from edge.runtime.engine import EngineError, probe_machine, read_model_info
-from edge.runtime.load_plan import LoadRefused, LoadRequest, plan_load
+from edge.runtime.load_plan import LoadRefused, LoadRequest, MachineFacts, offload, plan_load
 from edge.models.model_shapes import OFFICIAL_SHAPES, estimated_model_info
 from edge.models.store import ModelStore, StoreError, parse_ref
 
@@ -40,6 +40,23 @@ def model_facts(model: str):
                      f"({', '.join(OFFICIAL_SHAPES)})")
 
 
+def with_cached_tuning(info, asked: LoadRequest, machine: MachineFacts) -> MachineFacts:
+    """The machine with this model shape's calibration, when one is cached (never measured here:
+    `plan` loads nothing), so the plan shows the threads and flash attention a load would use."""
+    import dataclasses
+    import os
+    from edge.runtime.tune import cached, key_for
+    from edge.runtime.tune_rules import tuning_enabled
+    if machine.workers is not None or not tuning_enabled(os.environ):
+        return machine
+    try:
+        _, backend = offload(asked, machine)
+    except LoadRefused:
+        return machine
+    found = cached(key_for(info, backend, [d.description for d in machine.targets]))
+    return dataclasses.replace(machine, tuned=found)
+
+
 def plan(
     model: str = typer.Argument(..., help="A GGUF path, a store name, or an official name not downloaded yet."),
     ctx: int = typer.Option(None, "--ctx", help="Context tokens (default: chosen to fit)."),
@@ -59,7 +76,7 @@ def plan(
         asked = LoadRequest(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_cache_type=kv_cache,
                             use_mmap=mmap, parallel=None if parallel == 0 else parallel)
         try:
-            result = plan_load(info, asked, probe_machine(available))
+            result = plan_load(info, asked, with_cached_tuning(info, asked, probe_machine(available)))
         except LoadRefused as e:
             if as_json:
                 out.print_json(json.dumps({"model": str(info.path), "fits": False, "refusal": e.message}))

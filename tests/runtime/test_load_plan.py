@@ -143,3 +143,23 @@ def test_plan_command_reads_a_gguf_header(scripted_gguf):
     assert shown.exit_code == 0, shown.output
     plan = json.loads(shown.output)["plan"]
     assert plan["n_ctx"] == 1024 and plan["memory"]["model_bytes"] == scripted_gguf.stat().st_size
+
+
+def test_plan_command_shows_the_cached_calibration(tmp_path, monkeypatch):
+    """A load would use this machine's calibration: `plan` shows it (read, never measured)."""
+    from edge.runtime.engine import probe_machine
+    from edge.runtime.tune import key_for, write_cache
+    from edge.runtime.tune_rules import Tuned
+    monkeypatch.setenv("QWEN3_EDGE_HOME", str(tmp_path))
+    monkeypatch.setenv("QWEN3_EDGE_TUNE", "on")
+    machine = probe_machine()
+    backend = machine.targets[0].backend if machine.targets else "cpu"
+    key = key_for(estimated_model_info("qwen3-0.6b", "q4_k_m"), backend, [d.description for d in machine.targets])
+    write_cache(key, Tuned(flash_attn=True, n_threads=1, n_threads_batch=1), {})
+    shown = run_plan("qwen3-0.6b:q4_k_m", "--json")
+    assert shown.exit_code == 0, shown.output
+    plan = json.loads(shown.output)["plan"]
+    assert (plan["threads"], plan["flash_attn"]) == (1, True)
+    assert any("calibration" in r for r in plan["reasons"])
+    monkeypatch.setenv("QWEN3_EDGE_TUNE", "off")   # off: the fixed defaults, the cache unread
+    assert json.loads(run_plan("qwen3-0.6b:q4_k_m", "--json").output)["plan"]["threads"] == machine.physical_cores
