@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge.runtime.embedding import EmbedError, Embedder
-from edge.serve.openai_api import RequestError, decode_body, error_body
+from edge.serve.openai_api import RequestError, error_body
 from edge.protocol.retrieval_format import InputError, base64_floats, check_dimensions, check_texts
 
 EMBEDDINGS_FIELDS = {"input", "model", "dimensions", "encoding_format", "user", "instruction", "truncate"}
@@ -155,12 +155,8 @@ def embedding_routes(embedders: list[Embedder], *, authorized: Callable[[Request
         return by_purpose[purpose]
 
     async def read(request: Request) -> Any:
-        body = b""
-        async for part in request.stream():
-            body += part
-            if len(body) > max_body_bytes:
-                raise RequestError(f"request body over {max_body_bytes} bytes", status=413)
-        return decode_body(body)
+        from edge.serve.api_runtime import read_body   # one bounded reader for every endpoint
+        return await read_body(request, max_body_bytes)
 
     async def handle(request: Request, purpose: str, parse, work, ollama: bool = False) -> Response:
         def fail(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",

@@ -135,3 +135,12 @@ def test_bad_search_requests_are_400s_and_chat_keeps_streaming(search_port):
     assert status == 400 and "empty string" in err["error"]                  # Ollama's error shape
     status, err = post(port, "/v1/embeddings", {"input": "a"}, key="wrong")
     assert status == 401
+
+
+def test_a_body_past_the_bound_is_a_413_on_every_search_endpoint(search_port):
+    """The search endpoints read bodies with the server's one bounded reader (api_runtime.read_body)."""
+    port, _, _ = search_port
+    big = json.dumps({"input": "x" * (2 << 20)}).encode()   # 2 MB: past the 1 MB default
+    for path in ("/v1/embeddings", "/v1/rerank", "/api/embed"):
+        status, body = post(port, path, big)
+        assert status == 413, (path, status, body)
