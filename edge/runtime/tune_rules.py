@@ -53,6 +53,17 @@ class Tuned:
             threads += f" ({self.n_threads_batch} for prompts)"
         return f"tuned for this machine: flash attention {fa}, {threads}"
 
+    def describe_applied(self, threads: int, threads_batch: int, flash_attn: bool) -> str:
+        """describe(), plus what the load used instead where an explicit option (or a quantized
+        cache, which needs flash attention) overrode the calibration: the line must say what runs."""
+        instead = []
+        if flash_attn != self.flash_attn:
+            instead.append(f"flash attention {'on' if flash_attn else 'off'}")
+        if (threads, threads_batch) != (self.n_threads, self.n_threads_batch):
+            batch = f" ({threads_batch} for prompts)" if threads_batch != threads else ""
+            instead.append(f"{threads} thread{'s' if threads != 1 else ''}{batch}")
+        return self.describe() + (f"; in use instead: {', '.join(instead)}" if instead else "")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

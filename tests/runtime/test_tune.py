@@ -137,6 +137,20 @@ def test_start_up_line_says_the_choice_and_whether_it_was_measured_now():
     assert tuning_line(SimpleNamespace(tuned=None, tuned_now=False)) is None
 
 
+def test_start_up_line_says_what_an_explicit_option_overrode():
+    """`serve --threads 2` on a machine calibrated to 1 thread must not print "1 thread" alone."""
+    from types import SimpleNamespace
+
+    from cli.tune_cmd import tuning_line
+    tuned = Tuned(flash_attn=True, n_threads=1, n_threads_batch=1)
+    as_tuned = SimpleNamespace(threads=1, threads_batch=1, flash_attn=True)
+    assert tuning_line(SimpleNamespace(tuned=tuned, tuned_now=False, plan=as_tuned)).startswith(
+        "tuned for this machine: flash attention on, 1 thread (cached")
+    asked = SimpleNamespace(threads=2, threads_batch=2, flash_attn=False)
+    line = tuning_line(SimpleNamespace(tuned=tuned, tuned_now=False, plan=asked))
+    assert "in use instead: flash attention off, 2 threads (" in line
+
+
 def test_without_depth_measurements_the_choice_is_made_at_depth_0():
     """A machine too busy to fill the cache in time: tg_depth 0 means not measured, not 0 tok/s."""
     got = choose([m(False, 2, 20.0, 0.0, 100), m(True, 2, 25.0, 0.0, 90), m(True, 1, 5.0, 0.0, 0)])
