@@ -6,7 +6,7 @@ jsonschema (Draft 2020-12, formats checked). Two engines on the same cases and s
 - llguidance: qwen3-edge's engine (edge/protocol/grammar.py, edge/protocol/guidance.py);
 - gbnf: the previous planner with llama.cpp's converter and grammar sampler (benchmarks/legacy_gbnf.py).
 
-    python benchmarks/bench_schemas.py [--seeds 3] [--max-tokens 384] [--engines llguidance,gbnf] [--only TEXT]
+    python benchmarks/bench_schemas.py [--seeds 3] [--max-tokens 384] [--sampler plain|qwen] [--engines llguidance,gbnf] [--only TEXT]
     python benchmarks/bench_schemas.py --compile-only
 
 Per engine: refused up front, answers valid, accepted but invalid (flagged: Reply.schema_error;
@@ -88,10 +88,19 @@ def compile_seconds(engine: Engine, kind: str, schema) -> float | None:
     return time.perf_counter() - started
 
 
-def run_case(engine: Engine, kind: str, schema, seed: int, max_tokens: int) -> tuple[str, str]:
+SAMPLERS = {
+    # temperature 1 over the whole allowed distribution: the model is a random source that walks the grammar
+    "plain": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0},
+    # Qwen's non-thinking top_k 20 / top_p 0.8 at temperature 1: a tiny random model repeats one token
+    # inside strings and numbers until max_tokens (the answer is cut, and flagged)
+    "qwen": {"temperature": 1.0},
+}
+
+
+def run_case(engine: Engine, kind: str, schema, seed: int, max_tokens: int, sampler: str = "plain") -> tuple[str, str]:
     """("refused" | "valid" | "flagged" | "silent", detail)."""
     cls = LegacyChat if kind == "gbnf" else Chat
-    chat = cls(engine, mode="no_think", seed=seed, max_tokens=max_tokens, sampling={"temperature": 1.0})
+    chat = cls(engine, mode="no_think", seed=seed, max_tokens=max_tokens, sampling=SAMPLERS[sampler])
     try:
         reply = chat.send(PROMPT, response_format=response_format(schema))
     except ChatError as e:
@@ -138,6 +147,8 @@ def main() -> None:
     ap.add_argument("--engines", default="llguidance,gbnf")
     ap.add_argument("--only", default="", help="run only the cases whose name contains this")
     ap.add_argument("--show", type=int, default=40, help="failed cases listed per engine")
+    ap.add_argument("--sampler", choices=sorted(SAMPLERS), default="plain",
+                    help="plain: temperature 1, no top-k/top-p truncation; qwen: Qwen's non-thinking defaults at temperature 1")
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (the tiny model needs one)")
     ap.add_argument("--compile-only", action="store_true", help="only the plan + compile times (no model)")
     args = ap.parse_args()
@@ -146,7 +157,7 @@ def main() -> None:
     from tests.schema_cases import app_cases, suite_cases
     cases = [c for c in suite_cases() + app_cases() if args.only in c[0]]
     print(f"{len(cases)} schemas ({sum(n.startswith('suite:') for n, _ in cases)} from the JSON-Schema-Test-Suite), "
-          f"{args.seeds} seeds, temperature 1, max_tokens {args.max_tokens}, tiny random-weight model")
+          f"{args.seeds} seeds, temperature 1 ({args.sampler} sampler), max_tokens {args.max_tokens}, tiny random-weight model")
     with Engine.load(tiny_random_gguf(), n_ctx=2048, n_threads=args.threads) as engine:
         for kind in args.engines.split(","):
             outcomes: Counter = Counter()
@@ -158,7 +169,7 @@ def main() -> None:
                 if (compile_s := compile_seconds(engine, kind, schema)) is not None:
                     compiles.append(compile_s)
                 for seed in range(args.seeds):
-                    outcome, detail = run_case(engine, kind, schema, seed, args.max_tokens)
+                    outcome, detail = run_case(engine, kind, schema, seed, args.max_tokens, args.sampler)
                     outcomes[outcome] += 1
                     per_schema[name][outcome] += 1
                     if outcome != "valid":

@@ -77,10 +77,13 @@ class Embedder:
     @classmethod
     def open(cls, path: Path, purpose: str, *, n_ctx: int | None = None, n_batch: int | None = None,
              n_threads: int | None = None, n_gpu_layers: int | None = None, verbose: bool = False,
-             extra_buffers: bool | None = None, n_ctx_train: int | None = None) -> "Embedder":
+             extra_buffers: bool | None = None, n_ctx_train: int | None = None,
+             flash_attn: bool = True) -> "Embedder":
         """Open `path` for embeddings or reranking. n_ctx is the longest input in tokens (default
         Qwen's max_length, 8192, or the model's trained context if shorter); n_batch the tokens
-        decoded per llama.cpp batch (several texts, each its own sequence)."""
+        decoded per llama.cpp batch (several texts, each its own sequence). Flash attention is on, as
+        llama-server's default (auto) has it wherever the backend offers it: an embedding is one
+        prompt batch, where it is faster (0.93x llama-server without it, benchmarks/RESULTS.md)."""
         max_tokens = n_ctx or min(MAX_TOKENS, n_ctx_train or MAX_TOKENS)
         if max_tokens < 8:
             raise EngineError(f"--ctx {max_tokens} is too short for an embedding model (at least 8 tokens)")
@@ -92,7 +95,7 @@ class Embedder:
         try:
             llama = TunedLlama(str(path), embedding=True, pooling_type=pooling, n_ctx=max(max_tokens, batch),
                                n_batch=batch, n_ubatch=batch, n_threads=threads, n_threads_batch=threads,
-                               n_gpu_layers=gpu, verbose=verbose, model_overrides={"use_extra_bufts": buffers})
+                               n_gpu_layers=gpu, flash_attn=flash_attn, verbose=verbose, model_overrides={"use_extra_bufts": buffers})
         except (ValueError, RuntimeError) as e:
             raise EngineError(f"{path}: llama.cpp could not load the model ({e})") from None
         try:

@@ -121,8 +121,11 @@ def test_embeddings_match_reference_singly_and_batched(qtype, floor, embedders, 
         single = e.embed(text, normalize=False)[0]
         assert cosine(single, ref) >= floor, (i, cosine(single, ref))
         assert cosine(batch[i], ref) >= floor, (i, cosine(batch[i], ref))
-        # a batch changes no row beyond llama.cpp's own noise
-        assert np.abs(batch[i] - single).max() <= 1e-3 * np.abs(single).max()
+        # a batch changes no row beyond llama.cpp's own noise: with flash attention (on, as in
+        # llama-server) its CPU kernel rounds to F16, about 1.5e-3 of the largest value here;
+        # a row mixed with another text's sequence moves by tens of percent
+        assert np.abs(batch[i] - single).max() <= 5e-3 * np.abs(single).max()
+        assert cosine(batch[i], single) >= 0.99999
 
 
 def test_instruction_format_and_end_of_text(embedders, reference):
