@@ -26,6 +26,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -138,12 +139,19 @@ def llama_server(binary: Path, target: Path, draft: Path, prompt: list[int], tok
     one /completion of the same prompt tokens, greedy."""
     port = free_port()
     cmd = [str(binary), "-m", str(target), "--model-draft", str(draft), "-c", "1024", "-cd", "1024",
-           "-t", str(threads), "-td", str(threads), "--port", str(port), "-np", "1", "-fa", "off",
+           "-t", str(threads), "-td", str(threads), "--port", str(port), "-np", "1",
            "--draft-max", str(draft_max), "-ngl", "0", "-ngld", "0", "--no-warmup"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Its log goes to a file: a pipe nobody reads fills up and stops the server before it listens.
+    log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                tail = log.read()[-2000:]
+                raise SystemExit(f"llama-server did not come up (exit {proc.returncode}); {log.name}:\n{tail}")
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2) as r:
                     if r.status == 200:
@@ -161,6 +169,7 @@ def llama_server(binary: Path, target: Path, draft: Path, prompt: list[int], tok
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
 
 
 def main() -> None:
