@@ -6,7 +6,7 @@ jsonschema (Draft 2020-12, formats checked). Two engines on the same cases and s
 - llguidance: qwen3-edge's engine (edge/protocol/grammar.py, edge/protocol/guidance.py);
 - gbnf: the previous planner with llama.cpp's converter and grammar sampler (benchmarks/legacy_gbnf.py).
 
-    python benchmarks/bench_schemas.py [--seeds 3] [--max-tokens 384] [--sampler plain|qwen] [--engines llguidance,gbnf] [--only TEXT]
+    python benchmarks/bench_schemas.py [--seeds 3] [--max-tokens 384] [--sampler plain|qwen] [--model tiny-untied|tiny-tied] [--engines llguidance,gbnf] [--only TEXT]
     python benchmarks/bench_schemas.py --compile-only
 
 Per engine: refused up front, answers valid, accepted but invalid (flagged: Reply.schema_error;
@@ -36,14 +36,24 @@ from edge.runtime.sampling import Grammar, GrammarCompileError  # noqa: E402
 PROMPT = "Reply with JSON."
 
 
-def tiny_random_gguf() -> Path:
-    """A tiny random-weight Qwen3 (real tokenizer, full 151,936-token vocabulary), built once."""
-    out = CACHE / "tiny-random-f16.gguf"
+MODELS = {"tiny-tied": ("TINY_TIED", 7), "tiny-untied": ("TINY_UNTIED_SHARDED", 7)}
+
+
+def tiny_random_gguf(model: str = "tiny-untied") -> Path:
+    """A tiny random-weight Qwen3 (real tokenizer, full 151,936-token vocabulary), built once.
+    "tiny-untied" (the default) has its own random output matrix: near-uniform logits, random
+    tokens, the regime the issue measured in. "tiny-tied" shares the embedding as output matrix,
+    so each token scores itself highest: at temperature 1 it repeats a token, a JSON string never
+    closes, and most answers end on max_tokens (flagged, never silent): it measures the model
+    more than the engine."""
+    shape, seed = MODELS[model]
+    out = CACHE / f"{model}-random-f16.gguf"
     if not out.exists():
         from quantize import quantize_model
-        from tests.model_factory import TINY_TIED, build_model
+        from tests import model_factory
         CACHE.mkdir(parents=True, exist_ok=True)
-        quantize_model(build_model(CACHE / "tiny-random-hf", TINY_TIED, seed=7), "f16", out)
+        quantize_model(model_factory.build_model(CACHE / f"{model}-random-hf", getattr(model_factory, shape), seed=seed),
+                       "f16", out)
     return out
 
 
@@ -98,7 +108,8 @@ SAMPLERS = {
 
 
 def run_case(engine: Engine, kind: str, schema, seed: int, max_tokens: int, sampler: str = "plain") -> tuple[str, str]:
-    """("refused" | "valid" | "flagged" | "silent", detail)."""
+    """("refused" | "valid" | "cut" | "flagged" | "silent", detail). "cut": flagged, and the reply
+    ended on max_tokens before the JSON was complete (on random weights, a string that never closes)."""
     cls = LegacyChat if kind == "gbnf" else Chat
     chat = cls(engine, mode="no_think", seed=seed, max_tokens=max_tokens, sampling=SAMPLERS[sampler])
     try:
@@ -109,7 +120,7 @@ def run_case(engine: Engine, kind: str, schema, seed: int, max_tokens: int, samp
     if problem is None:
         return "valid", ""
     if getattr(reply, "schema_error", None):
-        return "flagged", f"{problem} | {reply.answer[:80]!r}"
+        return "cut" if reply.stop_reason == "length" else "flagged", f"{problem} | {reply.answer[:80]!r}"
     return "silent", f"{problem} | {reply.answer[:80]!r}"
 
 
@@ -149,6 +160,7 @@ def main() -> None:
     ap.add_argument("--show", type=int, default=40, help="failed cases listed per engine")
     ap.add_argument("--sampler", choices=sorted(SAMPLERS), default="plain",
                     help="plain: temperature 1, no top-k/top-p truncation; qwen: Qwen's non-thinking defaults at temperature 1")
+    ap.add_argument("--model", choices=sorted(MODELS), default="tiny-untied", help="the random-weight model (see tiny_random_gguf)")
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (the tiny model needs one)")
     ap.add_argument("--compile-only", action="store_true", help="only the plan + compile times (no model)")
     args = ap.parse_args()
@@ -157,8 +169,8 @@ def main() -> None:
     from tests.schema_cases import app_cases, suite_cases
     cases = [c for c in suite_cases() + app_cases() if args.only in c[0]]
     print(f"{len(cases)} schemas ({sum(n.startswith('suite:') for n, _ in cases)} from the JSON-Schema-Test-Suite), "
-          f"{args.seeds} seeds, temperature 1 ({args.sampler} sampler), max_tokens {args.max_tokens}, tiny random-weight model")
-    with Engine.load(tiny_random_gguf(), n_ctx=2048, n_threads=args.threads) as engine:
+          f"{args.seeds} seeds, temperature 1 ({args.sampler} sampler), max_tokens {args.max_tokens}, {args.model} random-weight model")
+    with Engine.load(tiny_random_gguf(args.model), n_ctx=2048, n_threads=args.threads) as engine:
         for kind in args.engines.split(","):
             outcomes: Counter = Counter()
             per_schema: dict[str, Counter] = {}
@@ -179,11 +191,14 @@ def main() -> None:
             n = len(cases)
             refused = sum(1 for c in per_schema.values() if c["refused"])
             all_valid = sum(1 for c in per_schema.values() if c["valid"] == args.seeds)
-            answers = sum(outcomes[k] for k in ("valid", "flagged", "silent"))
+            answers = sum(outcomes[k] for k in ("valid", "cut", "flagged", "silent"))
+            finished = answers - outcomes["cut"]
             print(f"\n[{kind}] {time.perf_counter() - started:.0f}s")
             print(f"  schemas accepted {n - refused}/{n}; valid on every seed {all_valid}/{n} ({100 * all_valid / n:.1f}%)")
-            print(f"  answers: valid {outcomes['valid']}/{answers}, accepted but invalid {outcomes['flagged'] + outcomes['silent']} "
-                  f"(flagged {outcomes['flagged']}, silent {outcomes['silent']})")
+            print(f"  answers: valid {outcomes['valid']}/{answers}, accepted but invalid "
+                  f"{outcomes['cut'] + outcomes['flagged'] + outcomes['silent']} (cut by max_tokens and flagged "
+                  f"{outcomes['cut']}, other flagged {outcomes['flagged']}, silent {outcomes['silent']})")
+            print(f"  answers that ended before max_tokens: valid {outcomes['valid']}/{finished}")
             if compiles:
                 compiles.sort()
                 print(f"  plan + compile per schema: median {1e3 * statistics.median(compiles):.1f} ms, "
