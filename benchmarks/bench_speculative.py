@@ -135,12 +135,14 @@ def free_port() -> int:
 
 def llama_server(binary: Path, target: Path, draft: Path, prompt: list[int], tokens: int, threads: int,
                  draft_max: int) -> dict:
-    """llama-server with --model-draft (--draft-max as given, its other draft settings default):
+    """llama-server with --model-draft (--spec-draft-n-max as given, its other draft settings default):
     one /completion of the same prompt tokens, greedy."""
     port = free_port()
-    cmd = [str(binary), "-m", str(target), "--model-draft", str(draft), "-c", "1024", "-cd", "1024",
+    # The vendored llama.cpp names its draft options --spec-draft-* (--draft-max and -cd are gone), and
+    # speculates only with an explicit --spec-type (a plain draft GGUF implies none).
+    cmd = [str(binary), "-m", str(target), "--model-draft", str(draft), "-c", "1024",
            "-t", str(threads), "-td", str(threads), "--port", str(port), "-np", "1",
-           "--draft-max", str(draft_max), "-ngl", "0", "-ngld", "0", "--no-warmup"]
+           "--spec-type", "draft-simple", "--spec-draft-n-max", str(draft_max), "-ngl", "0", "-ngld", "0", "--no-warmup"]
     # Its log goes to a file: a pipe nobody reads fills up and stops the server before it listens.
     log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -181,8 +183,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
     ap.add_argument("--llama-server", type=Path, default=None)
-    ap.add_argument("--server-draft-max", type=int, nargs="*", default=[16, 4],
-                    help="llama-server --draft-max values to run (16 is its default)")
+    ap.add_argument("--server-draft-max", type=int, nargs="*", default=[3, 16],
+                    help="llama-server --spec-draft-n-max values to run (3 is its default)")
     ap.add_argument("--only", nargs="*", default=None, help="configurations to run (plain agree80 never server)")
     ap.add_argument("--build-only", action="store_true")
     args = ap.parse_args()
@@ -192,7 +194,9 @@ def main() -> None:
         return
     configs = {"plain": lambda: ours(models["target"], None, args.tokens, args.threads),
                "agree80": lambda: ours(models["target"], models["agree80"], args.tokens, args.threads),
-               "never": lambda: ours(models["target"], models["never"], args.tokens, args.threads)}
+               "never": lambda: ours(models["target"], models["never"], args.tokens, args.threads),
+               # k fixed at 4, adaptation off: what speculation gives where the policy would back off
+               "agree80_k4": lambda: ours(models["target"], models["agree80"], args.tokens, args.threads, draft_k=4)}
     if args.llama_server:
         prompt = ours(models["target"], None, 2, args.threads)["prompt"]
         for dmax in args.server_draft_max:
