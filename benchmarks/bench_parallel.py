@@ -138,6 +138,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", type=Path, default=DEFAULT_GGUF)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ours-threads", type=int, default=None,
+                    help="threads for ours only (default: --threads), e.g. to measure the calibration's choice")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per client count (medians reported)")
@@ -157,7 +159,7 @@ def main() -> None:
     for n in args.clients:  # both servers up at once, each with as many slots as clients, measured in turn
         port = free_port()
         ours = Server([sys.executable, "-m", "cli", "serve", str(args.gguf), "--port", str(port), "--ctx",
-                       str(args.ctx), "--threads", str(args.threads), "--parallel", str(n)], port, EXTRA, "ours")
+                       str(args.ctx), "--threads", str(args.ours_threads or args.threads), "--parallel", str(n)], port, EXTRA, "ours")
         port = free_port()
         theirs = Server([str(args.llama_server), "-m", str(args.gguf), "--port", str(port), "-c", str(args.ctx * n),
                          "-np", str(n), "-t", str(args.threads), "--jinja"]
