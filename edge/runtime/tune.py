@@ -25,8 +25,8 @@ import llama_cpp._logger
 from edge.runtime.bench import RawContext
 from edge.runtime.context_plan import physical_cores
 from edge.models.store import store_root
-from edge.runtime.tune_rules import (CHAT_DEPTH, Measured, Setting, Tuned, candidates, choose, machine_id, tune_key,
-                         tuning_enabled)
+from edge.runtime.tune_rules import (CHAT_DEPTH, Measured, Setting, Tuned, candidates, choose, machine_id,
+                                     outgrown_by_idle, tune_key, tuning_enabled)
 
 TIME_BUDGET_S = 12.0   # candidates not reached by then are left out (the 0.6B needs about 8 s on 2 cores)
 PP_TOKENS = 64
@@ -84,6 +84,14 @@ def write_cache(key: str, tuned: Tuned, note: dict, path: Path | None = None) ->
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
+
+
+def current_load() -> float:
+    """The 1-minute load average (runnable processes), 0.0 where the OS does not say."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def cached(key: str, path: Path | None = None) -> Tuned | None:
@@ -225,6 +233,7 @@ def calibrate(path: str | Path, info, backend: str, *, n_gpu_layers: int, extra_
               device_names: list[str], cache: Path | None = None) -> tuple[Tuned, list[Measured]]:
     """Measure, choose, cache; returns the choice (with the seconds it took) and the measurements."""
     started = time.perf_counter()
+    load = current_load()
     settings = candidates(physical_cores(), backend)
     measured = measure(path, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers, settings=settings)
     tuned = choose(measured)
@@ -232,6 +241,7 @@ def calibrate(path: str | Path, info, backend: str, *, n_gpu_layers: int, extra_
     try:
         write_cache(key_for(info, backend, device_names), tuned,
                     {"model": str(path), "backend": backend, "bindings": llama_cpp.__version__,
+                     "load": load, "cores": physical_cores(),
                      "measured": [{"flash_attn": m.setting.flash_attn, "threads": m.setting.threads,
                                    "tg0": round(m.tg0, 2), "tg_depth": round(m.tg_depth, 2), "pp": round(m.pp, 2)}
                                   for m in measured]}, cache)
@@ -268,8 +278,9 @@ def tuned_defaults(path: str | Path, info, backend: str, *, n_gpu_layers: int, e
     exactly the fixed defaults); False is off; True measures when nothing is cached."""
     if tune is False or (tune is None and not tuning_enabled(os.environ)):
         return None, False
-    found = cached(key_for(info, backend, device_names))
-    if found is not None:
+    key = key_for(info, backend, device_names)
+    found = cached(key)
+    if found is not None and not outgrown_by_idle(read_cache().get(key, {}), current_load()):
         return found, False
     tuned, _ = calibrate(path, info, backend, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers,
                          device_names=device_names)

@@ -79,6 +79,19 @@ def tuning_enabled(env: Mapping[str, str]) -> bool:
     return env.get(TUNE_ENV, "").strip().lower() not in ("0", "off", "no", "false")
 
 
+def outgrown_by_idle(entry: Mapping, load_now: float) -> bool:
+    """Whether a cached choice of fewer threads than cores was made under a load that has gone
+    since (at least one core's worth): measured again, else a calibration run beside a busy
+    build keeps a serve at 1 of 2 threads, 0.52-0.67x of its speed, once the machine is idle
+    (benchmarks/RESULTS.md, 2026-12-05). The other way (an idle choice, a busy machine now) keeps
+    the cache: loads come and go, and a calibration on every start would cost more. Entries
+    written before the load was recorded are kept as they are."""
+    load, cores, threads = entry.get("load"), entry.get("cores"), entry.get("n_threads")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (load, cores, threads)):
+        return False
+    return threads < cores and load - load_now >= 1.0
+
+
 def thread_candidates(cores: int, backend: str = "cpu") -> list[int]:
     """Thread counts worth measuring: all physical cores, one fewer (a core left to the rest of
     the machine), half, a quarter and one (a loaded machine: on a busy 2-core VM one thread

@@ -103,6 +103,7 @@ def test_first_load_calibrates_caches_and_applies_and_the_next_reads_the_cache(s
         assert params.n_threads == tuned.n_threads and params.n_threads_batch == tuned.n_threads_batch
         assert (params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED) == tuned.flash_attn
     entry = next(iter(json.loads(quick.read_text()).values()))
+    assert entry["cores"] == tune.physical_cores() and isinstance(entry["load"], float)  # what staleness reads
     measured = {(x["flash_attn"], x["threads"]) for x in entry["measured"]}
     assert measured == {(s.flash_attn, s.threads) for s in candidates(tune.physical_cores())}
     with Engine.load(scripted_gguf, n_ctx=256, tune=True) as again:
@@ -158,3 +159,33 @@ def test_without_depth_measurements_the_choice_is_made_at_depth_0():
     # a setting cut early for being far slower at depth 0 does not force the depth-0 rule
     got = choose([m(False, 2, 20.0, 19.0, 100), m(True, 2, 21.0, 12.0, 90), m(True, 1, 2.0, 0.0, 0)])
     assert got.flash_attn is False
+
+
+def test_a_fewer_threads_choice_made_under_a_load_that_has_gone_is_measured_again():
+    from edge.runtime.tune_rules import outgrown_by_idle
+    busy = {"n_threads": 1, "cores": 2, "load": 3.0}
+    assert outgrown_by_idle(busy, load_now=0.3)
+    assert outgrown_by_idle(busy, load_now=2.0)            # one core's worth gone, exactly
+    assert not outgrown_by_idle(busy, load_now=2.5)        # the load is still there
+    assert not outgrown_by_idle({**busy, "n_threads": 2}, load_now=0.0)   # all cores already: nothing to gain
+    assert not outgrown_by_idle({"n_threads": 1, "cores": 2}, load_now=0.0)  # written before loads were kept
+    assert not outgrown_by_idle({**busy, "load": True}, load_now=0.0)
+
+
+def test_tuned_defaults_calibrates_again_when_the_cached_load_has_gone(monkeypatch, tmp_path):
+    """The cache is read, the rule asked with the load now, and a stale entry measured again."""
+    from types import SimpleNamespace
+    monkeypatch.setenv("QWEN3_EDGE_HOME", str(tmp_path))
+    info = SimpleNamespace(n_layers=2, n_embd=64, n_heads=4, n_kv_heads=2, head_dim=16, file_type=1)
+    key = tune.key_for(info, "cpu", [])
+    busy = Tuned(flash_attn=True, n_threads=1, n_threads_batch=1)
+    tune.write_cache(key, busy, {"load": 3.0, "cores": 2}, tune.cache_path())
+    fresh = Tuned(flash_attn=True, n_threads=2, n_threads_batch=2)
+    calls = []
+    monkeypatch.setattr(tune, "calibrate", lambda *a, **k: (calls.append(1), (fresh, []))[1])
+    monkeypatch.setattr(tune, "current_load", lambda: 2.5)
+    assert tune.tuned_defaults("m.gguf", info, "cpu", n_gpu_layers=0, extra_buffers=True, device_names=[],
+                               tune=True) == (busy, False) and not calls
+    monkeypatch.setattr(tune, "current_load", lambda: 0.2)
+    assert tune.tuned_defaults("m.gguf", info, "cpu", n_gpu_layers=0, extra_buffers=True, device_names=[],
+                               tune=True) == (fresh, True) and calls == [1]
