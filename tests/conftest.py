@@ -11,7 +11,7 @@ import pytest
 
 from quantize import quantize_model
 from tests.model_factory import TINY_TIED, TINY_UNTIED_SHARDED, build_model
-from tests.scripted_model import QWEN3_SCRIPT, build_scripted_model
+from tests.scripted_model import QWEN3_SCRIPT, build_scripted_model, looping_script
 from edge.runtime.cpu_buffers import safe_llama
 
 # The persistent prompt cache is on by default and outlives a process: the suite's tests must not
@@ -42,6 +42,15 @@ def scripted_gguf(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("scripted")
     folder = build_scripted_model(root / "scripted", QWEN3_SCRIPT)
     return Path(quantize_model(folder, "f16", root / "scripted-f16.gguf").output)
+
+
+@pytest.fixture(scope="session")
+def looping_gguf(tmp_path_factory) -> Path:
+    """A scripted GGUF that thinks in an endless loop until a budget cuts it, then answers
+    (tests.scripted_model.looping_script). Read-only: tests that change a model copy it first."""
+    root = tmp_path_factory.mktemp("looping")
+    return Path(quantize_model(build_scripted_model(root / "looping", looping_script()), "f16",
+                               root / "looping.gguf").output)
 
 
 @pytest.fixture(scope="session")

@@ -98,3 +98,16 @@ def build_scripted_model(folder: Path, transitions: dict[int, int], hidden: int 
         shutil.copy(FIXTURES / name, folder / name)
     write_safetensors(folder / "model.safetensors", [(n, t.shape, t) for n, t in tensors.items()])
     return folder
+
+
+LOOP_THINKING = [825, 1378, 2326, 3040, 4236, 4743, 8094, 8063]  # " one" ... " eight", then " one" again
+
+
+def looping_script() -> dict[int, int]:
+    """Thinks " one ... eight" in an endless loop unless a budget cuts it (so there is always a
+    reply long enough to interrupt); the budget phrase and "\n\n" lead into the script's answer."""
+    table = chain(NEWLINE, [THINK, *LOOP_THINKING])
+    table[LOOP_THINKING[-1]] = LOOP_THINKING[0]
+    table.update(chain(DOUBLE_NEWLINE, [*SCRIPT_ANSWER_IDS, IM_END]))
+    table[BUDGET_END] = SCRIPT_ANSWER_IDS[0]
+    return table

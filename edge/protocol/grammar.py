@@ -104,9 +104,7 @@ def check_schema(schema: Any, where: str) -> None:
         raise GrammarError(f"{where} must be a JSON schema object", where)
     if schema is False:
         raise GrammarError(f"{where} is false: no answer can match it", where)
-    depth, longest_enum = _shape(schema)
-    if depth > 2 * MAX_SCHEMA_DEPTH:  # a schema level is two JSON objects ("properties": {...})
-        raise GrammarError(f"{where} nests deeper than {MAX_SCHEMA_DEPTH} levels", where)
+    longest_enum = _longest_enum(schema)
     if longest_enum > MAX_ENUM:
         raise GrammarError(f"{where} has an enum of {longest_enum} values; at most {MAX_ENUM}", where)
     try:
@@ -130,19 +128,18 @@ def _meta_validator() -> jsonschema.Draft202012Validator:
     return _META[0]
 
 
-def _shape(schema: Any) -> tuple[int, int]:
-    """Nesting depth of JSON objects (a bound, not a measure) and the longest "enum" list."""
-    deepest, longest, stack = 0, 0, [(schema, 0)]
+def _longest_enum(schema: Any) -> int:
+    """The longest "enum" list anywhere in `schema` (its depth is bounded by nesting_depth first)."""
+    longest, stack = 0, [schema]
     while stack:
-        node, depth = stack.pop()
+        node = stack.pop()
         if isinstance(node, dict):
-            deepest = max(deepest, depth)
             if isinstance(node.get("enum"), list):
                 longest = max(longest, len(node["enum"]))
-            stack += [(v, depth + 1) for v in node.values() if isinstance(v, (dict, list))]
+            stack += [v for v in node.values() if isinstance(v, (dict, list))]
         elif isinstance(node, list):
-            stack += [(v, depth) for v in node if isinstance(v, (dict, list))]
-    return deepest, longest
+            stack += [v for v in node if isinstance(v, (dict, list))]
+    return longest
 
 
 def response_schema(response_format: Any) -> dict | None:

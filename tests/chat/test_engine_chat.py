@@ -310,12 +310,9 @@ def test_sampler_applies_each_override(engine, override, survivors):
     assert_chain_keeps(sampler, expected, accepted=said)
 
 
-def test_budget_at_the_end_of_the_context_stops_cleanly(tmp_path):
+def test_budget_at_the_end_of_the_context_stops_cleanly(looping_gguf):
     """Thinking that reaches its budget with no room left for Qwen's phrase ends as "length"."""
-    from tests.cli.test_tmux_chat import looping_script
-    folder = build_scripted_model(tmp_path / "looping", looping_script())
-    path = quantize_model(folder, "f16", tmp_path / "looping.gguf").output
-    with Engine.load(path, n_ctx=256) as e:
+    with Engine.load(looping_gguf, n_ctx=256) as e:
         chat = Chat(e, budget=236, seed=1)
         reply = chat.send("Hi")
         assert reply.stop_reason == "length" and not reply.budget_hit

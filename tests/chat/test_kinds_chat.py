@@ -19,7 +19,6 @@ from tests.model_factory import FIXTURES
 from tests.scripted_model import (BUDGET_END, DOUBLE_NEWLINE, END_THINK, IM_END, NEWLINE, SCRIPT_ANSWER_IDS,
                                   SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_IDS, SCRIPT_THINKING_TEXT, build_scripted_model,
                                   chain)
-from tests.cli.test_tmux_chat import looping_script
 
 TEMPLATES = FIXTURES.parent / "templates"
 
@@ -124,9 +123,8 @@ def test_max_tokens_cuts_thinking_to_leave_room_for_an_answer(scripted_gguf):
 
 
 @pytest.fixture(scope="module")
-def looping(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loop")
-    with Engine.load(build(root, "loop", looping_script(), None), n_ctx=512) as engine:
+def looping(looping_gguf):
+    with Engine.load(looping_gguf, n_ctx=512) as engine:
         yield engine
 
 

@@ -51,6 +51,12 @@ MAX_PY_GROWTH_KB = 256
 MAX_SERVER_RSS_SLOPE_KB = 64
 
 
+# One llama.cpp thread: the scripted model's tokens are microseconds of work, so a second thread
+# only adds its spin-wait at every graph node (on a busy 2-core machine, 10x slower per token).
+# Memory is what these tests watch, and it does not depend on the thread count.
+THREADS = 1
+
+
 def slope_per_turn(samples: dict[int, float]) -> float:
     """Least-squares slope of RSS (KB) over turn number."""
     turns = np.array(list(samples), dtype=float)
@@ -58,7 +64,7 @@ def slope_per_turn(samples: dict[int, float]) -> float:
 
 
 def test_chat_soak_past_the_context_many_times(scripted_gguf, capsys):
-    with Engine.load(scripted_gguf, n_ctx=384) as engine:
+    with Engine.load(scripted_gguf, n_ctx=384, n_threads=THREADS) as engine:
         chat = Chat(engine, system="Keep it short.", mode="no_think", max_tokens=16, seed=0)
         notices, rss_kb, py_start = 0, {}, None
         for turn in range(1, 301):
@@ -89,7 +95,7 @@ def test_chat_soak_past_the_context_many_times(scripted_gguf, capsys):
 
 
 def test_server_soak(scripted_gguf, capsys):
-    with Engine.load(scripted_gguf, n_ctx=1024) as engine, serving(engine) as port:
+    with Engine.load(scripted_gguf, n_ctx=1024, n_threads=THREADS) as engine, serving(engine) as port:
         rss_kb, py_start = {}, None
         for i in range(1, 301):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

@@ -18,11 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
-from quantize import quantize_model
-from tests.scripted_model import SCRIPT_ANSWER_TEXT, build_scripted_model
-from tests.cli.test_tmux_chat import looping_script
+from tests.scripted_model import SCRIPT_ANSWER_TEXT
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOP_WORDS = (" one", " two", " three", " four", " five", " six", " seven", " eight")
@@ -78,13 +75,6 @@ class PtyChat:
             self.proc.wait(10)
         self.reader.join(5)
         os.close(self.master)
-
-
-@pytest.fixture(scope="module")
-def looping_gguf(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pty")
-    return Path(quantize_model(build_scripted_model(root / "looping", looping_script()), "f16",
-                               root / "looping.gguf").output)
 
 
 def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(looping_gguf, tmp_path):

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from quantize import quantize_model
-from tests.scripted_model import (DOUBLE_NEWLINE, IM_END, NEWLINE, SCRIPT_ANSWER_IDS, SCRIPT_ANSWER_TEXT, THINK,
-                                  BUDGET_END, build_scripted_model, chain)
+from tests.scripted_model import SCRIPT_ANSWER_TEXT
 
 
 
@@ -27,17 +25,6 @@ def tmux_installed() -> None:
     """Skip without tmux, except in CI (CI=true, set by .ci/run, which installs it): there it fails."""
     if shutil.which("tmux") is None:
         (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)("tmux is not installed")
-
-
-LOOP_THINKING = [825, 1378, 2326, 3040, 4236, 4743, 8094, 8063]  # " one" ... " eight", then " one" again
-
-
-def looping_script() -> dict[int, int]:
-    table = chain(NEWLINE, [THINK, *LOOP_THINKING])
-    table[LOOP_THINKING[-1]] = LOOP_THINKING[0]
-    table.update(chain(DOUBLE_NEWLINE, [*SCRIPT_ANSWER_IDS, IM_END]))
-    table[BUDGET_END] = SCRIPT_ANSWER_IDS[0]
-    return table
 
 
 class Terminal:
@@ -71,9 +58,8 @@ class Terminal:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
 
 
-def test_chat_in_a_real_terminal(tmp_path):
-    folder = build_scripted_model(tmp_path / "looping", looping_script())
-    model = quantize_model(folder, "f16", tmp_path / "looping.gguf").output
+def test_chat_in_a_real_terminal(looping_gguf, tmp_path):
+    model = looping_gguf
     command = (f"env QWEN3_EDGE_HOME={tmp_path / 'home'} TERM=xterm-256color "
                f"{sys.executable} -m cli chat {model} --seed 1 --budget 20")
     term = Terminal(command, Path(__file__).resolve().parents[2])

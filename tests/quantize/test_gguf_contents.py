@@ -66,18 +66,44 @@ def test_tensor_types_follow_llama_cpp_rules(converted):
     assert types["token_embd.weight"] == types["blk.1.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
 
 
+# The types converted from the folder elsewhere in the suite (reference logits, tokenizer, CLI).
+# q4_k_m takes the folder route of every llama.cpp type (a float carrier GGUF, then the quantizer
+# with the type's file_type); the other llama.cpp types differ only in that file_type, so they
+# are quantized from the session's BF16 GGUF: the same quantizer call, without writing the
+# 151,936-row vocabulary and its carrier again (~1.5 s a type).
+FROM_FOLDER = {"f32", "f16", "bf16", "q8_0", "q4_k_m"}
+
+
+@pytest.fixture(scope="module")
+def requantized(converted, tmp_path_factory):
+    """requantized(type) -> QuantizeResult of the untied BF16 GGUF quantized to it, once."""
+    out, cache = tmp_path_factory.mktemp("requantized"), {}
+
+    def get(qtype: str):
+        if qtype not in cache:
+            cache[qtype] = quantize_model(converted("untied", "bf16"), qtype, out / f"{qtype}.gguf")
+        return cache[qtype]
+    return get
+
+
+def test_folder_route_covers_every_python_writer_and_the_llama_cpp_route():
+    """FROM_FOLDER holds every type Python writes itself, and one type of llama.cpp's quantizer."""
+    assert {q for q, t in QUANT_TYPES.items() if t.written_by_python} < FROM_FOLDER
+    assert len(FROM_FOLDER - {q for q, t in QUANT_TYPES.items() if t.written_by_python}) == 1
+
+
 @pytest.mark.parametrize("qtype", sorted(QUANT_TYPES))
-def test_every_type_loads_in_llama_cpp(qtype, converted):
-    path = converted("untied", qtype)
+def test_every_type_loads_in_llama_cpp(qtype, converted, requantized):
+    path = converted("untied", qtype) if qtype in FROM_FOLDER else requantized(qtype).output
     h = read_header(path)
     assert h.get("general.file_type") == QUANT_TYPES[qtype].file_type
     desc = llama_model_desc(path)
     assert desc.endswith(QUANT_TYPES[qtype].label), desc
 
 
-def test_requantize_from_float_gguf(converted, tmp_path):
-    src = converted("untied", "bf16")
-    result = quantize_model(src, "q4_0", tmp_path / "re.gguf")
+def test_requantize_from_float_gguf(requantized):
+    result = requantized("q4_0")
+    assert result.source.endswith("untied-bf16.gguf")
     assert read_header(result.output).get("general.file_type") == gguf.LlamaFileType.MOSTLY_Q4_0
     assert llama_model_desc(result.output).endswith("Q4_0")
     assert 4.5 < result.bits_per_weight < 6.5

@@ -26,12 +26,10 @@ import pytest
 from edge.chat import Chat
 from edge.runtime.engine import Engine, EngineError
 from edge.runtime.scheduler import PROMPT_CHUNK
-from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT, build_scripted_model
+from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 from tests.serve.test_server import serving
 from tests.chat.test_soak import settled_rss_kb
-from tests.cli.test_tmux_chat import looping_script
 from tests.chat.test_tools_chat import TOOLS
-from quantize import quantize_model
 
 TIMEOUT = 120  # every wait in these tests is bounded
 FLOOD_RSS_GROWTH_KB = 12 * 1024
@@ -194,12 +192,6 @@ def test_slots_that_do_not_fit_are_refused_with_what_fits(scripted_gguf):
 
 
 # ---- serve -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def looping_gguf(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("loop")
-    return Path(quantize_model(build_scripted_model(root / "loop", looping_script()), "f16", root / "loop.gguf").output)
-
-
 def stream_text(client, content: str, **kw) -> tuple[str, str]:
     stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": content}],
                                             stream=True, seed=1, **kw)

@@ -22,25 +22,15 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import llama_cpp
 import pytest
 
 from edge import Chat, ChatError, Engine
 from edge.runtime.stream_lock import Closed, FairLock, WaitTimeout, first_in_line
-from quantize import quantize_model
-from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT, build_scripted_model
-from tests.cli.test_tmux_chat import looping_script
+from tests.scripted_model import SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_TEXT
 
 TIMEOUT = 120
-
-
-@pytest.fixture(scope="module")
-def looping_gguf(tmp_path_factory) -> Path:
-    """A scripted model whose thinking never ends (until cancelled or cut)."""
-    root = tmp_path_factory.mktemp("loop-shared")
-    return Path(quantize_model(build_scripted_model(root / "loop", looping_script()), "f16", root / "loop.gguf").output)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,8 @@ import urllib.request
 import pytest
 
 from edge.runtime.engine import Engine
-from quantize import quantize_model
-from tests.scripted_model import SCRIPT_ANSWER_TEXT, build_scripted_model
+from tests.scripted_model import SCRIPT_ANSWER_TEXT
 from tests.serve.test_server import serving
-from tests.cli.test_tmux_chat import looping_script
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -36,10 +34,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def port(tmp_path_factory):
-    root = tmp_path_factory.mktemp("looping")
-    gguf = quantize_model(build_scripted_model(root / "looping", looping_script()), "f16", root / "looping.gguf").output
-    with Engine.load(gguf, n_ctx=4096) as engine, serving(engine, model_name="looping-model") as p:
+def port(looping_gguf):
+    with Engine.load(looping_gguf, n_ctx=4096) as engine, serving(engine, model_name="looping-model") as p:
         yield p
 
 

@@ -17,13 +17,11 @@ import uvicorn
 
 from edge.runtime.engine import Engine
 from edge.serve.server import create_app
-from quantize import quantize_model
 from tests.fake_hub import free_port
 from tests.llama_probe import DecodeCount, cached_ids, common_prefix, kv_tokens, record_sampling
 from tests.scripted_model import (SCRIPT_ANSWER_IDS, SCRIPT_ANSWER_TEXT, SCRIPT_THINKING_IDS, SCRIPT_THINKING_MODE_IDS,
-                                  SCRIPT_THINKING_TEXT, THINK, build_scripted_model)
+                                  SCRIPT_THINKING_TEXT, THINK)
 from tests.chat.test_engine_chat import QWEN_BUDGET_PHRASE, reference_prompt
-from tests.cli.test_tmux_chat import looping_script
 
 KEY = "test-key"
 
@@ -195,14 +193,12 @@ def test_concurrent_requests_all_complete(client):
     assert replies == [SCRIPT_ANSWER_TEXT] * 20
 
 
-def test_disconnect_mid_stream_cancels_generation(tmp_path, monkeypatch, capsys):
+def test_disconnect_mid_stream_cancels_generation(looping_gguf, monkeypatch, capsys):
     """The model would think forever; once the client leaves, generation stops: at most one token
     (the one in flight) after the server asks the chat to cancel, and a handful after the socket
     closed. Tokens are counted in llama.cpp's cache."""
     from edge.chat import Chat
-    folder = build_scripted_model(tmp_path / "looping", looping_script())
-    gguf = quantize_model(folder, "f16", tmp_path / "looping.gguf").output
-    with Engine.load(gguf, n_ctx=8192) as engine, serving(engine) as p:
+    with Engine.load(looping_gguf, n_ctx=8192) as engine, serving(engine) as p:
         at_cancel, real_cancel = [], Chat.cancel
 
         def cancel(chat):
