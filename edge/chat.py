@@ -504,9 +504,12 @@ class Chat:
             if (token == self._tool_open_id and turn.call_grammar is not None and sampler.grammar is None
                     and not turn.in_think):
                 sampler.arm(turn.call_grammar, trigger=token)  # the model starts a call: keep it well formed
-            seq.eval([token])
             self._track(turn, token)
+            # The piece goes out before the token is evaluated: with slots, eval waits for the
+            # scheduler's next step, and emitting after it held every streamed token (the first
+            # one too) back by a whole step.
             yield from self._emit(turn, self._piece(token, decoder))
+            seq.eval([token])
             if token == self._think_ids[1] and turn.think_done:
                 turn.start_answer()
         yield from self._emit(turn, None)

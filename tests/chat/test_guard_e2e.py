@@ -258,3 +258,27 @@ def test_an_explicit_kv_cache_type_reaches_every_parallel_context(random_gguf, p
         assert len(types) >= 2 and set(types) == {("q8_0", "q8_0")}, types
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_streamed_piece_goes_out_before_its_token_is_decoded(scripted_gguf, parallel, monkeypatch):
+    """Each answer piece reaches the caller before its token goes to llama.cpp, alone and with
+    slots: with slots, evaluating first held every piece (the first one too) back by a whole step
+    of the scheduler. The script's answer, in order: piece, then exactly its token's evaluation."""
+    from edge.runtime.scheduler import BatchSequence
+    from edge.runtime.sequence import LlamaSequence
+    order = []
+    for cls in (LlamaSequence, BatchSequence):
+        real = cls.eval
+        monkeypatch.setattr(cls, "eval", lambda self, tokens, real=real: (order.append(("eval", list(tokens))),
+                                                                          real(self, tokens))[1])
+    with Engine.load(scripted_gguf, n_ctx=512, n_threads=2, parallel=parallel) as engine:
+        assert (engine.scheduler is not None) == (parallel > 1)
+        for event in Chat(engine, mode="no_think", max_tokens=6).stream("Hi"):
+            if event.kind == "answer":
+                order.append(("piece", event.text))
+        text = lambda tokens: engine.llama.detokenize(tokens, special=False).decode("utf-8")  # noqa: E731
+        pieces = [i for i, (kind, _) in enumerate(order) if kind == "piece"]
+        assert [order[i][1] for i in pieces] == ["The", " answer", " is", " forty", "-two", "."]
+        for i in pieces:
+            assert order[i + 1][0] == "eval" and text(order[i + 1][1]) == order[i][1]
