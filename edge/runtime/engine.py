@@ -27,6 +27,7 @@ from edge.runtime.cpu_buffers import TunedLlama, default_extra_buffers
 from edge.runtime.context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan, available_memory_bytes, SIDE_BATCH, SIDE_CTX,
                            model_rope_from_metadata, physical_cores)
 from edge.runtime.footprint import Footprint, next_ctx
+from edge.runtime.openmp import release_thread_pool
 from edge.runtime.devices import (Device, Placement, capture_llama_log, list_devices, offload_targets, parse_load_log,
                       placement_backend, placement_device, registry_names)
 from edge.runtime.load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadRequest, MachineFacts, device_refusal, offload, plan_load  # noqa: F401 (re-exported)
@@ -347,6 +348,7 @@ class Engine:
             except DraftError as e:
                 engine.close()
                 raise EngineError(str(e)) from None
+        release_thread_pool()  # this thread may have decoded (calibration, prompt cache); generations run anywhere
         return engine
 
     @property

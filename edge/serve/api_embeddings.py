@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge.runtime.embedding import EmbedError, Embedder
+from edge.runtime.openmp import release_thread_pool
 from edge.serve.openai_api import RequestError, error_body
 from edge.protocol.retrieval_format import InputError, base64_floats, check_dimensions, check_texts
 
@@ -174,7 +175,7 @@ def embedding_routes(embedders: list[Embedder], *, authorized: Callable[[Request
             return fail(429, "the server is busy with other search requests; retry later", kind="rate_limit_exceeded",
                         headers={"Retry-After": "1"})
         try:
-            return JSONResponse(await run_in_threadpool(work, model, req))
+            return JSONResponse(await run_in_threadpool(released(work), model, req))
         except EmbedError as e:
             return fail(400, str(e), "input")
         finally:
@@ -219,3 +220,14 @@ def embedding_routes(embedders: list[Embedder], *, authorized: Callable[[Request
 
     return [Route("/v1/embeddings", embeddings, methods=["POST"]), Route("/v1/rerank", rerank, methods=["POST"]),
             Route("/api/embed", ollama_embed, methods=["POST"])]
+
+
+def released(work):
+    """`work` run on a pooled worker thread, which then gives its OpenMP pool back (openmp.py):
+    a search kept in one of starlette's long-lived threads would slow the chat's decoding."""
+    def run(*args):
+        try:
+            return work(*args)
+        finally:
+            release_thread_pool()
+    return run
