@@ -22,11 +22,6 @@ def folder(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("sampling") / "hf", TINY_TIED, seed=3)
 
 
-@pytest.fixture(scope="module")
-def good(folder, tmp_path_factory) -> Path:
-    return convert(folder, tmp_path_factory.mktemp("good"), {"temperature": 0.6})
-
-
 def convert(folder: Path, tmp_path: Path, generation_config: dict | None, qtype: str = "f16") -> Path:
     work = Path(shutil.copytree(folder, tmp_path / "hf"))
     if generation_config is None:
@@ -119,7 +114,9 @@ def test_unreadable_generation_config_is_refused(folder, tmp_path):
     gguf_kv_bytes("general.sampling.top_k", 6, 20.0),
     gguf_kv_bytes("general.sampling.temp", 8, "0.6"),
 ])
-def test_hostile_sampling_metadata_is_refused(good, tmp_path, entry):
+def test_hostile_sampling_metadata_is_refused(converted, tmp_path, entry):
+    good = converted("tied", "f16")      # the session's conversion: Qwen's preset, valid keys
+    assert read_model_info(good).sampling_defaults
     path = rewrite_gguf_metadata(good, tmp_path / "bad.gguf", [entry])
     with pytest.raises(EngineError, match=entry[0]) as err:
         read_model_info(path)

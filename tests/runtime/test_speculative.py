@@ -84,6 +84,13 @@ def test_the_acceptance_rule_keeps_the_targets_distribution():
 
 
 # ---- models -----------------------------------------------------------------------------------
+def load(path, **kwargs) -> Engine:
+    """Engine.load with one llama.cpp thread (the draft takes the target's): these models' tokens
+    are microseconds of work, which a second thread only slows with its spin-wait at every graph
+    node (10x on a busy 2-core machine). Decode counts and texts do not depend on it."""
+    return Engine.load(path, n_threads=1, **kwargs)
+
+
 def _gguf(root: Path, name: str, script: dict[int, int], hidden: int = 64) -> Path:
     return Path(quantize_model(build_scripted_model(root / name, script, hidden=hidden), "f16",
                                root / f"{name}.gguf").output)
@@ -129,9 +136,9 @@ def _run(engine: Engine, monkeypatch, **chat):
 
 
 def test_an_agreeing_draft_keeps_the_script_and_cuts_target_decodes(scripted_gguf, drafts, monkeypatch):
-    with Engine.load(scripted_gguf, n_ctx=512) as plain:
+    with load(scripted_gguf, n_ctx=512) as plain:
         base, base_calls, base_batched, base_single = _run(plain, monkeypatch, seed=3)
-    with Engine.load(scripted_gguf, n_ctx=512, draft=drafts["agree"], draft_k=4) as engine:
+    with load(scripted_gguf, n_ctx=512, draft=drafts["agree"], draft_k=4) as engine:
         reply, calls, batched, single = _run(engine, monkeypatch, seed=3)   # Qwen's thinking sampler, not greedy
         stats = engine.speculator.stats
     assert (reply.thinking, reply.answer) == (SCRIPT_THINKING_TEXT, SCRIPT_ANSWER_TEXT)
@@ -150,7 +157,7 @@ def test_an_agreeing_draft_keeps_the_script_and_cuts_target_decodes(scripted_ggu
 
 
 def test_a_draft_that_never_agrees_changes_nothing_but_the_work(scripted_gguf, drafts, monkeypatch):
-    with Engine.load(scripted_gguf, n_ctx=512, draft=drafts["never"], draft_k=3) as engine:
+    with load(scripted_gguf, n_ctx=512, draft=drafts["never"], draft_k=3) as engine:
         reply, calls, _, _ = _run(engine, monkeypatch, seed=5)
         stats = engine.speculator.stats
         cached = llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(engine.llama._ctx.ctx), 0) + 1
@@ -164,7 +171,7 @@ def test_a_draft_that_never_agrees_changes_nothing_but_the_work(scripted_gguf, d
 def test_a_draft_wrong_on_every_third_token_is_kept_in_step(scripted_gguf, drafts, monkeypatch):
     """After each rejection the draft's cache drops its wrong tokens and takes the target's: it
     goes on agreeing on two transitions out of three."""
-    with Engine.load(scripted_gguf, n_ctx=512, draft=drafts["third"], draft_k=3) as engine:
+    with load(scripted_gguf, n_ctx=512, draft=drafts["third"], draft_k=3) as engine:
         reply, calls, _, _ = _run(engine, monkeypatch, seed=6)
         stats = engine.speculator.stats
         assert (reply.thinking, reply.answer) == (SCRIPT_THINKING_TEXT, SCRIPT_ANSWER_TEXT)
@@ -182,7 +189,7 @@ def test_a_draft_wrong_on_every_third_token_is_kept_in_step(scripted_gguf, draft
 
 
 def test_adaptive_policy_switches_a_useless_draft_off(scripted_gguf, drafts):
-    with Engine.load(scripted_gguf, n_ctx=512, draft=drafts["never"]) as engine:
+    with load(scripted_gguf, n_ctx=512, draft=drafts["never"]) as engine:
         reply = Chat(engine, seed=1).send("Count for me.")
         stats = engine.speculator.stats
     assert reply.answer == SCRIPT_ANSWER_TEXT
@@ -193,7 +200,7 @@ def test_budget_cut_and_tool_call_grammar_see_every_token(tool_ggufs, drafts, sc
     """The budget phrase is appended mid-round (the drafts roll back) and the call grammar, armed
     at <tool_call>, is fed every accepted token in order: the same reply as without a draft."""
     def turn(draft):  # Qwen's budget phrase ends "</think>\n\n", the token after which call_then_answer calls
-        with Engine.load(tool_ggufs["call_then_answer"], n_ctx=512, draft=draft, draft_k=4) as engine:
+        with load(tool_ggufs["call_then_answer"], n_ctx=512, draft=draft, draft_k=4) as engine:
             out = Chat(engine, tools=[WEATHER_TOOL], seed=2, budget=3, mode="no_think").send("Weather in Paris? /think")
             return out, engine.speculator and engine.speculator.stats
     base, _ = turn(None)
@@ -215,7 +222,7 @@ def test_schema_grammar_sees_every_token(scripted_gguf, drafts):
     without a draft (the scripted draft proposes its script; the grammar sends most of it back)."""
     answers = []
     for draft in (None, drafts["agree"]):
-        with Engine.load(scripted_gguf, n_ctx=512, draft=draft, draft_k=3) as engine:
+        with load(scripted_gguf, n_ctx=512, draft=draft, draft_k=3) as engine:
             reply = Chat(engine, mode="no_think", seed=9, max_tokens=24).send(
                 "JSON please.", response_format=SCHEMA)
             answers.append((reply.answer, reply.generated_tokens))
@@ -223,7 +230,7 @@ def test_schema_grammar_sees_every_token(scripted_gguf, drafts):
 
 
 def test_prompt_lookup_drafts_what_the_prompt_holds(scripted_gguf, monkeypatch):
-    with Engine.load(scripted_gguf, n_ctx=512, draft="lookup", draft_k=4) as engine:
+    with load(scripted_gguf, n_ctx=512, draft="lookup", draft_k=4) as engine:
         counter = DecodeCounter(monkeypatch, engine)
         reply = Chat(engine, mode="no_think", seed=4).send(f"Repeat: {SCRIPT_ANSWER_TEXT}")
         stats = engine.speculator.stats
@@ -238,7 +245,7 @@ def test_greedy_output_is_the_same_with_and_without_speculation(converted):
     target, other = converted("untied", "f16"), converted("tied", "f16")
     outputs = {}
     for draft in (None, other, target, "lookup"):
-        with Engine.load(target, n_ctx=512, draft=draft, draft_k=3 if draft else None) as engine:
+        with load(target, n_ctx=512, draft=draft, draft_k=3 if draft else None) as engine:
             r = Chat(engine, mode="no_think", sampling={"temperature": 0}, max_tokens=48).send("Tell me a story.")
             outputs[str(draft)] = (r.answer, r.generated_tokens)
             if draft == target:
@@ -251,7 +258,7 @@ def test_seeded_sampling_draws_the_same_tokens_with_a_draft(converted):
     target = converted("untied", "f16")
     texts = set()
     for draft in (None, target):
-        with Engine.load(target, n_ctx=512, draft=draft, draft_k=4) as engine:
+        with load(target, n_ctx=512, draft=draft, draft_k=4) as engine:
             texts.add(Chat(engine, mode="no_think", seed=11, max_tokens=40).send("Hello").answer)
     assert len(texts) == 1
 
@@ -261,12 +268,12 @@ def test_a_draft_with_another_tokenizer_is_refused(scripted_gguf, drafts):
     assert tokenizer_problem(scripted_gguf, drafts["agree"]) is None
     assert "tokenizer.ggml.pre" in tokenizer_problem(scripted_gguf, drafts["other"])
     with pytest.raises(EngineError, match="another tokenizer"):
-        Engine.load(scripted_gguf, n_ctx=512, draft=drafts["other"])
+        load(scripted_gguf, n_ctx=512, draft=drafts["other"])
 
 
 def test_parallel_slots_with_a_draft_are_refused(scripted_gguf, drafts):
     with pytest.raises(EngineError, match="one stream"):
-        Engine.load(scripted_gguf, n_ctx=512, draft=drafts["agree"], parallel=2)
+        load(scripted_gguf, n_ctx=512, draft=drafts["agree"], parallel=2)
 
 
 def test_auto_draft_is_the_smallest_with_the_same_tokenizer(scripted_gguf, drafts, converted):
@@ -292,8 +299,8 @@ def test_the_memory_plan_counts_the_draft(scripted_gguf, drafts):
     tight = with_draft(planned, d_info, n_batch=512, flash_attn=lambda kv: False)(4096, "f16", budget)
     assert not tight.fits and 0 < tight.max_ctx < 4096
     with pytest.raises(EngineError, match="does not fit"):
-        Engine.load(scripted_gguf, n_ctx=4096, kv_cache_type="f16", draft=drafts["agree"], available_bytes=budget)
-    with Engine.load(scripted_gguf, n_ctx=512, draft=drafts["agree"]) as engine:
+        load(scripted_gguf, n_ctx=4096, kv_cache_type="f16", draft=drafts["agree"], available_bytes=budget)
+    with load(scripted_gguf, n_ctx=512, draft=drafts["agree"]) as engine:
         assert engine.memory_plan.model_bytes == t_info.size_bytes + d_info.size_bytes
 
 
@@ -306,16 +313,16 @@ def test_cli_draft_on_run_chat_and_serve(scripted_gguf, drafts, tmp_path, monkey
     from cli.main import app
     runner = CliRunner(env={"COLUMNS": "200"})
     monkeypatch.setenv("QWEN3_EDGE_HOME", str(tmp_path / "home"))
-    r = runner.invoke(app, ["run", str(scripted_gguf), "Hi", "--seed", "2", "--draft", str(drafts["agree"])])
+    r = runner.invoke(app, ["run", str(scripted_gguf), "Hi", "--seed", "2", "--draft", str(drafts["agree"]), "--threads", "1"])
     assert r.exit_code == 0, r.output
     assert SCRIPT_ANSWER_TEXT in r.stdout
     # auto: nothing smaller in the store yet is one clear line
-    r = runner.invoke(app, ["run", str(drafts["agree"]), "Hi", "--draft", "auto"])
+    r = runner.invoke(app, ["run", str(drafts["agree"]), "Hi", "--draft", "auto", "--threads", "1"])
     assert r.exit_code == 1 and "--draft auto" in r.output and "Traceback" not in r.output
     stored = tmp_path / "home" / "models" / "qwen3-tiny" / "f16.gguf"
     stored.parent.mkdir(parents=True)
     shutil.copy(scripted_gguf, stored)
-    r = runner.invoke(app, ["chat", str(drafts["agree"]), "--seed", "1", "--draft", "auto"], input="Hi\n")
+    r = runner.invoke(app, ["chat", str(drafts["agree"]), "--seed", "1", "--draft", "auto", "--threads", "1"], input="Hi\n")
     assert r.exit_code == 0, r.output
     assert "speculative decoding: model draft f16.gguf" in r.output and SCRIPT_ANSWER_TEXT in r.output
     r = runner.invoke(app, ["serve", str(scripted_gguf), "--draft", "lookup", "--parallel", "2"])
