@@ -47,7 +47,7 @@ def test_sigkill_leaves_no_output_and_next_run_cleans_up(models, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists() and all(t.exists() for t in temps)
-    quantize_model(models["untied"], "f16", out)
+    quantize_model(models["tied"], "f16", out)      # any next run cleans up: the small model will do
     assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
 
 
@@ -80,7 +80,9 @@ pipeline.llama_quantize = _slow
 
 class KQuantRun:
     """`quantize -t q4_k_m` in a child whose progress bars (forced on through a pipe) say when
-    llama.cpp's quantizer is at work: the "quantizing" bar is drawn from inside its log callback."""
+    llama.cpp's quantizer is at work: the "quantizing" bar is drawn from inside its log callback.
+    Given the tied model: nearly as many tensors (so as long a slowed quantize stage) as the untied one,
+    and a far smaller float file to write before it."""
 
     def __init__(self, src: Path, out: Path):
         hooks = Path(tempfile.mkdtemp(prefix="slow-quantizer-"))
@@ -121,7 +123,7 @@ def test_interrupt_inside_llama_quantizer_leaves_nothing(models, tmp_path, sig):
     temporary both gone, nothing at the output name."""
     out = tmp_path / "m.gguf"
     for attempt in range(3):
-        run = KQuantRun(models["untied"], out)
+        run = KQuantRun(models["tied"], out)
         try:
             run.wait_for_quantizer()
             assert temporaries(tmp_path) == ["float", "partial"]   # both exist when the signal lands
@@ -142,7 +144,7 @@ def test_interrupt_inside_llama_quantizer_leaves_nothing(models, tmp_path, sig):
 
 def test_sigkill_inside_llama_quantizer_next_run_cleans_up(models, tmp_path):
     out = tmp_path / "m.gguf"
-    run = KQuantRun(models["untied"], out)
+    run = KQuantRun(models["tied"], out)
     try:
         run.wait_for_quantizer()
     finally:
