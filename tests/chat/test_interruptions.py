@@ -65,7 +65,11 @@ def test_sigterm_removes_its_temporary(models, tmp_path):
 # takes 0.1 s, so the tiny model's quantize stage lasts a few seconds instead of milliseconds and a
 # signal sent once it has started lands inside it (on a quiet machine it used to finish first).
 SLOW_QUANTIZER = """
+import signal
 import time
+# Ctrl-C as at a terminal: a suite started in the background (`cmd &`) hands its children SIGINT
+# ignored, which Python keeps, so the signal would be dropped and the run end 0 (as `nohup` wants).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import quantize.pipeline as pipeline
 _real = pipeline.llama_quantize
 def _slow(src, dst, file_type, threads=None, progress=None):
