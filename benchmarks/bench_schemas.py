@@ -36,7 +36,7 @@ from edge.runtime.sampling import Grammar, GrammarCompileError  # noqa: E402
 PROMPT = "Reply with JSON."
 
 
-MODELS = {"tiny-tied": ("TINY_TIED", 7), "tiny-untied": ("TINY_UNTIED_SHARDED", 7)}
+MODELS = {"tiny-tied": ("TINY_TIED", 7), "tiny-untied": ("TINY_UNTIED_SHARDED", 7), "tiny-prior": ("TINY_PRIOR", 7)}
 
 
 def tiny_random_gguf(model: str = "tiny-untied") -> Path:

@@ -391,7 +391,7 @@ class Chat:
             turn.answer_grammar = self._compile(constraints.answer_grammar)
             turn.call_grammar = self._compile(constraints.call_grammar if constrain_tool_calls else None)
             for note in filter(None, [mode_notice, dropped and f"dropped the {dropped} oldest turn(s) to fit the "
-                                                              f"{self.engine.n_ctx}-token context"]):
+                                                              f"{self.engine.n_ctx}-token context", *constraints.notices]):
                 yield self._notice(turn, note)
             reply = yield from self._generate(turn, prompt, thinking)
             if problems := reply_problems(reply.answer, reply.tool_calls, constraints.answer_schema,

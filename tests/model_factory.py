@@ -39,6 +39,8 @@ class Shape:
     rope_scaling: dict | None = None
     extra_config: dict = field(default_factory=dict)
     tensor_prefix: str = "model."   # "" as Qwen3-Embedding saves them (Qwen3Model's names)
+    # Untied models: a unigram prior of this strength, logit(id) ~ -prior * ln(id + 10) (see unigram_prior).
+    prior: float = 0.0
 
     def with_(self, **kw) -> "Shape":
         return replace(self, **kw)
@@ -49,6 +51,8 @@ TINY_TIED = Shape(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=32, interme
 # Rows of 256 so that K-quants really apply; untied, in two shards with an index.
 TINY_UNTIED_SHARDED = Shape(hidden=256, layers=2, heads=4, kv_heads=2, head_dim=64, intermediate=512,
                             tied=False, shards=2)
+# The same with a trained model's frequency skew (unigram_prior): random text whose JSON strings end.
+TINY_PRIOR = TINY_UNTIED_SHARDED.with_(shards=1, prior=1.5)
 QWEN3_0_6B = Shape(hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=3072)
 QWEN3_1_7B = Shape(hidden=2048, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=6144)
 QWEN3_4B = Shape(hidden=2560, layers=36, heads=32, kv_heads=8, head_dim=128, intermediate=9728)
@@ -90,6 +94,26 @@ def random_tensor(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -
     fan_in = shape[-1]
     std = 2.5 / math.sqrt(fan_in) if kind == "embed" else 0.35 / math.sqrt(fan_in)
     return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+
+PRIOR_DIM = 0          # the hidden dimension that carries the prior
+PRIOR_EMBED = 5.0      # its value in every embedding: twice a random row's norm (2.5), so it dominates
+
+
+def unigram_prior(data: np.ndarray, name: str, s: Shape) -> np.ndarray:
+    """Give random weights a trained model's frequency skew: BPE ids run in merge order, so the
+    byte tokens (ASCII punctuation, digits, the quote) and early merges come first, and a real model
+    ends a JSON string or number within a few tokens; near-uniform logits over 151,936 tokens almost
+    never pick the closing quote. Every embedding gets PRIOR_EMBED in PRIOR_DIM; the final RMSNorm
+    turns it into a nearly constant large value, and lm_head's column there adds -prior*ln(id+10)
+    to each token's otherwise random logit."""
+    if name.endswith("embed_tokens.weight"):
+        data[:, PRIOR_DIM] = PRIOR_EMBED
+    elif name == "lm_head.weight":
+        row_norm = 2.5   # random_tensor's embed scale times sqrt(hidden)
+        normed = math.sqrt(s.hidden) * PRIOR_EMBED / math.hypot(PRIOR_EMBED, row_norm)
+        data[:, PRIOR_DIM] = -s.prior * np.log(np.arange(s.vocab, dtype=np.float32) + 10) / normed
+    return data
 
 
 def config_dict(s: Shape) -> dict:
@@ -141,6 +165,9 @@ def build_model(folder: Path, shape: Shape, seed: int = 0, tokenizer: bool = Tru
             return made["model.embed_tokens.weight"]
         shp, kind = kinds[name]
         data = random_tensor(rng, shp, kind)
+        if shape.prior:
+            assert not shape.tied, "the prior needs its own lm_head"
+            data = unigram_prior(data, name, shape)
         if name == "model.embed_tokens.weight" and shape.tied_lm_head == "equal":
             made[name] = data
         return data

@@ -15,12 +15,14 @@ from typing import Any
 
 import jsonschema
 
+from edge.protocol.schema_validator import validator_for
+
 MAX_MESSAGE = 240
 
 
 def schema_problem(value: Any, schema: Any) -> str | None:
     """Why `value` (parsed JSON) fails `schema`, in one line naming where; None when it validates."""
-    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    validator = validator_for(schema)
     try:
         error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     except RecursionError:

@@ -29,6 +29,7 @@ from typing import Any
 import jsonschema
 
 from edge.protocol.guidance import check_grammar
+from edge.protocol.schema_validator import meta_validator
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_SCHEMA_DEPTH = 24
@@ -65,6 +66,7 @@ class Constraints:
     tool_names: frozenset[str] = field(default_factory=frozenset)
     answer_schema: dict | bool | None = None    # the response format's schema (answer_check.py)
     tool_schemas: dict[str, Any] = field(default_factory=dict)  # name -> parameters schema
+    notices: tuple[str, ...] = ()               # how the answer was narrowed to be enforceable
 
     @property
     def parse_calls(self) -> bool:
@@ -120,11 +122,11 @@ def check_schema(schema: Any, where: str) -> None:
 _META: list = []
 
 
-def _meta_validator() -> jsonschema.Draft202012Validator:
-    """Draft 2020-12's meta-schema validator (what check_schema builds on every call), built once."""
+def _meta_validator():
+    """Draft 2020-12's meta-schema validator (what check_schema builds on every call), built once,
+    reading patterns as ECMA-262 regexes (schema_validator)."""
     if not _META:
-        cls = jsonschema.Draft202012Validator
-        _META.append(cls(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER))
+        _META.append(meta_validator())
     return _META[0]
 
 
@@ -236,6 +238,42 @@ COUNTS = {"maxLength", "minLength", "maxItems", "minItems", "maxProperties", "mi
           "minContains"}
 
 
+# llguidance refuses patternProperties whose regexes may overlap (a key matching two of them must
+# satisfy both schemas); the answer then keeps to the listed properties (narrow_pattern_properties).
+OVERLAPPING_PATTERNS = "are not disjoint"
+NARROWED_NOTICE = ("the schema's patternProperties overlap, which cannot be enforced while decoding: "
+                   "the answer uses only its listed properties")
+
+
+SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+SCHEMA_VALUES = ("items", "contains", "additionalProperties", "not", "if", "then", "else", "propertyNames",
+                 "unevaluatedItems", "unevaluatedProperties")
+
+
+def narrow_pattern_properties(schema: Any) -> Any:
+    """A copy of `schema` in which every object with more than one patternProperties allows only
+    its listed properties instead. Each answer it allows is one the schema allows (a key no
+    pattern matches was free to be absent); required keys only a pattern covers make it refused."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in SCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: narrow_pattern_properties(sub) for name, sub in schema[key].items()}
+    for key in SCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            out[key] = [narrow_pattern_properties(sub) for sub in schema[key]]
+    for key in SCHEMA_VALUES:
+        if key in schema:
+            out[key] = narrow_pattern_properties(schema[key])
+    patterns = schema.get("patternProperties")
+    if isinstance(patterns, dict) and len(patterns) > 1:
+        del out["patternProperties"]
+        out["additionalProperties"] = False
+    return out
+
+
 def _close(node: Any, close: bool) -> Any:
     if not isinstance(node, dict):
         return node
@@ -319,7 +357,6 @@ def plan_constraints(tools: Any = None, tool_choice: Any = "auto", response_form
         check_schema(schema, "response_format")
     if choice == "none":
         tools = None
-    answer_rule = f"answer: {json_rule(schema)}\n" if schema is not None else ""
     lead = f"LEAD: {LEAD}\n"
     calls = call_rules = ""
     if tools:
@@ -327,15 +364,22 @@ def plan_constraints(tools: Any = None, tool_choice: Any = "auto", response_form
         call_rules = tool_call_rules(chosen)
         calls = "tool_call (LEAD? tool_call)*" if parallel_tool_calls else "tool_call"
     answer_grammar = call_grammar = None
+    notices: tuple[str, ...] = ()
     if choice == "required":
-        answer_grammar = f"start: LEAD? ({calls}) LEAD?\n{lead}{call_rules}"
+        answer_grammar = _check(f"start: LEAD? ({calls}) LEAD?\n{lead}{call_rules}", "tools")
     elif schema is not None:
         alternatives = f"answer | {calls}" if calls else "answer"
-        answer_grammar = f"start: LEAD? ({alternatives})\n{lead}{answer_rule}{call_rules}"
+
+        def answer_grammar_for(rule_schema: Any) -> str:
+            return _check(f"start: LEAD? ({alternatives})\n{lead}answer: {json_rule(rule_schema)}\n{call_rules}",
+                          "response_format")
+        try:
+            answer_grammar = answer_grammar_for(schema)
+        except GrammarError as e:
+            if OVERLAPPING_PATTERNS not in e.message:
+                raise
+            answer_grammar, notices = answer_grammar_for(narrow_pattern_properties(schema)), (NARROWED_NOTICE,)
     if calls and choice == "auto":
-        call_grammar = f"start: {calls} LEAD?\n{lead}{call_rules}"
-    where = "response_format" if schema is not None else "tools"
-    answer_grammar = answer_grammar and _check(answer_grammar, where)
-    call_grammar = call_grammar and _check(call_grammar, "tools")
+        call_grammar = _check(f"start: {calls} LEAD?\n{lead}{call_rules}", "tools")
     return Constraints(tools, answer_grammar, call_grammar, frozenset(names) if tools else frozenset(),
-                       schema, {t["function"]["name"]: _params(t) for t in tools or []})
+                       schema, {t["function"]["name"]: _params(t) for t in tools or []}, notices)

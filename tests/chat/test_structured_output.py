@@ -181,3 +181,15 @@ def test_suite_subset_is_valid_or_flagged_on_a_random_model(random_model):
         assert ok == (reply.schema_error is None), (name, reply.answer[:200], reply.schema_error)
         (valid_answers if ok else flagged).append(name)
     assert valid_answers and flagged  # both sides of the rule were exercised
+
+
+def test_a_narrowed_schema_is_said_and_its_answer_validates(plain):
+    """Overlapping patternProperties (llguidance refuses them) narrow the answer to the listed
+    properties: the reply validates against the schema as sent and its notices say why."""
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"],
+              "patternProperties": {"a*": {"type": "integer"}, "aaa*": {"maximum": 20}}}
+    events = list(Chat(plain, mode="no_think", seed=4).stream("x", response_format=rf(schema)))
+    reply = events[-1].reply
+    assert reply.schema_error is None and valid(json.loads(reply.answer), schema)
+    assert any("patternProperties overlap" in n for n in reply.notices)
+    assert any(e.kind == "notice" and "patternProperties overlap" in e.text for e in events)

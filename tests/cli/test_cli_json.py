@@ -42,7 +42,7 @@ def test_run_json_object_with_json_output(scripted_gguf):
 
 def test_bad_schema_files_are_one_line(scripted_gguf, tmp_path):
     cases = {"missing.json": None, "broken.json": "{not json", "list.json": "[1]",
-             "overlap.json": json.dumps({"type": "object", "patternProperties": {"a*": {}, "aa*": {}}})}
+             "digits.json": json.dumps({"type": "integer", "multipleOf": 0.123456789})}
     for name, content in cases.items():
         path = tmp_path / name
         if content is not None:
@@ -50,7 +50,7 @@ def test_bad_schema_files_are_one_line(scripted_gguf, tmp_path):
         r = runner.invoke(app, ["run", str(scripted_gguf), "Hi", "--json-schema", str(path)])
         assert r.exit_code != 0 and "Traceback" not in r.output, (name, r.output)
         lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("llama")]
-        assert len(lines) <= 3 and any(("patternProperty" if name == "overlap.json" else name) in l for l in lines), r.stderr
+        assert len(lines) <= 3 and any(("multipleOf" if name == "digits.json" else name) in l for l in lines), r.stderr
 
 
 def test_run_json_schema_with_a_pydantic_model(scripted_gguf, tmp_path):

@@ -150,7 +150,7 @@ BAD = [
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "missing"}}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": {
-        "type": "object", "patternProperties": {"a*": {}, "aa*": {"type": "integer"}}}}}}, "response_format"),
+        "type": "integer", "multipleOf": 0.123456789}}}}, "response_format"),
     ({"response_format": {"type": "xml"}}, "response_format"),
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"enum": list(range(2000))}}}},
      "response_format"),
