@@ -174,6 +174,7 @@ def main() -> None:
         for kind in args.engines.split(","):
             outcomes: Counter = Counter()
             per_schema: dict[str, Counter] = {}
+            per_seed = [Counter() for _ in range(args.seeds)]
             failures, compiles = [], []
             started = time.perf_counter()
             for name, schema in cases:
@@ -184,10 +185,12 @@ def main() -> None:
                     outcome, detail = run_case(engine, kind, schema, seed, args.max_tokens, args.sampler)
                     outcomes[outcome] += 1
                     per_schema[name][outcome] += 1
+                    per_seed[seed][outcome] += 1
                     if outcome != "valid":
                         failures.append(f"  {outcome:8} {name[:70]:70} seed {seed}: {detail}")
                     if outcome == "refused":
                         break  # refusal does not depend on the seed
+                print(f"  {len(per_schema)}/{len(cases)} {name[:60]}: {dict(per_schema[name])}", file=sys.stderr, flush=True)
             n = len(cases)
             refused = sum(1 for c in per_schema.values() if c["refused"])
             all_valid = sum(1 for c in per_schema.values() if c["valid"] == args.seeds)
@@ -199,6 +202,8 @@ def main() -> None:
                   f"{outcomes['cut'] + outcomes['flagged'] + outcomes['silent']} (cut by max_tokens and flagged "
                   f"{outcomes['cut']}, other flagged {outcomes['flagged']}, silent {outcomes['silent']})")
             print(f"  answers that ended before max_tokens: valid {outcomes['valid']}/{finished}")
+            print("  schemas with a valid answer, per seed: " + ", ".join(
+                f"seed {i} {c['valid']}/{n} ({100 * c['valid'] / n:.1f}%)" for i, c in enumerate(per_seed)))
             if compiles:
                 compiles.sort()
                 print(f"  plan + compile per schema: median {1e3 * statistics.median(compiles):.1f} ms, "
