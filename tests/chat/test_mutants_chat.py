@@ -114,3 +114,27 @@ def test_a_transcript_with_calls_and_results_loads_back_whole(tmp_path):
     load_transcript(other, path)
     assert (other.system, other.mode, other.budget, other.history) == ("Be brief.", Mode.NO_THINK, "auto", chat.history)
     assert not list(tmp_path.glob(".*partial"))
+
+
+# ---- through llama.cpp, on the scripted models (a second or two each) ----------------------------
+@pytest.fixture(scope="module")
+def scripted(scripted_gguf):
+    from edge.runtime.engine import Engine
+    with Engine.load(scripted_gguf, n_ctx=1024) as e:
+        yield e
+
+
+def test_without_thinking_a_response_format_holds_the_answer_from_its_first_token(scripted):
+    """No thinking: the prompt holds the empty think block, so the answer grammar is armed before
+    the first token (the script's own answer is not JSON)."""
+    reply = Chat(scripted, mode="no_think", seed=5, max_tokens=60).send(
+        "Yes?", response_format={"type": "json_schema", "json_schema": {"name": "yn", "schema": {"enum": ["yes", "no"]}}})
+    assert json.loads(reply.answer) in ("yes", "no") and reply.schema_error is None and reply.thinking == ""
+
+
+def test_a_reply_that_calls_a_tool_ends_with_stop_reason_tool_calls(tool_ggufs):
+    from edge.runtime.engine import Engine
+    from tests.tool_scripts import WEATHER_TOOL
+    with Engine.load(tool_ggufs["think_then_call"], n_ctx=1024) as engine:
+        reply = Chat(engine, tools=[WEATHER_TOOL], seed=4).send("Weather?")
+    assert reply.stop_reason == "tool_calls" and [c.name for c in reply.tool_calls] == ["get_weather"]
