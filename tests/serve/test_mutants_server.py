@@ -59,6 +59,13 @@ def test_models_lists_every_name_behind_the_key():
     assert all(isinstance(m["created"], int) for m in body["data"])
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_a_generation_without_the_key_is_a_401_before_its_body_is_read(path):
+    r = app_for(api_key="k")[2].post(path, content=b"not even JSON", headers={"authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.json()["error"] == {"message": "invalid or missing API key",
+                                                          "type": "authentication_error", "param": None, "code": None}
+
+
 def test_without_a_key_every_request_is_authorized_and_the_name_is_the_files():
     _, server, c = app_for()
     assert server.authorized(SimpleNamespace(headers={})) is True
@@ -72,6 +79,8 @@ def test_without_a_key_every_request_is_authorized_and_the_name_is_the_files():
                                                     "param": None, "code": None}}),
     ("GET", "/api/nowhere", 404, {"error": "Not Found"}),                              # Ollama's shape
     ("POST", "/v1/messages/nowhere", 404, {"type": "error", "error": {"type": "not_found_error", "message": "Not Found"}}),
+    ("GET", "/v1/messages", 405, {"type": "error", "error": {"type": "invalid_request_error",
+                                                             "message": "Method Not Allowed"}}),   # Anthropic's
 ])
 def test_not_found_and_not_allowed_come_in_the_callers_api_shape(method, path, status, body):
     r = app_for()[2].request(method, path)
