@@ -10,17 +10,14 @@ generating slot, then prompt tokens in chunks (capped while others generate, so 
 not freeze them); a new request joins at the next step. Slots keep their tokens in the KV cache
 after a generation: the next prompt goes to the free slot sharing the longest prefix with it, else
 the least recently used one, whose cells past the common prefix are removed (llama-server's
-slots). What a slot held before a new prompt replaced it is first copied to host memory (a few
-megabytes per hundred tokens of the 0.6B), and a later prompt sharing more with such a copy than
-with its slot gets it back instead of evaluating it again: llama-server does the same by default
-(--cache-ram 8192, --cache-idle-slots), so without it every prompt that had lost its slot was
-evaluated again there and not here (benchmarks/RESULTS.md, 2026-12-05 afternoon). Design:
+slots). What a slot held before a new prompt replaced it is first copied to host memory, and a
+later prompt sharing more with such a copy than with its slot gets it back instead of evaluating
+it again, as llama-server does by default (ram_states.py). Design:
 /work/shared/ANCHORS.md sections 1, 3, 5.
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import threading
 import time
@@ -29,6 +26,7 @@ from collections import deque
 import llama_cpp
 import numpy as np
 
+from edge.runtime.ram_states import RAM_CACHE_BYTES, RamStates
 from edge.runtime.sequence import common_prefix
 from edge.runtime.stream_lock import wait_in_line
 
@@ -36,8 +34,6 @@ PROMPT_CHUNK = 128   # prompt tokens per step while other slots generate
 GATHER_S = 0.02      # how long a step waits for the slots it just served to queue their next token
 SIMILAR = 0.1        # share of a prompt a cached prefix must cover to choose its slot (llama-server's)
 WAIT_POLL_S = 0.5    # every blocking wait wakes this often to check that the scheduler still runs
-RAM_CACHE_BYTES = 256 * 1024 ** 2  # host memory for replaced slots' KV states (llama-server: 8 GiB)
-MIN_SAVED_TOKENS = 8  # a replaced slot's tail shorter than this is not kept; a copy must add as many to be used
 
 
 class SchedulerError(RuntimeError):
@@ -108,14 +104,6 @@ class BatchSequence:
         return work
 
 
-class _Saved:
-    """A replaced slot's tokens and the copy of its KV state (llama_state_seq_get_data)."""
-
-    def __init__(self, tokens: list[int], state):
-        self.tokens, self.state = tokens, state
-        self.nbytes = ctypes.sizeof(state)
-
-
 class Scheduler:
     """The batched context over `llama`'s model and the thread that decodes it. close() frees it."""
 
@@ -137,9 +125,13 @@ class Scheduler:
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.slots = [_Slot(i) for i in range(n_slots)]
         self.steps = 0                    # decodes run (tests check that streams shared them)
-        self.ram_cache_bytes = ram_cache_bytes
-        self.saved: list[_Saved] = []     # replaced slots' states, least recently used first
-        self.restores = 0                 # prompts that got a saved state back
+        # Replaced slots' KV states in host memory, only with flash attention: without it llama.cpp
+        # keeps V transposed, and a slot's cells, interleaved with the others' in the unified cache,
+        # are copied in and out a row per cell range: 90-200 ms for 90 tokens of the 0.6B here
+        # against 5-14 ms with split streams or flash attention, more than evaluating a short
+        # prompt again (benchmarks/RESULTS.md, 2026-12-05 afternoon). Split streams would make the
+        # copies cheap but slow 4-slot steps without flash attention by a quarter (same section).
+        self.states = RamStates(ram_cache_bytes if params.flash_attn_type != 0 else 0)
         self._clock = itertools.count(1)
         self._waiting: deque[int] = deque()  # generations waiting for a slot, in arrival order
         self._cv = threading.Condition()
@@ -295,56 +287,20 @@ class Scheduler:
         return rows
 
     def _begin(self, w: _Work) -> None:
-        """A work's first step: keep what the slot held if a new prompt replaces it, then give the
-        slot the saved state sharing most with the prompt when that beats what the slot shares."""
+        """A work's first step: copy what the slot held if a new prompt replaces it, then give the
+        slot the copy sharing most with the prompt when that beats what the slot shares."""
         slot = w.slot
-        if len(slot.tokens) - w.start >= MIN_SAVED_TOKENS:
-            self._save(slot)
-        if len(w.tokens) <= MIN_SAVED_TOKENS or not self.saved:  # a generated token, a short turn: nothing to win
+        self.states.replacing(self.ctx, slot.seq_id, slot.tokens, w.start)
+        prompt = slot.tokens[: w.start] + w.tokens if len(w.tokens) > 1 else w.tokens
+        n = self.states.restore(self.ctx, slot.seq_id, prompt, w.start) if len(w.tokens) > 1 else None
+        if n is None:
             self._truncate(w)
-            return
-        prompt = slot.tokens[: w.start] + w.tokens
-        best, shared = None, w.start
-        for saved in self.saved:
-            n = common_prefix(saved.tokens, prompt)  # at most len(prompt) - 1: the last one gives the logits
-            if n > shared:
-                best, shared = saved, n
-        if best is None or shared - w.start < MIN_SAVED_TOKENS:
-            self._truncate(w)
-            return
-        self.saved.remove(best)
-        self.saved.append(best)
-        llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-        state = (ctypes.c_uint8 * best.nbytes).from_buffer(best.state)
-        if llama_cpp.llama_state_seq_set_data(self.ctx, state, best.nbytes, slot.seq_id) != best.nbytes:
-            self.saved.remove(best)   # refused: the sequence is empty, the prompt is evaluated whole
-            slot.tokens, w.tokens, w.start = [], prompt, 0
-            return
-        if not llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, shared, -1):
-            llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)  # as _truncate: start over
-            slot.tokens, w.tokens, w.start = [], prompt, 0
-            return
-        slot.tokens, w.tokens, w.restored, w.start = best.tokens[:shared], prompt[shared:], shared - w.start, shared
-        self.restores += 1
-
-    def _save(self, slot: _Slot) -> None:
-        """Copy the slot's KV state to host memory (least recently used copies go past the cap;
-        a copy of a prefix of this one is dropped)."""
-        size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.seq_id)
-        if not 0 < size <= self.ram_cache_bytes:
-            return
-        state = (ctypes.c_uint8 * size)()
-        if llama_cpp.llama_state_seq_get_data(self.ctx, state, size, slot.seq_id) != size:
-            return
-        tokens = list(slot.tokens)
-        self.saved = [s for s in self.saved if llama_cpp.Llama.longest_token_prefix(s.tokens, tokens) < len(s.tokens)]
-        self.saved.append(_Saved(tokens, state))
-        while sum(s.nbytes for s in self.saved) > self.ram_cache_bytes:
-            self.saved.pop(0)
+        else:  # the copy's first n tokens, or an empty sequence (refused): the rest is evaluated
+            slot.tokens, w.tokens, w.restored, w.start = prompt[:n], prompt[n:], max(n - w.start, 0), n
 
     def drop_saved(self) -> None:
-        """Forget the saved states (tests that need every prompt evaluated)."""
-        self.call(lambda ctx: self.saved.clear())
+        """Forget the copies (tests that need every prompt evaluated)."""
+        self.call(lambda ctx: self.states.clear())
 
     def _truncate(self, w: _Work) -> None:
         """Remove the slot's cells from w.start on (what the new tokens replace)."""
