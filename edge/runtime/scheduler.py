@@ -128,7 +128,7 @@ class Scheduler:
         # Replaced slots' KV states in host memory, only with flash attention: without it llama.cpp
         # keeps V transposed, and a slot's cells, interleaved with the others' in the unified cache,
         # are copied in and out a row per cell range: 90-200 ms for 90 tokens of the 0.6B here
-        # against 5-14 ms with split streams or flash attention, more than evaluating a short
+        # against 6-9 ms with flash attention (5-14 ms with split streams), more than evaluating a short
         # prompt again (benchmarks/RESULTS.md, 2026-12-05 afternoon). Split streams would make the
         # copies cheap but slow 4-slot steps without flash attention by a quarter (same section).
         self.states = RamStates(ram_cache_bytes if params.flash_attn_type != 0 else 0)
