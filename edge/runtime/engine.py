@@ -28,7 +28,6 @@ from edge.runtime.context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan
                            model_rope_from_metadata, physical_cores)
 from edge.runtime.footprint import Footprint, next_ctx
 from edge.runtime.openmp import release_thread_pool
-from edge.runtime.ram_states import RamStates
 from edge.runtime.devices import (Device, Placement, capture_llama_log, list_devices, offload_targets, parse_load_log,
                       placement_backend, placement_device, registry_names)
 from edge.runtime.load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadRequest, MachineFacts, device_refusal, offload, plan_load  # noqa: F401 (re-exported)
@@ -144,7 +143,6 @@ class Engine:
         self.sampling_defaults: dict[str, float | int] = dict(info.sampling_defaults)
         self.scheduler = None  # parallel slots (scheduler.py), when loaded with parallel > 1
         self.prompt_cache: PromptCache | None = None  # the system prompt's KV state on disk (prompt_cache.py)
-        self.ram_states = RamStates()  # replaced conversations' KV states in memory (ram_states.py; one stream)
         self.speculator = None  # speculative decoding's drafter and policy (speculative.py), with draft=
         self.footprint: Footprint | None = None  # the ctx, KV type and mmap asked or chosen (footprint.py)
         self.plan: LoadPlan | None = None        # every loading decision and why (load_plan.py)
