@@ -87,17 +87,20 @@ def tensor_specs(s: Shape) -> Iterator[tuple[str, tuple[int, ...], str]]:
         yield "lm_head.weight", (s.vocab, s.hidden), "embed"
 
 
+EMBED_SCALE = 2.5   # an embedding row's norm (entries of std EMBED_SCALE / sqrt(hidden))
+
+
 def random_tensor(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
     """Scales that give logits of a few units, so quantization error is visible, not drowned."""
     if kind == "norm":
         return (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
     fan_in = shape[-1]
-    std = 2.5 / math.sqrt(fan_in) if kind == "embed" else 0.35 / math.sqrt(fan_in)
+    std = EMBED_SCALE / math.sqrt(fan_in) if kind == "embed" else 0.35 / math.sqrt(fan_in)
     return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
 
 PRIOR_DIM = 0          # the hidden dimension that carries the prior
-PRIOR_EMBED = 5.0      # its value in every embedding: twice a random row's norm (2.5), so it dominates
+PRIOR_EMBED = 2 * EMBED_SCALE   # its value in every embedding: twice a random row's norm, so it dominates
 
 
 def unigram_prior(data: np.ndarray, name: str, s: Shape) -> np.ndarray:
@@ -110,8 +113,7 @@ def unigram_prior(data: np.ndarray, name: str, s: Shape) -> np.ndarray:
     if name.endswith("embed_tokens.weight"):
         data[:, PRIOR_DIM] = PRIOR_EMBED
     elif name == "lm_head.weight":
-        row_norm = 2.5   # random_tensor's embed scale times sqrt(hidden)
-        normed = math.sqrt(s.hidden) * PRIOR_EMBED / math.hypot(PRIOR_EMBED, row_norm)
+        normed = math.sqrt(s.hidden) * PRIOR_EMBED / math.hypot(PRIOR_EMBED, EMBED_SCALE)
         data[:, PRIOR_DIM] = -s.prior * np.log(np.arange(s.vocab, dtype=np.float32) + 10) / normed
     return data
 
@@ -149,6 +151,7 @@ def write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...], np.n
 
 def build_model(folder: Path, shape: Shape, seed: int = 0, tokenizer: bool = True) -> Path:
     """Create a random Qwen3 checkpoint in `folder` (created) and return the folder."""
+    assert not (shape.prior and shape.tied), "the prior needs its own lm_head"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config_dict(shape), indent=2))
     if tokenizer:
@@ -166,7 +169,6 @@ def build_model(folder: Path, shape: Shape, seed: int = 0, tokenizer: bool = Tru
         shp, kind = kinds[name]
         data = random_tensor(rng, shp, kind)
         if shape.prior:
-            assert not shape.tied, "the prior needs its own lm_head"
             data = unigram_prior(data, name, shape)
         if name == "model.embed_tokens.weight" and shape.tied_lm_head == "equal":
             made[name] = data
