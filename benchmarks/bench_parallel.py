@@ -148,11 +148,14 @@ def main() -> None:
                     help="llama-server's -fa (default: none given, its own default, auto = on where the backend "
                          "has it); ours is the Engine's default: this machine's calibration (edge/runtime/tune.py)")
     ap.add_argument("--llama-server", type=Path, default=DEFAULT_SERVER)
+    ap.add_argument("--llama-server-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for llama-server (repeat), e.g. --llama-server-arg=--cache-ram "
+                         "--llama-server-arg=0 to measure it without its RAM prompt cache")
     args = ap.parse_args()
     repack = default_extra_buffers()
     print(f"{args.gguf.name}, {args.threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
           f"{args.tokens} tokens per request, slots = clients, {args.rounds} alternating rounds, weight repacking "
-          f"{'on' if repack else 'off'}, llama-server -fa {args.flash_attn}")
+          f"{'on' if repack else 'off'}, llama-server -fa {args.flash_attn} {' '.join(args.llama_server_arg)}")
     if not args.llama_server.exists():
         raise SystemExit(f"no llama-server at {args.llama_server} (benchmarks/README.md builds it)")
     base = None
@@ -164,7 +167,7 @@ def main() -> None:
         theirs = Server([str(args.llama_server), "-m", str(args.gguf), "--port", str(port), "-c", str(args.ctx * n),
                          "-np", str(n), "-t", str(args.threads), "--jinja"]
                         + ([] if args.flash_attn == "default" else ["-fa", args.flash_attn])
-                        + ([] if repack else ["--no-repack"]), port, REF_EXTRA, "llama-server")
+                        + ([] if repack else ["--no-repack"]) + args.llama_server_arg, port, REF_EXTRA, "llama-server")
         try:
             for srv in (ours, theirs):
                 aggregate(srv.client, n, 16, srv.extra)  # warm-up

@@ -28,6 +28,7 @@ from edge.runtime.context_plan import (KV_TYPES, MemoryPlan, ModelRope, RopePlan
                            model_rope_from_metadata, physical_cores)
 from edge.runtime.footprint import Footprint, next_ctx
 from edge.runtime.openmp import release_thread_pool
+from edge.runtime.ram_states import RamStates
 from edge.runtime.devices import (Device, Placement, capture_llama_log, list_devices, offload_targets, parse_load_log,
                       placement_backend, placement_device, registry_names)
 from edge.runtime.load_plan import DEFAULT_CTX, LoadPlan, LoadRefused, LoadRequest, MachineFacts, device_refusal, offload, plan_load  # noqa: F401 (re-exported)
@@ -143,6 +144,7 @@ class Engine:
         self.sampling_defaults: dict[str, float | int] = dict(info.sampling_defaults)
         self.scheduler = None  # parallel slots (scheduler.py), when loaded with parallel > 1
         self.prompt_cache: PromptCache | None = None  # the system prompt's KV state on disk (prompt_cache.py)
+        self.ram_states: RamStates | None = None  # replaced conversations' KV states in memory (ram_states.py; one stream)
         self.speculator = None  # speculative decoding's drafter and policy (speculative.py), with draft=
         self.footprint: Footprint | None = None  # the ctx, KV type and mmap asked or chosen (footprint.py)
         self.plan: LoadPlan | None = None        # every loading decision and why (load_plan.py)
@@ -332,10 +334,13 @@ class Engine:
         if cache is not None and load is None:
             engine.prompt_cache = cache.attach(engine)
         engine.tuned, engine.tuned_now = plan.tuned, tuned_now
+        if slots == 1 and plan.saved_states_bytes:
+            engine.ram_states = RamStates(plan.saved_states_bytes)
         if slots > 1:
             from edge.runtime.scheduler import Scheduler, SchedulerError
             try:
-                engine.scheduler = Scheduler(llama, slots, n_ctx, n_batch=n_batch)
+                engine.scheduler = Scheduler(llama, slots, n_ctx, n_batch=n_batch,
+                                             ram_cache_bytes=plan.saved_states_bytes)
             except SchedulerError as e:
                 llama.close()
                 raise EngineError(f"{path}: {e}") from None
@@ -436,6 +441,8 @@ class Engine:
         if self.speculator is not None:
             self.speculator.close()
             self.speculator = None
+        if self.ram_states is not None:
+            self.ram_states.clear()
         self.llama.close()
         if self.rpc is not None:
             self.rpc.retire()

@@ -13,7 +13,7 @@ no network here: the plan is tested over a table of machines (tests/runtime/test
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edge.runtime.context_plan import (MemoryPlan, RopePlan, check_kv_types, offloaded_layers, offloaded_weight_bytes,
@@ -23,6 +23,7 @@ from edge.runtime.footprint import Footprint, choose_footprint
 from edge.runtime.tune_rules import apply_tuned
 
 DEFAULT_CTX = 8192  # parallel slots' context when none is asked (one stream: footprint.py chooses)
+SAVED_STATES_CAP = 256 * 1024 ** 2  # host memory for replaced conversations' KV states (llama-server: 8 GiB)
 
 
 class LoadRefused(Exception):
@@ -84,6 +85,7 @@ class LoadPlan:
     split: Any = None            # split_plan.SplitPlan over RPC workers
     reasons: tuple[str, ...] = field(default=())
     tuned: Any = None            # the calibration the threads and flash attention came from
+    saved_states_bytes: int = 0  # host memory for replaced conversations' KV states (ram_states.py)
 
     @property
     def grows(self) -> bool:
@@ -106,7 +108,8 @@ class LoadPlan:
                 "use_mmap": self.use_mmap, "flash_attn": self.flash_attn, "gpu_layers": self.gpu_layers,
                 "backend": self.backend, "slots": self.slots, "threads": self.threads,
                 "threads_batch": self.threads_batch, "n_batch": self.n_batch,
-                "extra_buffers": self.extra_buffers, "rope": _rope_json(self.rope),
+                "extra_buffers": self.extra_buffers, "saved_states_bytes": self.saved_states_bytes,
+                "rope": _rope_json(self.rope),
                 "memory": {"model_bytes": m.model_bytes, "kv_bytes": m.kv_bytes, "overhead_bytes": m.overhead_bytes,
                            "total_bytes": m.total_bytes, "available_bytes": m.available_bytes, "fits": m.fits,
                            "max_ctx": m.max_ctx,
@@ -137,6 +140,19 @@ def device_refusal(memory: MemoryPlan, n_ctx: int, asked_layers: int, fitting_la
     ways.append("the CPU (--gpu-layers 0)")
     return (f"the model with a {n_ctx}-token context does not fit {memory.device.describe()}; "
             f"what fits: {', or '.join(ways)}")
+
+
+def saved_states_bytes(asked: LoadRequest, slots: int, flash_attn: bool, memory: MemoryPlan) -> int:
+    """Host memory for the KV states of conversations a new prompt replaced (ram_states.py), as
+    llama-server keeps them by default (--cache-ram): only where several conversations are served
+    (parallel asked other than 1: serve; a chat or `run` continues one conversation, whose replaced
+    tail, the last reply's thinking, never comes back; RPC workers run one stream), and for slots only with flash
+    attention (without it V is stored transposed and a slot's cells, interleaved with the others',
+    are copied a row per cell range: slower than evaluating the prompt again). At most
+    SAVED_STATES_CAP and half of the memory the plan leaves free, so it never changes what fits."""
+    if asked.parallel == 1 or (slots > 1 and not flash_attn):
+        return 0
+    return max(0, min(SAVED_STATES_CAP, (memory.available_bytes - memory.total_bytes) // 2))
 
 
 def offload(asked: LoadRequest, machine: MachineFacts) -> tuple[int, str]:
@@ -272,7 +288,13 @@ def _sized(model, asked: LoadRequest, machine: MachineFacts, n_ctx: int, kv: str
         raise LoadRefused(f"context {n_ctx} does not fit in memory ({memory.describe()}); "
                           f"the largest that fits is {memory.max_ctx}")
     start_ctx = footprint.start_ctx if slots == 1 else n_ctx
+    saved = saved_states_bytes(asked, slots, flash_attn, memory)
+    if saved:
+        memory = replace(memory, overhead_bytes=memory.overhead_bytes + saved, total_bytes=memory.total_bytes + saved)
+        reasons.append(f"up to {saved >> 20} MiB of host memory keeps replaced conversations' KV states "
+                       "for prompts that come back to them (llama-server's --cache-ram)")
     return LoadPlan(n_ctx=n_ctx, start_ctx=start_ctx, kv_cache_type=kv, use_mmap=use_mmap, flash_attn=flash_attn,
                     rope=rope, gpu_layers=gpu_layers, backend=backend, slots=slots, threads=threads[0],
                     threads_batch=threads[1], n_batch=asked.n_batch, extra_buffers=bool(extra_buffers),
-                    footprint=footprint, memory=memory, split=split, reasons=tuple(reasons), tuned=machine.tuned)
+                    footprint=footprint, memory=memory, split=split, reasons=tuple(reasons), tuned=machine.tuned,
+                    saved_states_bytes=saved)

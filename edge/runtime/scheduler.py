@@ -10,7 +10,10 @@ generating slot, then prompt tokens in chunks (capped while others generate, so 
 not freeze them); a new request joins at the next step. Slots keep their tokens in the KV cache
 after a generation: the next prompt goes to the free slot sharing the longest prefix with it, else
 the least recently used one, whose cells past the common prefix are removed (llama-server's
-slots). Design: /work/shared/ANCHORS.md sections 1, 3, 5.
+slots). What a slot held before a new prompt replaced it is first copied to host memory, and a
+later prompt sharing more with such a copy than with its slot gets it back instead of evaluating
+it again, as llama-server does by default (ram_states.py). Design:
+/work/shared/ANCHORS.md sections 1, 3, 5.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections import deque
 import llama_cpp
 import numpy as np
 
+from edge.runtime.ram_states import RamStates
 from edge.runtime.sequence import common_prefix
 from edge.runtime.stream_lock import wait_in_line
 
@@ -51,6 +55,7 @@ class _Work:
         self.slot, self.tokens, self.start = slot, list(tokens), start
         self.call, self.result = call, None   # call(ctx): run on the scheduler thread instead (Scheduler.call)
         self.done = 0
+        self.restored = 0                 # prompt tokens a saved state gave instead of evaluating them
         self.logits: np.ndarray | None = None
         self.error: str | None = None
         self.finished = threading.Event()
@@ -76,8 +81,8 @@ class BatchSequence:
         keep = common_prefix(self.slot.tokens, prompt)
         cache = self.scheduler.prompt_cache
         held, loaded = cache.prefill_slot(self, prompt, keep) if cache is not None else (keep, 0)  # system block from disk
-        self._run(prompt[held:], held)
-        return len(prompt) - keep - loaded
+        work = self._run(prompt[held:], held)
+        return len(prompt) - keep - loaded - (work.restored if work else 0)
 
     def eval(self, tokens: list[int]) -> None:
         self._run(tokens, self._n)
@@ -88,21 +93,22 @@ class BatchSequence:
     def release(self) -> None:
         self.scheduler.release(self.slot)
 
-    def _run(self, tokens: list[int], start: int) -> None:
+    def _run(self, tokens: list[int], start: int) -> "_Work | None":
         if not tokens:
-            return
+            return None
         work = self.scheduler.submit(_Work(self.slot, tokens, start))
         if work.error:
             self._n = len(self.slot.tokens)
             raise SchedulerError(work.error)
         self._n, self.logits = start + len(tokens), work.logits
+        return work
 
 
 class Scheduler:
     """The batched context over `llama`'s model and the thread that decodes it. close() frees it."""
 
     def __init__(self, llama: llama_cpp.Llama, n_slots: int, n_ctx: int, *, n_batch: int = 512,
-                 prompt_chunk: int = PROMPT_CHUNK):
+                 prompt_chunk: int = PROMPT_CHUNK, ram_cache_bytes: int = 0):
         if not 1 <= n_slots <= llama_cpp.llama_max_parallel_sequences():
             raise SchedulerError(f"parallel slots must be 1 to {llama_cpp.llama_max_parallel_sequences()}")
         params = type(llama.context_params).from_buffer_copy(llama.context_params)  # rope, KV types, threads
@@ -119,6 +125,10 @@ class Scheduler:
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.slots = [_Slot(i) for i in range(n_slots)]
         self.steps = 0                    # decodes run (tests check that streams shared them)
+        # Replaced slots' KV states in host memory, as the load plan sized them (load_plan.py's
+        # saved_states_bytes: none without flash attention, where copying a slot's cells out of the
+        # unified cache costs more than evaluating the prompt again).
+        self.states = RamStates(ram_cache_bytes)
         self._clock = itertools.count(1)
         self._waiting: deque[int] = deque()  # generations waiting for a slot, in arrival order
         self._cv = threading.Condition()
@@ -259,7 +269,8 @@ class Scheduler:
             if take <= 0:
                 continue
             if w.done == 0:
-                self._truncate(w)
+                self._begin(w)
+                take = min(take, len(w.tokens))  # a saved state may have left fewer tokens to evaluate
             for j in range(take):
                 k = w.done + j
                 b.token[n + j], b.pos[n + j] = w.tokens[k], w.start + k
@@ -271,6 +282,22 @@ class Scheduler:
                 room -= take
         b.n_tokens = n
         return rows
+
+    def _begin(self, w: _Work) -> None:
+        """A work's first step: copy what the slot held if a new prompt replaces it, then give the
+        slot the copy sharing most with the prompt when that beats what the slot shares."""
+        slot = w.slot
+        self.states.replacing(self.ctx, slot.seq_id, slot.tokens, w.start)
+        prompt = slot.tokens[: w.start] + w.tokens if len(w.tokens) > 1 else w.tokens
+        n = self.states.restore(self.ctx, slot.seq_id, prompt, w.start) if len(w.tokens) > 1 else None
+        if n is None:
+            self._truncate(w)
+        else:  # the copy's first n tokens, or an empty sequence (refused): the rest is evaluated
+            slot.tokens, w.tokens, w.restored, w.start = prompt[:n], prompt[n:], max(n - w.start, 0), n
+
+    def drop_saved(self) -> None:
+        """Forget the copies (tests that need every prompt evaluated)."""
+        self.call(lambda ctx: self.states.clear())
 
     def _truncate(self, w: _Work) -> None:
         """Remove the slot's cells from w.start on (what the new tokens replace)."""

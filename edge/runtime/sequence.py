@@ -37,11 +37,12 @@ def common_prefix(cached: list[int], prompt: list[int]) -> int:
 class LlamaSequence:
     """The Llama's own context: one conversation at a time (the KV prefix carries over)."""
 
-    def __init__(self, llama: llama_cpp.Llama, reserve=None, lock=None, prompt_cache=None):
+    def __init__(self, llama: llama_cpp.Llama, reserve=None, lock=None, prompt_cache=None, states=None):
         self.llama = llama
         self.reserve = reserve  # reserve(n): a growing context makes room for n tokens (Engine.reserve_ctx)
         self.lock = lock        # the engine's stream lock, held until release()
         self.prompt_cache = prompt_cache  # prompt_cache.PromptCache: the system block from disk
+        self.states = states    # ram_states.RamStates: replaced conversations' KV states in memory
 
     @property
     def n_tokens(self) -> int:
@@ -50,10 +51,18 @@ class LlamaSequence:
     def prefill(self, prompt: list[int]) -> int:
         """Evaluate what the KV cache lacks of `prompt`; return how many tokens that was."""
         llama = self.llama
-        keep = common_prefix(llama.input_ids[: llama.n_tokens].tolist(), prompt)
+        held = llama.input_ids[: llama.n_tokens].tolist()
+        keep = common_prefix(held, prompt)
+        if self.states is not None:
+            self.states.replacing(llama._ctx.ctx, 0, held, keep)
         llama.n_tokens = keep
         if self.reserve is not None:
             self.reserve(len(prompt))
+        if self.states is not None:
+            n = self.states.restore(llama._ctx.ctx, 0, prompt, keep)
+            if n is not None:  # a copy's first n tokens, or an empty sequence (refused)
+                llama.input_ids[:n] = prompt[:n]
+                llama.n_tokens = keep = n
         loaded = self.prompt_cache.prefill(llama, prompt, keep) if self.prompt_cache is not None else 0
         self._decode(prompt[llama.n_tokens:])
         return len(prompt) - keep - loaded
@@ -102,6 +111,6 @@ def open_sequence(engine, prompt: list[int], cancel: threading.Event, timeout: f
     except Closed:
         raise StreamUnavailable("the engine is closed: load the model again") from None
     seq = LlamaSequence(engine.llama, engine.reserve_ctx if getattr(engine, "max_ctx", None) else None,
-                        engine.stream_lock, getattr(engine, "prompt_cache", None))
+                        engine.stream_lock, getattr(engine, "prompt_cache", None), getattr(engine, "ram_states", None))
     speculator = getattr(engine, "speculator", None)  # draft= (speculative.py): verified in batches
     return seq if speculator is None else speculator.wrap(seq)

@@ -109,6 +109,30 @@ def test_slots_as_many_as_fit_and_refusals_that_name_the_way_out():
     assert "the CPU (--gpu-layers 0)" in e.value.message
 
 
+def test_replaced_conversations_keep_states_in_memory_only_where_served_and_within_the_plan():
+    """llama-server keeps replaced slots' KV states in host memory (--cache-ram); serve (parallel
+    chosen by the plan) does too, in at most SAVED_STATES_CAP and half of what the plan leaves free,
+    counted in the plan. A chat (parallel=1) continues one conversation and keeps none; slots without
+    flash attention keep none (a transposed V copies slowly)."""
+    from edge.runtime.load_plan import SAVED_STATES_CAP
+    chat = outcome("qwen3-0.6b", "q4_k_m", "pi5-8gb")
+    assert chat.saved_states_bytes == 0
+    one = outcome("qwen3-0.6b", "q4_k_m", "pi5-8gb", parallel=None, max_parallel=1)
+    assert one.slots == 1 and one.saved_states_bytes == SAVED_STATES_CAP
+    free = MachineFacts(available_bytes=int(0.9 * GIB), physical_cores=4)
+    tight = plan_load(estimated_model_info("qwen3-0.6b", "q4_k_m"), LoadRequest(parallel=None, max_parallel=1, n_ctx=1024), free)
+    m = tight.memory
+    assert 0 < tight.saved_states_bytes < SAVED_STATES_CAP and m.fits and m.total_bytes <= m.available_bytes
+    assert m.available_bytes - m.total_bytes in range(tight.saved_states_bytes, tight.saved_states_bytes + 2)
+    bare = plan_load(estimated_model_info("qwen3-0.6b", "q4_k_m"), LoadRequest(parallel=1, n_ctx=tight.n_ctx,
+                     kv_cache_type=tight.kv_cache_type, use_mmap=tight.use_mmap, grow=False), free)
+    assert tight.memory.total_bytes == bare.memory.total_bytes + tight.saved_states_bytes
+    slots_fa = outcome("qwen3-0.6b", "q4_k_m", "pi5-8gb", parallel=2, flash_attn=True)
+    slots_no_fa = outcome("qwen3-0.6b", "q4_k_m", "pi5-8gb", parallel=2, flash_attn=False)
+    assert slots_fa.saved_states_bytes == SAVED_STATES_CAP and slots_no_fa.saved_states_bytes == 0
+    assert any("--cache-ram" in r for r in one.reasons) and not any("--cache-ram" in r for r in chat.reasons)
+
+
 def test_the_amx_rule_turns_repacked_buffers_off_unless_asked():
     amx = MachineFacts(available_bytes=8 * GIB, physical_cores=16, extra_buffers=False)
     plan = plan_load(estimated_model_info("qwen3-0.6b", "q4_k_m"), LoadRequest(), amx)

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 import edge.runtime.scheduler as sched
+from edge.runtime.ram_states import RamStates
 from edge.runtime.scheduler import Scheduler, _Slot, _Work
 
 
@@ -18,7 +19,7 @@ def bare(n_slots: int = 3, n_batch: int = 16, prompt_chunk: int = 4) -> Schedule
     """A Scheduler without its context or thread: what _pick and _fill read."""
     s = object.__new__(Scheduler)
     s.slots = [_Slot(i) for i in range(n_slots)]
-    s.n_batch, s.prompt_chunk, s.mem = n_batch, prompt_chunk, None
+    s.n_batch, s.prompt_chunk, s.mem, s.ctx, s.states = n_batch, prompt_chunk, None, None, RamStates(0)
     size = n_batch
     s.batch = SimpleNamespace(token=[None] * size, pos=[None] * size, n_seq_id=[None] * size,
                               seq_id=[[None] for _ in range(size)], logits=[None] * size, n_tokens=0)

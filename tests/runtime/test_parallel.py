@@ -85,6 +85,7 @@ def test_batched_rows_match_rows_alone(random_engine):
     # other prompts so no slot can reuse its cache: every prompt is evaluated again, beside the others
     for p in prompts:
         forced(random_engine, [7, 8, 9] + p[:3], [])
+    random_engine.scheduler.drop_saved()  # nor get the replaced slots' states back from memory
     before = counters(random_engine)
     both = together([lambda p=p, f=f: forced(random_engine, p, f) for p, f in zip(prompts, feeds)])
     after = counters(random_engine)
@@ -93,6 +94,46 @@ def test_batched_rows_match_rows_alone(random_engine):
         assert max(float(np.abs(x - y).max()) for x, y in zip(a, b)) < 0.05
     single_token_steps = after[0] - before[0]
     assert single_token_steps < 3 * 12 / 2, "the streams did not share their decoding steps"
+
+
+@pytest.fixture(scope="module")
+def flash_engine(converted):
+    with Engine.load(converted("tied", "f16"), n_ctx=512, n_threads=2, parallel=3, flash_attn=True) as e:
+        yield e
+
+
+def test_a_prompt_that_lost_its_slot_gets_its_state_back_from_memory(flash_engine):
+    """llama-server keeps a replaced slot's KV state in host memory by default (--cache-ram,
+    --cache-idle-slots) and hands it back to a prompt that shares it; so does the scheduler (with
+    flash attention): only the prompt's last token is evaluated again, and the rows are those of
+    the first time."""
+    random_engine = flash_engine
+    rng = np.random.default_rng(5)
+    scheduler = random_engine.scheduler
+    prompt, feed = [11, 12] + rng.integers(0, 150000, 40).tolist(), rng.integers(0, 150000, 6).tolist()
+    first = forced(random_engine, prompt, feed)
+    for _ in range(scheduler.n_slots + 1):  # every slot taken by prompts sharing only two tokens
+        forced(random_engine, [11, 12] + rng.integers(0, 150000, 30).tolist(), [])
+    assert all(llama_cpp.Llama.longest_token_prefix(s.tokens, prompt) <= 2 for s in scheduler.slots)
+    restores = scheduler.states.restores
+    seq = scheduler.acquire(prompt, threading.Event())
+    try:
+        evaluated = seq.prefill(prompt)
+        again = [seq.logits.copy()]
+        for t in feed:
+            seq.eval([t])
+            again.append(seq.logits.copy())
+    finally:
+        seq.release()
+    assert evaluated == 1 and scheduler.states.restores == restores + 1
+    assert max(float(np.abs(x - y).max()) for x, y in zip(first, again)) < 0.05
+
+
+def test_slots_keep_no_copies_where_v_is_transposed(converted):
+    """Without flash attention llama.cpp copies a slot's transposed V a row per cell range: the
+    copies would cost more than they save, so none are kept (scheduler.py)."""
+    with Engine.load(converted("tied", "f16"), n_ctx=256, n_threads=2, parallel=2, flash_attn=False) as e:
+        assert e.scheduler.states.max_bytes == 0
 
 
 def test_slots_are_separate_sequences_in_llama_cpp(random_engine):
