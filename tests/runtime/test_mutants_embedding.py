@@ -105,11 +105,14 @@ def test_embed_refuses_bad_dimensions_and_an_empty_instruction_before_decoding(k
     assert e.pooled_inputs == []
 
 
-@pytest.mark.parametrize("query, documents, kwargs", [("", ["d"], {}), ("q", [""], {}), ("q", [], {}),
-                                                      ("q", ["d"], {"instruction": ""})])
-def test_rerank_refuses_an_empty_query_document_list_or_instruction(query, documents, kwargs):
-    e = stand_in("reranker", [0.25, 0.75])
-    with pytest.raises(EmbedError):
+@pytest.mark.parametrize("query, documents, kwargs, said", [
+    ("", ["d"], {}, "query is an empty string"), ("q", [""], {}, r"documents\[0\] is an empty string"),
+    ("q", [], {}, "documents is an empty list"), ("q", ["d"], {"instruction": ""}, "instruction is an empty string")])
+def test_rerank_refuses_an_empty_query_document_list_or_instruction(query, documents, kwargs, said):
+    """Each empty part is refused by its own check, before decoding (a limit that lets the pair
+    through otherwise: with a short one every pair is refused for its length instead)."""
+    e = stand_in("reranker", [0.25, 0.75], max_tokens=512)
+    with pytest.raises(EmbedError, match=said):
         e.rerank_counted(query, documents, **kwargs)
     assert e.pooled_inputs == []
 
