@@ -77,6 +77,7 @@ TARGETS: dict[str, list[str]] = {
     "edge/serve/server.py": ["tests/serve/test_server.py", "tests/serve/test_api_dialects.py"],
     "edge/runtime/embedding.py": ["tests/runtime/test_embeddings.py"],
     "edge/serve/api_embeddings.py": ["tests/serve/test_api_embeddings.py"],
+    "edge/runtime/ram_states.py": ["tests/runtime/test_ram_states.py", "tests/runtime/test_parallel.py"],
 }
 
 _COMPARE = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE,
