@@ -19,7 +19,7 @@ from edge.protocol.text_check import text_problem
 from .chat_repl import ChatRepl, make_reader
 from .tune_cmd import tuning_line
 from .console import err, friendly_errors, out, where
-from .session import (CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, PROMPT_CACHE, DRAFT, RPC, SOURCE, THREADS, load_engine,
+from .session import (CTX, FLASH_ATTN, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, PROMPT_CACHE, DRAFT, RPC, SOURCE, THREADS, load_engine,
                       make_chat)
 
 THINK = typer.Option(None, "--think/--no-think", help="Thinking mode on (default) or off.")
@@ -60,11 +60,11 @@ def chat(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), ctx: int 
          top_k: Optional[int] = TOP_K, min_p: Optional[float] = MIN_P, presence_penalty: float = PRESENCE,
          max_tokens: Optional[int] = MAX_TOKENS, show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP,
          source: Optional[str] = SOURCE, rpc: Optional[str] = RPC, prompt_cache: bool = PROMPT_CACHE,
-         draft: Optional[str] = DRAFT) -> None:
+         draft: Optional[str] = DRAFT, flash_attn: Optional[bool] = FLASH_ATTN) -> None:
     """Chat with a Qwen3 model in the terminal. /help lists the in-chat commands."""
     with friendly_errors():
         engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source, rpc=rpc,
-                             prompt_cache=prompt_cache, draft=draft)
+                             prompt_cache=prompt_cache, draft=draft, flash_attn=flash_attn)
         session = make_chat(engine, think=think, auto=auto, budget=budget, think_time=think_time, system=system, seed=seed,
                             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                             presence_penalty=presence_penalty, max_tokens=max_tokens)
@@ -91,7 +91,8 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
         presence_penalty: float = PRESENCE, max_tokens: Optional[int] = MAX_TOKENS,
         show_thinking: bool = SHOW_THINKING, mmap: bool = MMAP, json_schema: Optional[Path] = JSON_SCHEMA,
         json_object: bool = JSON_OBJECT, source: Optional[str] = SOURCE, rpc: Optional[str] = RPC,
-        prompt_cache: bool = PROMPT_CACHE, draft: Optional[str] = DRAFT) -> None:
+        prompt_cache: bool = PROMPT_CACHE, draft: Optional[str] = DRAFT,
+        flash_attn: Optional[bool] = FLASH_ATTN) -> None:
     """One message, one reply: the answer on stdout, the thinking on stderr (or hidden).
     With --json-schema or --json-object the answer is JSON a script can parse; an answer that is not
     (cut by --max-tokens, say) exits 1 with the reason on stderr (and in --json's schema_error)."""
@@ -103,7 +104,7 @@ def run(model: str = typer.Argument(..., help=MODEL_HELP),
             raise ChatError(f"the prompt {problem}")
         fmt = response_format(json_schema, json_object)
         engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source, rpc=rpc,
-                             prompt_cache=prompt_cache, draft=draft)
+                             prompt_cache=prompt_cache, draft=draft, flash_attn=flash_attn)
         with engine:
             session = make_chat(engine, think=think, auto=auto, budget=budget, think_time=think_time, system=system, seed=seed,
                                 temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,

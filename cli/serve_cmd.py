@@ -14,7 +14,7 @@ from edge.runtime.embedding import wrong_model
 from edge.runtime.engine import EngineError
 
 from .embed_cmd import load_search_models
-from .session import CTX, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, PROMPT_CACHE, DRAFT, RPC, SOURCE, THREADS, load_engine
+from .session import CTX, FLASH_ATTN, GPU_LAYERS, KV_CACHE, MMAP, MODEL_HELP, PROMPT_CACHE, DRAFT, RPC, SOURCE, THREADS, load_engine
 
 
 def _is_loopback(host: str) -> bool:
@@ -53,7 +53,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
           alias: Optional[List[str]] = typer.Option(None, "--alias", help="The model's name in /v1/models "
                                                     "(repeatable; default: the store name, or the file's stem)."),
           source: Optional[str] = SOURCE, rpc: Optional[str] = RPC, prompt_cache: bool = PROMPT_CACHE,
-          draft: Optional[str] = DRAFT,
+          draft: Optional[str] = DRAFT, flash_attn: Optional[bool] = FLASH_ATTN,
           embedding_model: Optional[str] = typer.Option(None, "--embedding-model", help="Also serve this embedding "
                                                         "model (/v1/embeddings, /api/embed), e.g. qwen3-embedding-0.6b."),
           rerank_model: Optional[str] = typer.Option(None, "--rerank-model", help="Also serve this reranker "
@@ -70,7 +70,7 @@ def serve(model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
     with friendly_errors():
         engine = load_engine(model, ctx, threads, gpu_layers, kv_cache, mmap, source=source, rpc=rpc,
                              parallel=parallel if rpc is None and draft is None else (parallel or 1),  # one slot over
-                             prompt_cache=prompt_cache, draft=draft)  # workers, and with a draft (one stream)
+                             prompt_cache=prompt_cache, draft=draft, flash_attn=flash_attn)  # workers, and with a draft (one stream)
         if engine.purpose != "chat":
             raise EngineError(wrong_model(engine.purpose, "serve it as the chat model") +
                               f"; pass it with --{'embedding' if engine.purpose == 'embedding' else 'rerank'}-model")

@@ -42,6 +42,9 @@ PROMPT_CACHE = typer.Option(True, "--prompt-cache/--no-prompt-cache",
 DRAFT = typer.Option(None, "--draft", help="Speculative decoding: a smaller Qwen3 with the same tokenizer drafts, the "
                                             "model verifies (a GGUF, folder or store name; 'auto': the smallest Qwen3 "
                                             "in the store; 'lookup': n-grams of the prompt, no draft model).")
+FLASH_ATTN = typer.Option(None, "--flash-attn/--no-flash-attn",
+                          help="llama.cpp's flash attention (default: this machine's calibration; on where the KV "
+                               "cache is quantized or layers are on a GPU).")
 MMAP = typer.Option(None, "--mmap/--no-mmap", help="Memory-map the weights (fastest load) or read them in (one copy "
                                                   "where llama.cpp repacks quantized weights; the default there).")
 
@@ -49,7 +52,7 @@ MMAP = typer.Option(None, "--mmap/--no-mmap", help="Memory-map the weights (fast
 def load_engine(model: Optional[str], ctx: Optional[int], threads: Optional[int], gpu_layers: Optional[int],
                 kv_cache: Optional[str], mmap: Optional[bool] = None, parallel: int | None = 1, source: str | None = None,
                 rpc: str | None = None, prompt_cache: bool = True,
-                draft: str | None = None) -> Engine:
+                draft: str | None = None, flash_attn: bool | None = None) -> Engine:
     """Resolve MODEL (pulling or quantizing with progress bars) and open it; warnings go to stderr.
     `draft` (--draft) is resolved like MODEL, or is 'auto' or 'lookup' (draft_model.py)."""
     try:
@@ -63,6 +66,7 @@ def load_engine(model: Optional[str], ctx: Optional[int], threads: Optional[int]
         warnings.simplefilter("always")
         engine = Engine.load(Path(path), n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers,
                              kv_cache_type=kv_cache, use_mmap=mmap, parallel=parallel, rpc_servers=rpc_servers,
+                             flash_attn=flash_attn,
                              grow=True,  # one local stream: the context grows up to --ctx as the chat needs
                              prompt_cache=None if prompt_cache else False,
                              draft=draft_path)  # None: on unless QWEN3_EDGE_PROMPT_CACHE=0

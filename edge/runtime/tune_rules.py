@@ -127,8 +127,9 @@ def _best(items: list, key, prefer, tie: float = TIE) -> object:
 def choose(measured: Iterable[Measured]) -> Tuned:
     """Flash attention by the best decode score either setting reaches (it is one per context);
     then, with it, the decoding threads by decode score and the prompt threads by pp. Within TIE
-    fewer threads win (they leave cores to the rest of the machine), and flash attention off; for
-    prompts the decoding threads win a tie."""
+    fewer threads win (they leave cores to the rest of the machine), and flash attention on:
+    llama.cpp's own default (auto, on for the CPU, as llama-server runs), which also keeps serve's
+    slot state copies cheap (load_plan.saved_states_bytes); for prompts the decoding threads win a tie."""
     ms = [m for m in measured if m.tg0 > 0 or m.tg_depth > 0 or m.pp > 0]
     if not ms:
         raise ValueError("nothing was measured")
@@ -138,7 +139,7 @@ def choose(measured: Iterable[Measured]) -> Tuned:
     score = lambda m: decode_score(m, depth)  # noqa: E731
     per_fa = {fa: [m for m in ms if m.setting.flash_attn == fa] for fa in (False, True)}
     best_fa = {fa: max(score(m) for m in group) for fa, group in per_fa.items() if group}
-    fa = _best(list(best_fa), key=lambda f: best_fa[f], prefer=lambda f: f)
+    fa = _best(list(best_fa), key=lambda f: best_fa[f], prefer=lambda f: not f)
     group = per_fa[fa]
     dec = _best(group, key=score, prefer=lambda m: m.setting.threads)
     # Prompt threads: within PROMPT_TIE the decoding threads (a calibration batch is too small to

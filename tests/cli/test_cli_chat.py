@@ -121,6 +121,16 @@ def test_chat_defaults_reach_llama_cpp(scripted_gguf, monkeypatch):
     assert samplers == [(0.6, 0.95, 20, 0.0, 0.0, 1)]
 
 
+def test_flash_attention_asked_on_the_command_line_reaches_llama_cpp(scripted_gguf, monkeypatch):
+    """--flash-attn wins over the calibration's choice (and the fixed default, off on the CPU), in
+    chat and run alike (serve takes the same option through load_engine)."""
+    loads = record_loads(monkeypatch)
+    assert chat(scripted_gguf, ["Hi"], "--ctx", "1024", "--threads", "1", "--flash-attn").exit_code == 0
+    r = runner.invoke(app, ["run", str(scripted_gguf), "Hi", "--ctx", "1024", "--threads", "1", "--flash-attn"])
+    assert r.exit_code == 0, r.output
+    assert [x.flash_attn_type for x in loads] == [llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED] * 2
+
+
 def test_run_streams_answer_and_json(scripted_gguf):
     r = runner.invoke(app, ["run", str(scripted_gguf), "Hi", "--seed", "2"])
     assert r.exit_code == 0, r.output

@@ -49,9 +49,16 @@ def test_prompt_threads_follow_decoding_unless_clearly_faster():
     assert (choose(h200).n_threads, choose(h200).n_threads_batch) == (16, 16)
 
 
-def test_within_two_percent_fewer_threads_and_flash_attention_off_win():
-    got = choose([m(False, 4, 50.0, 50.0, 100), m(False, 2, 49.5, 49.5, 99.5), m(True, 2, 50.5, 50.5, 100.5)])
-    assert (got.flash_attn, got.n_threads, got.n_threads_batch) == (False, 2, 2)
+def test_within_two_percent_fewer_threads_and_llama_cpps_default_flash_attention_win():
+    """Within the tie, llama.cpp's own default (flash attention auto: on for the CPU, as llama-server
+    runs) rather than a guess of ours; it also lets serve's slots keep cheap state copies."""
+    got = choose([m(False, 4, 50.0, 50.0, 100), m(False, 2, 50.5, 50.5, 100.5), m(True, 2, 49.6, 49.6, 99.5),
+                  m(True, 1, 49.5, 49.5, 99.5)])
+    assert (got.flash_attn, got.n_threads, got.n_threads_batch) == (True, 1, 1)
+    # this machine's calibration (2026-12-05 evening): 1.9% apart on the chat score, flash attention on
+    seen = choose([m(False, 2, 29.57, 26.87, 220.9), m(True, 2, 33.94, 24.31, 271.6)])
+    assert seen.flash_attn is True
+    assert choose([m(False, 2, 29.57, 26.87, 220.9), m(True, 2, 30.0, 24.31, 271.6)]).flash_attn is False
     clear = choose([m(False, 4, 60.0, 60.0, 100), m(False, 2, 50.0, 50.0, 90)])
     assert (clear.n_threads, clear.n_threads_batch) == (4, 4)
 
