@@ -121,3 +121,12 @@ def test_a_copy_must_add_min_saved_tokens_to_what_the_sequence_holds(fake):
     assert states.restore(None, 1, prompt, len(saved) - MIN_SAVED_TOKENS + 1) is None  # 7 more
     assert fake.seqs[1] == ["untouched"] and states.restores == 0
     assert states.restore(None, 1, prompt, len(saved) - MIN_SAVED_TOKENS) == len(saved)  # 8 more
+
+
+def test_nothing_is_copied_from_a_sequence_llama_cpp_holds_empty(fake):
+    """The tokens the caller lists are what it believes; a sequence llama.cpp emptied (a failed
+    decode resets it) has a state of 0 bytes, which is no copy of them."""
+    states = RamStates(1 << 20)
+    fake.seqs[0] = []
+    states.replacing(None, 0, list(range(40)), 0)
+    assert states.saved == []
