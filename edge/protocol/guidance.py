@@ -234,6 +234,7 @@ class JsonDepth:
             elif b == 0x22:
                 self.in_string = True
                 self.key = self.stack[-1:] == "{" and self.last in (0x7B, 0x2C)
+                self.last = 0x22
             elif b in (0x7B, 0x5B):  # { [
                 self.stack += chr(b)
                 self.last = b
