@@ -93,10 +93,14 @@ def plain(scripted_gguf):
 
 
 @pytest.fixture(scope="module")
-def random_model(models, tmp_path_factory):
+def random_gguf(models, tmp_path_factory):
     from quantize import quantize_model
-    path = quantize_model(models["tied"], "f16", tmp_path_factory.mktemp("rnd") / "tied-f16.gguf").output
-    with Engine.load(path, n_ctx=2048, n_threads=1) as e:
+    return quantize_model(models["tied"], "f16", tmp_path_factory.mktemp("rnd") / "tied-f16.gguf").output
+
+
+@pytest.fixture(scope="module")
+def random_model(random_gguf):
+    with Engine.load(random_gguf, n_ctx=2048, n_threads=1) as e:
         yield e
 
 
@@ -218,3 +222,13 @@ def test_a_narrowed_schema_is_said_and_its_answer_validates(plain):
     assert reply.schema_error is None and valid(json.loads(reply.answer), schema)
     assert any("patternProperties overlap" in n for n in reply.notices)
     assert any(e.kind == "notice" and "patternProperties overlap" in e.text for e in events)
+
+
+def test_an_open_schema_is_closed_before_the_context_ends(random_gguf):
+    """Without max_tokens the context's end is the budget: the answer is closed before it."""
+    with Engine.load(random_gguf, n_ctx=96, n_threads=1) as engine:
+        reply = Chat(engine, mode="no_think", seed=1, sampling={"temperature": 1.0}).send(
+            "JSON?", response_format=rf({"type": "object"}))
+    assert reply.schema_error is None and valid(json.loads(reply.answer), {"type": "object"}), reply.answer
+    assert reply.stop_reason == "length" and reply.prompt_tokens + reply.generated_tokens <= 96
+    assert any(n.startswith("the answer was closed early to end within the 96-token context") for n in reply.notices)
