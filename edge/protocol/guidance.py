@@ -142,7 +142,7 @@ def apply_mask(logits: np.ndarray, bitmask: np.ndarray) -> int:
 
 # ---- closing an answer within its budget (issue 24) ------------------------------------------------
 CLOSE_CANDIDATES = 24    # tokens tried at one state of the closing search, best first
-CLOSE_NODES = 96         # states (masks) one search may look at: a few milliseconds at most
+CLOSE_NODES = 256        # states (masks) one search may look at: a closing of about 120 tokens, ~10 ms
 _STRUCTURAL = frozenset(b'{}[]",:')
 _LITERALS = frozenset([b"0", b"1", b"true", b"false", b"null", b'""', b"[]", b"{}"])
 
@@ -307,12 +307,15 @@ class Constraint:
         taken as they are; otherwise the CloserTable's tokens the mask allows are tried in the order
         of how much JSON they leave open (JsonDepth), then their rank, at most CLOSE_CANDIDATES of
         them, and the whole search looks at no more than CLOSE_NODES states. A closing found on an
-        earlier step and followed since is kept when the new search finds nothing shorter, so that a
-        closing under way never grows."""
+        earlier step whose tokens the answer has followed since is still one: its rest is returned
+        without a new search, so a closing under way never grows (a fresh search from the next state
+        may find a longer one) and costs nothing more."""
         if self.matcher is None or self.closers is None or limit < 0 or self.matcher.is_error():
             return None
         if self.matcher.is_accepting():
             return []
+        if self._plan is not None and len(self._plan) <= limit:
+            return list(self._plan)
         matcher = self.matcher.deep_copy()
         path: list[int] = []
         self.search_nodes = 0
@@ -321,11 +324,8 @@ class Constraint:
             found = False
         else:
             matcher.rollback(len(path))
-        best = list(path) if found else None
-        if self._plan is not None and len(self._plan) <= limit and (best is None or len(self._plan) <= len(best)):
-            best = list(self._plan)
-        self._plan = best
-        return None if best is None else list(best)
+        self._plan = list(path) if found else None
+        return None if self._plan is None else list(self._plan)
 
     def _search(self, matcher, path: list[int], depth: JsonDepth, left: int) -> bool:
         if matcher.is_accepting():

@@ -22,12 +22,15 @@ from edge.protocol.guidance import Constraint, ConstraintError
 PENALTY_LAST_N = 64
 
 # Closing a constrained answer within its budget (README "Structured output"): within the last
-# CLOSE_WINDOW tokens a turn may still generate, each step looks for the shortest way the grammar
-# can be completed (Constraint.closing_path); once that needs all but CLOSE_MARGIN of the tokens
-# left, its first token is forced. The margin covers a free token that opens more than it closes
-# (`[{"` owes a key, a value and two brackets).
+# CLOSE_WINDOW tokens a turn may still generate, each step looks for a short way the grammar can
+# be completed (Constraint.closing_path); once that needs all but CLOSE_MARGIN of the tokens left,
+# its first token is forced. The margin covers a free token that opens more than it closes (`[{"`
+# owes a key, a value and two brackets). Before the window every CLOSE_STRIDE-th step looks too, so
+# that a schema whose completion alone is longer than the window (many required fields) is
+# watched early enough.
 CLOSE_WINDOW = 64
 CLOSE_MARGIN = 4
+CLOSE_STRIDE = 16
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class TokenSampler:
         self.rejections = 0  # tokens the grammar sent back to the full pass
         self.closed_tokens = 0  # tokens the closing forced (an answer steered to end within its budget)
         self._banned = frozenset(t for t, bias in params.logit_bias if bias == -math.inf)
+        self._watch_from = 0    # remaining tokens from which the closing looks at every step
 
     def close(self) -> None:
         """Free the chain (its penalty buffers are large); grammars are closed by their owner."""
@@ -171,7 +175,7 @@ class TokenSampler:
         except ConstraintError as e:
             raise GrammarCompileError(str(e)) from None
         self.rejections += not math.isfinite(row[top])
-        if remaining is not None and remaining <= CLOSE_WINDOW:
+        if remaining is not None:
             self._close(row, remaining)
         if logits is None:
             token = self.chain.sample(ctx, -1)  # llama_sampler_sample accepts the token into the chain
@@ -190,8 +194,14 @@ class TokenSampler:
         search finds needs all but CLOSE_MARGIN of the `remaining` tokens, the row keeps only its
         first token (or, the grammar being complete already, the ends of generation), and the
         unchanged chain draws it, so its state (penalties, the seed's stream) stays its own."""
+        if remaining > max(CLOSE_WINDOW, self._watch_from) and remaining % CLOSE_STRIDE:
+            return
         path = self.grammar.closing_path(remaining)
-        if path is None or len(path) + CLOSE_MARGIN < remaining:
+        if path is None:
+            return
+        if len(path) + CLOSE_MARGIN + CLOSE_STRIDE >= remaining:
+            self._watch_from = max(self._watch_from, remaining)  # the next stride would be too late
+        if len(path) + CLOSE_MARGIN < remaining:
             return
         keep = path[:1] or [t for t in sorted(self.grammar.eog) if t < row.shape[0] and math.isfinite(row[t])]
         keep = [t for t in keep if t not in self._banned]
