@@ -483,12 +483,13 @@ class Chat:
                     yield self._notice(turn, f"thinking was cut after {turn.thinking_tokens} tokens to leave room "
                                              f"for an answer within max_tokens {turn.max_tokens}")
                 yield from self._close_thinking(turn, self._budget_tokens, BUDGET_PHRASE[: BUDGET_PHRASE.index(THINK_CLOSE)])
+            remaining = self._remaining(turn)
             try:
-                token = seq.sample(sampler, is_eog)
+                token = seq.sample(sampler, is_eog, remaining)
                 if thinking and turn.generated == 0 and not turn.in_think and token != self._think_ids[0] \
                         and turn.answer_grammar and sampler.grammar is None:
                     turn.start_answer()  # no thinking after all: the answer starts here, constrained
-                    token = seq.sample(sampler, is_eog)
+                    token = seq.sample(sampler, is_eog, remaining)
             except GrammarCompileError as e:
                 yield self._notice(turn, f"generation stopped: {e}")
                 break
@@ -513,6 +514,12 @@ class Chat:
             if token == self._think_ids[1] and turn.think_done:
                 turn.start_answer()
         yield from self._emit(turn, None)
+        if sampler.closed_tokens:  # the closing steered the end: the limit ended it, not the model
+            stop = "length" if stop == "eos" else stop
+            limit = (f"max_tokens {turn.max_tokens}" if turn.max_tokens and turn.max_tokens - turn.generated
+                     <= self.engine.n_ctx - seq.n_tokens else f"the {self.engine.n_ctx}-token context")
+            yield self._notice(turn, f"the answer was closed early to end within {limit} "
+                                     f"({sampler.closed_tokens} closing tokens forced)")
         if stop == "eos":
             yield from self._calls_in_open_thinking(turn)
         if turn.call_hold is not None:  # cut, cancelled or no call after all: it was reasoning
@@ -530,6 +537,12 @@ class Chat:
             grammar_rejections=sampler.rejections, notices=tuple(turn.notices), thinking_budget=turn.budget,
             thinking_cut=turn.cut,
         )
+
+    def _remaining(self, turn: _Turn) -> int:
+        """How many tokens this turn may still generate, the next one included: to max_tokens, or
+        to the context's end, whichever comes first (what the grammar's closing works to)."""
+        room = self.engine.n_ctx - turn.seq.n_tokens
+        return min(room, turn.max_tokens - turn.generated) if turn.max_tokens else room
 
     def _room_for(self, turn: _Turn, tokens: list[int]) -> bool:
         return turn.seq.n_tokens + len(tokens) < self.engine.n_ctx

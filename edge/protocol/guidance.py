@@ -93,7 +93,8 @@ def compile_grammar(tokenizer: llguidance.LLTokenizer, lark: str) -> "Constraint
     matcher = llguidance.LLMatcher(tokenizer, lark, log_level=0, limits=parser_limits())
     if matcher.is_error():
         raise ConstraintError(first_line(matcher.get_error()))
-    return Constraint(matcher, tokenizer.vocab_size, time.perf_counter() - started, tokenizer.eos_tokens)
+    return Constraint(matcher, tokenizer.vocab_size, time.perf_counter() - started, tokenizer.eos_tokens,
+                      tokenizer=tokenizer)
 
 
 def check_grammar(lark: str) -> str | None:
@@ -139,10 +140,121 @@ def apply_mask(logits: np.ndarray, bitmask: np.ndarray) -> int:
     return allowed
 
 
+# ---- closing an answer within its budget (issue 24) ------------------------------------------------
+CLOSE_CANDIDATES = 24    # tokens tried at one state of the closing search, best first
+CLOSE_NODES = 256        # states (masks) one search may look at: a closing of about 120 tokens, ~10 ms
+_STRUCTURAL = frozenset(b'{}[]",:')
+_LITERALS = frozenset([b"0", b"1", b"true", b"false", b"null", b'""', b"[]", b"{}"])
+
+
+class CloserTable:
+    """The few hundred tokens a closing is built from, found once per vocabulary (a 151,936-token
+    vocabulary is read in tens of milliseconds) so that a search step never scans all of it:
+    JSON's punctuation (`"}`, `]}`, `",` ...), short literals (0, 1, true, null, "" ...), single
+    printable characters (string content a pattern or a minLength wants) and the special tokens
+    that are not ends of generation (`</tool_call>`). `rank` orders them within a heuristic tie:
+    punctuation, then literals, then characters, then special tokens."""
+
+    def __init__(self, pieces: list[bytes], special: list[bool], eos: frozenset[int]):
+        ids, ranks, texts = [], [], []
+        for token, piece in enumerate(pieces):
+            if token in eos or not piece:
+                continue
+            core = piece.strip(b" ")
+            if special[token]:
+                rank = 3
+            elif core and len(piece) <= 4 and all(b in _STRUCTURAL for b in core):
+                rank = 0
+            elif core in _LITERALS and len(piece) <= 6:
+                rank = 1
+            elif len(piece) == 1 and (0x20 <= piece[0] < 0x7F or piece == b"\n"):
+                rank = 2
+            else:
+                continue
+            ids.append(token)
+            ranks.append(rank)
+            texts.append(b"" if special[token] else piece)
+        self.ids = np.array(ids, dtype=np.int64)
+        self.words, self.bits = self.ids >> 5, (self.ids & 31).astype(np.uint32)
+        self.rank = dict(zip(ids, ranks))
+        self.text = dict(zip(ids, texts))
+
+    def allowed(self, bitmask: np.ndarray) -> np.ndarray:
+        """The table's tokens whose bit is set in llguidance's mask words."""
+        words = bitmask.view(np.uint32)
+        return self.ids[((words[self.words] >> self.bits) & 1).astype(bool)]
+
+
+_closers: dict[int, tuple[llguidance.LLTokenizer, CloserTable]] = {}
+
+
+def closer_table(tokenizer: llguidance.LLTokenizer) -> CloserTable:
+    """The CloserTable of `tokenizer`, built on first use and kept for the last few tokenizers
+    (an LLTokenizer takes no weak reference; one per loaded model is the usual count)."""
+    with _lock:
+        held = _closers.get(id(tokenizer))
+        if held is not None and held[0] is tokenizer:
+            return held[1]
+    n = tokenizer.vocab_size
+    pieces = [tokenizer.decode_bytes([t]) for t in range(n)]
+    table = CloserTable(pieces, [tokenizer.is_special_token(t) for t in range(n)], frozenset(tokenizer.eos_tokens))
+    with _lock:
+        while len(_closers) >= 4:
+            _closers.pop(next(iter(_closers)))
+        _closers[id(tokenizer)] = (tokenizer, table)
+    return table
+
+
+class JsonDepth:
+    """How much of a JSON text is still open, read byte by byte: its open objects and arrays, an
+    open string, and a member or item still owed (after `,` or `:`, or a key without its value).
+    The closing search's estimate of how far a state is from complete; bytes outside JSON (a
+    `<tool_call>` tag, whitespace) change nothing. A heuristic only: the matcher decides."""
+
+    __slots__ = ("stack", "in_string", "escape", "key", "last")
+
+    def __init__(self):
+        self.stack, self.in_string, self.escape, self.key, self.last = "", False, False, False, 0
+
+    def copy(self) -> "JsonDepth":
+        other = JsonDepth.__new__(JsonDepth)
+        other.stack, other.in_string, other.escape, other.key, other.last = (
+            self.stack, self.in_string, self.escape, self.key, self.last)
+        return other
+
+    def feed(self, data: bytes) -> "JsonDepth":
+        for b in data:
+            if self.in_string:
+                if self.escape:
+                    self.escape = False
+                elif b == 0x5C:      # backslash
+                    self.escape = True
+                elif b == 0x22:      # the closing quote: a key still owes its value
+                    self.in_string, self.last = False, 0x4B if self.key else 0x22
+            elif b == 0x22:
+                self.in_string = True
+                self.key = self.stack[-1:] == "{" and self.last in (0x7B, 0x2C)
+                self.last = 0x22
+            elif b in (0x7B, 0x5B):  # { [
+                self.stack += chr(b)
+                self.last = b
+            elif b in (0x7D, 0x5D):  # } ]
+                self.stack = self.stack[:-1]
+                self.last = b
+            elif b in (0x2C, 0x3A) or not (b in b" \t\r\n" or b >= 0x80 or b == 0x3C or b == 0x3E):
+                self.last = b        # , : and the bytes of numbers and literals
+        return self
+
+    def open(self) -> int:
+        owed = self.last in (0x2C, 0x3A, 0x4B) or (self.in_string and self.key)
+        return len(self.stack) + self.in_string + owed
+
+
 class Constraint:
     """One generation's grammar state (an LLMatcher) and its mask buffer."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, n_vocab: int, compile_s: float = 0.0, eog=()):
+    def __init__(self, matcher: llguidance.LLMatcher, n_vocab: int, compile_s: float = 0.0, eog=(),
+                 tokenizer: llguidance.LLTokenizer | None = None):
         self.matcher = matcher
         self.eog = frozenset(eog)
         self.n_vocab = n_vocab
@@ -150,6 +262,13 @@ class Constraint:
         self._bitmask = np.full((n_vocab + 31) // 32, -1, dtype=np.int32)
         self.masked_tokens = 0   # tokens drawn under a mask that removed at least one token
         self.steps = 0
+        # Without a tokenizer (tests' stand-in matchers) closing_path finds nothing.
+        self.tokenizer = tokenizer
+        self.closers = closer_table(tokenizer) if tokenizer is not None else None
+        self._depth = JsonDepth()
+        self._plan: list[int] | None = None   # the last closing found, less the tokens taken from it since
+        self._search_mask = np.zeros_like(self._bitmask)
+        self.search_nodes = 0    # states the last closing_path looked at
 
     def mask(self, logits: np.ndarray) -> None:
         """Forbid, in `logits` itself, every token the grammar does not allow next."""
@@ -173,6 +292,91 @@ class Constraint:
     def accept(self, token: int) -> None:
         if not self.matcher.consume_token(token):
             raise ConstraintError(f"the grammar refused token {token}: {first_line(self.matcher.get_error())}")
+        if self.tokenizer is not None:
+            self._depth.feed(self._text(token))
+        if self._plan:
+            self._plan = self._plan[1:] if self._plan[0] == token else None
+
+    def closing_path(self, limit: int) -> list[int] | None:
+        """At most `limit` tokens that take the grammar from here to a complete (accepting) state,
+        or None when the bounded search finds none; [] when it is complete already. The matcher is
+        left exactly as it was: the search runs on a copy of it (deep_copy: microseconds), walking
+        forward with consume_token and back with rollback.
+
+        Depth first, best candidate first: at each state the forced tokens (compute_ff_tokens) are
+        taken as they are; otherwise the CloserTable's tokens the mask allows are tried in the order
+        of how much JSON they leave open (JsonDepth), then their rank, at most CLOSE_CANDIDATES of
+        them, and the whole search looks at no more than CLOSE_NODES states. A closing found on an
+        earlier step whose tokens the answer has followed since is still one: its rest is returned
+        without a new search, so a closing under way never grows (a fresh search from the next state
+        may find a longer one) and costs nothing more."""
+        if self.matcher is None or self.closers is None or limit < 0 or self.matcher.is_error():
+            return None
+        if self.matcher.is_accepting():
+            return []
+        if self._plan is not None and len(self._plan) <= limit:
+            return list(self._plan)
+        matcher = self.matcher.deep_copy()
+        path: list[int] = []
+        self.search_nodes = 0
+        found = self._search(matcher, path, self._depth.copy(), limit)
+        if matcher.is_error():   # a token the mask allowed and the parser then refused: no answer
+            found = False
+        else:
+            matcher.rollback(len(path))
+        self._plan = list(path) if found else None
+        return None if self._plan is None else list(self._plan)
+
+    def _search(self, matcher, path: list[int], depth: JsonDepth, left: int) -> bool:
+        if matcher.is_accepting():
+            return True
+        if left <= 0 or self.search_nodes >= CLOSE_NODES or matcher.is_stopped():
+            return False
+        self.search_nodes += 1
+        forced = matcher.compute_ff_tokens()
+        if forced:
+            if len(forced) > left or not matcher.consume_tokens(forced):
+                return False
+            path.extend(forced)
+            after = depth.copy()
+            for t in forced:
+                after.feed(self._text(t))
+            if self._search(matcher, path, after, left - len(forced)):
+                return True
+            matcher.rollback(len(forced))
+            del path[-len(forced):]
+            return False
+        matcher.unsafe_compute_mask_ptr(self._search_mask.ctypes.data, self._search_mask.nbytes)
+        if matcher.is_error():
+            return False
+        table = self.closers
+        scored, before, level, recent = [], depth.open(), len(path), path[-4:]
+        for t in table.allowed(self._search_mask).tolist():
+            after = depth.copy().feed(table.text[t])
+            h, rank = after.open(), table.rank[t]
+            if rank == 0 or h < before:   # punctuation, or a literal that completes a value
+                scored.append((h, 0, rank, len(table.text[t]), t, after))
+            else:  # more of a string or a number: punctuation first (what formats and patterns hinge on:
+                # @ . - :), a token used in the last few steps after the others, then a varying order
+                text = table.text[t]
+                scored.append((h + 1, 1, recent.count(t), text.isalnum(), (t * 40503 + level * 2654435761) & 0xFFFF,
+                               t, after))
+        scored.sort(key=lambda c: c[:-1])
+        for *_, t, after in scored[:CLOSE_CANDIDATES]:
+            if not matcher.consume_token(t):
+                return False  # the matcher is in error: nothing more can be learned from this copy
+            path.append(t)
+            if self._search(matcher, path, after, left - 1):
+                return True
+            matcher.rollback(1)
+            path.pop()
+            if self.search_nodes >= CLOSE_NODES:
+                return False
+        return False
+
+    def _text(self, token: int) -> bytes:
+        text = self.closers.text.get(token)
+        return text if text is not None else self.tokenizer.decode_bytes([token])
 
     def is_done(self) -> bool:
         """The grammar is complete and allows nothing more than the end of generation."""

@@ -21,6 +21,17 @@ from edge.protocol.guidance import Constraint, ConstraintError
 
 PENALTY_LAST_N = 64
 
+# Closing a constrained answer within its budget (README "Structured output"): within the last
+# CLOSE_WINDOW tokens a turn may still generate, each step looks for a short way the grammar can
+# be completed (Constraint.closing_path); once that needs all but CLOSE_MARGIN of the tokens left,
+# its first token is forced. The margin covers a free token that opens more than it closes (`[{"`
+# owes a key, a value and two brackets). Before the window every CLOSE_STRIDE-th step looks too, so
+# that a schema whose completion alone is longer than the window (many required fields) is
+# watched early enough.
+CLOSE_WINDOW = 64
+CLOSE_MARGIN = 4
+CLOSE_STRIDE = 16
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -118,6 +129,9 @@ class TokenSampler:
         self._cand = np.zeros(n_vocab, dtype=TOKEN_DATA)
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self.rejections = 0  # tokens the grammar sent back to the full pass
+        self.closed_tokens = 0  # tokens the closing forced (an answer steered to end within its budget)
+        self._banned = frozenset(t for t, bias in params.logit_bias if bias == -math.inf)
+        self._watch_from = 0    # remaining tokens from which the closing looks at every step
 
     def close(self) -> None:
         """Free the chain (its penalty buffers are large); grammars are closed by their owner."""
@@ -129,13 +143,15 @@ class TokenSampler:
         if trigger is not None:
             grammar.accept(trigger)
 
-    def sample(self, ctx, is_eog, logits: np.ndarray | None = None) -> int:
+    def sample(self, ctx, is_eog, logits: np.ndarray | None = None, remaining: int | None = None) -> int:
         """Draw from the context's last logits row, or from `logits` (a row copied out of a batched
-        decode, scheduler.py): the same chain and the same draws either way."""
+        decode, scheduler.py): the same chain and the same draws either way. `remaining` is how many
+        tokens the turn may still generate, this one included (max_tokens, the context's end); an
+        llguidance constraint uses it to close the answer in time (_close)."""
         if self.grammar is None and logits is None:
             return self.chain.sample(ctx, -1)
         if isinstance(self.grammar, Constraint):
-            return self._sample_masked(ctx, is_eog, logits)
+            return self._sample_masked(ctx, is_eog, logits, remaining)
         token = self._draw(ctx, with_grammar=False, logits=logits)
         if self.grammar is not None and not self.grammar.allows(token):
             self.rejections += 1
@@ -147,7 +163,7 @@ class TokenSampler:
             self.grammar.accept(token)
         return token
 
-    def _sample_masked(self, ctx, is_eog, logits: np.ndarray | None) -> int:
+    def _sample_masked(self, ctx, is_eog, logits: np.ndarray | None, remaining: int | None = None) -> int:
         """llguidance's mask written into the logits row in place (the context's own buffer, or the
         row the scheduler copied out), then the unchanged chain: every sampler setting applies to
         the allowed tokens. `rejections` counts tokens where the mask removed the model's top choice."""
@@ -159,6 +175,8 @@ class TokenSampler:
         except ConstraintError as e:
             raise GrammarCompileError(str(e)) from None
         self.rejections += not math.isfinite(row[top])
+        if remaining is not None:
+            self._close(row, remaining)
         if logits is None:
             token = self.chain.sample(ctx, -1)  # llama_sampler_sample accepts the token into the chain
         else:
@@ -170,6 +188,29 @@ class TokenSampler:
             except ConstraintError as e:
                 raise GrammarCompileError(str(e)) from None
         return token
+
+    def _close(self, row: np.ndarray, remaining: int) -> None:
+        """Near the budget's end, steer the answer to a complete one: when the shortest closing the
+        search finds needs all but CLOSE_MARGIN of the `remaining` tokens, the row keeps only its
+        first token (or, the grammar being complete already, the ends of generation), and the
+        unchanged chain draws it, so its state (penalties, the seed's stream) stays its own."""
+        if remaining > max(CLOSE_WINDOW, self._watch_from) and remaining % CLOSE_STRIDE:
+            return
+        path = self.grammar.closing_path(remaining)
+        if path is None:
+            return
+        if len(path) + CLOSE_MARGIN + CLOSE_STRIDE >= remaining:
+            self._watch_from = max(self._watch_from, remaining)  # the next stride would be too late
+        if len(path) + CLOSE_MARGIN < remaining:
+            return
+        keep = path[:1] or [t for t in sorted(self.grammar.eog) if t < row.shape[0] and math.isfinite(row[t])]
+        keep = [t for t in keep if t not in self._banned]
+        if not keep:
+            return
+        kept = row[keep].copy()
+        row[:] = -np.inf
+        row[keep] = kept
+        self.closed_tokens += 1
 
     def _draw(self, ctx, with_grammar: bool, logits: np.ndarray | None = None) -> int:
         if logits is None:

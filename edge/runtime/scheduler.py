@@ -87,8 +87,8 @@ class BatchSequence:
     def eval(self, tokens: list[int]) -> None:
         self._run(tokens, self._n)
 
-    def sample(self, sampler, is_eog) -> int:
-        return sampler.sample(None, is_eog, logits=self.logits)
+    def sample(self, sampler, is_eog, remaining: int | None = None) -> int:
+        return sampler.sample(None, is_eog, logits=self.logits, remaining=remaining)
 
     def release(self) -> None:
         self.scheduler.release(self.slot)

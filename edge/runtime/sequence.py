@@ -86,8 +86,8 @@ class LlamaSequence:
         self.llama.n_tokens = 0
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llama._ctx.ctx), True)
 
-    def sample(self, sampler, is_eog) -> int:
-        return sampler.sample(self.llama._ctx, is_eog)
+    def sample(self, sampler, is_eog, remaining: int | None = None) -> int:
+        return sampler.sample(self.llama._ctx, is_eog, remaining=remaining)
 
     def release(self) -> None:
         if self.lock is not None:

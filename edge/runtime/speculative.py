@@ -275,12 +275,12 @@ class SpeculativeSequence:
         self._end_round(rejected=False)
         return self.base.prefill(prompt)
 
-    def sample(self, sampler, is_eog) -> int:
+    def sample(self, sampler, is_eog, remaining: int | None = None) -> int:
         if self.row is None:
-            return self.base.sample(sampler, is_eog)
+            return self.base.sample(sampler, is_eog, remaining)
         ctx = self.llama._ctx
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, self.row), shape=(self._n_vocab,))
-        return sampler.sample(ctx, is_eog, logits=logits)
+        return sampler.sample(ctx, is_eog, logits=logits, remaining=remaining)
 
     def eval(self, tokens: list[int]) -> None:
         if len(tokens) == 1 and self.pending and tokens[0] == self.pending[0]:

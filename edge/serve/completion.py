@@ -196,11 +196,11 @@ class LogprobSampler:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def sample(self, ctx, is_eog, logits: np.ndarray | None = None) -> int:
+    def sample(self, ctx, is_eog, logits: np.ndarray | None = None, remaining: int | None = None) -> int:
         n_vocab = self.inner.n_vocab
         row = np.array(logits if logits is not None else np.ctypeslib.as_array(
             llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(n_vocab,)), dtype=np.float32)
-        token = self.inner.sample(ctx, is_eog, logits=logits)
+        token = self.inner.sample(ctx, is_eog, logits=logits, remaining=remaining)
         if not self.turn.in_think and not is_eog(token):  # the answer's tokens, as OpenAI counts them
             self.recorder.record(row, token)
         return token

@@ -93,10 +93,14 @@ def plain(scripted_gguf):
 
 
 @pytest.fixture(scope="module")
-def random_model(models, tmp_path_factory):
+def random_gguf(models, tmp_path_factory):
     from quantize import quantize_model
-    path = quantize_model(models["tied"], "f16", tmp_path_factory.mktemp("rnd") / "tied-f16.gguf").output
-    with Engine.load(path, n_ctx=2048, n_threads=1) as e:
+    return quantize_model(models["tied"], "f16", tmp_path_factory.mktemp("rnd") / "tied-f16.gguf").output
+
+
+@pytest.fixture(scope="module")
+def random_model(random_gguf):
+    with Engine.load(random_gguf, n_ctx=2048, n_threads=1) as e:
         yield e
 
 
@@ -166,10 +170,10 @@ def test_suite_subset_is_valid_or_flagged_on_a_random_model(random_model):
     """A fast subset of the JSON-Schema-Test-Suite at temperature 1 on a tiny random-weight model
     (the whole list is benchmarks/bench_schemas.py): every schema is accepted and every answer
     either validates or comes back flagged, never silently invalid. This model often loops inside
-    a free string until max_tokens (most of these schemas allow one), so many answers here are
-    flagged cuts: exactly what the rule must catch."""
+    a free string until max_tokens (most of these schemas allow one): those answers are closed
+    within the budget (issue 24) and validate; a cut one would be flagged."""
     cases = {n.split(" ")[0].removeprefix("suite:"): s for n, s in suite_cases()}
-    valid_answers, flagged = [], []
+    valid_answers, flagged, closed = [], [], []
     for name in FAST_SUITE:
         schema = cases[name]
         reply = Chat(random_model, mode="no_think", seed=0, max_tokens=200, sampling={"temperature": 1.0}).send(
@@ -180,7 +184,32 @@ def test_suite_subset_is_valid_or_flagged_on_a_random_model(random_model):
             ok = False
         assert ok == (reply.schema_error is None), (name, reply.answer[:200], reply.schema_error)
         (valid_answers if ok else flagged).append(name)
-    assert valid_answers and flagged  # both sides of the rule were exercised
+        if any(n.startswith("the answer was closed early") for n in reply.notices):
+            closed.append(name)
+            assert reply.stop_reason == "length", name
+    assert not flagged and closed  # every answer validates, some because they were closed in time
+
+
+OPEN_SCHEMAS = [{"type": "object"}, {"type": "array", "items": {"type": "string"}},
+                {"type": "object", "properties": {"a": {"type": "array", "items": {}}, "b": {"type": "string"}},
+                 "required": ["a", "b"]}]
+
+
+@pytest.mark.parametrize("schema", OPEN_SCHEMAS, ids=["object", "strings", "required"])
+def test_an_open_schema_is_closed_within_max_tokens(random_model, schema):
+    """Issue 24: open schemas let the random model write until max_tokens, which cut the answer
+    (invalid JSON, flagged). Near the limit the grammar's shortest completion is now forced: the
+    answer parses and validates, within max_tokens, still "length" (the limit ended it), and a
+    notice says it was closed early."""
+    for seed in range(2):
+        events = list(Chat(random_model, mode="no_think", seed=seed, max_tokens=32,
+                           sampling={"temperature": 1.0}).stream("JSON?", response_format=rf(schema)))
+        reply = events[-1].reply
+        assert reply.schema_error is None and valid(json.loads(reply.answer), schema), (seed, reply.answer)
+        assert reply.stop_reason == "length" and reply.generated_tokens <= 32
+        note = "the answer was closed early to end within max_tokens 32"
+        assert any(n.startswith(note) for n in reply.notices), reply.notices
+        assert any(e.kind == "notice" and e.text.startswith(note) for e in events)
 
 
 def test_a_narrowed_schema_is_said_and_its_answer_validates(plain):
@@ -193,3 +222,13 @@ def test_a_narrowed_schema_is_said_and_its_answer_validates(plain):
     assert reply.schema_error is None and valid(json.loads(reply.answer), schema)
     assert any("patternProperties overlap" in n for n in reply.notices)
     assert any(e.kind == "notice" and "patternProperties overlap" in e.text for e in events)
+
+
+def test_an_open_schema_is_closed_before_the_context_ends(random_gguf):
+    """Without max_tokens the context's end is the budget: the answer is closed before it."""
+    with Engine.load(random_gguf, n_ctx=96, n_threads=1) as engine:
+        reply = Chat(engine, mode="no_think", seed=1, sampling={"temperature": 1.0}).send(
+            "JSON?", response_format=rf({"type": "object"}))
+    assert reply.schema_error is None and valid(json.loads(reply.answer), {"type": "object"}), reply.answer
+    assert reply.stop_reason == "length" and reply.prompt_tokens + reply.generated_tokens <= 96
+    assert any(n.startswith("the answer was closed early to end within the 96-token context") for n in reply.notices)

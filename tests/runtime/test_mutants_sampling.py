@@ -288,3 +288,30 @@ def test_the_contexts_own_logits_are_drawn_from_like_a_copied_row(tmp_path):
             assert got[0] == got[1] and len(set(got[0])) > 2, (gbnf, got)
     finally:
         llm.close()
+
+
+def test_the_closing_forces_the_grammars_end_only_near_the_budget(vocab, letter_ids):
+    """An llguidance constraint inside a JSON string that the row wants to go on forever (`a`):
+    with more than the margin to spare the chain draws freely; once the closing (`"` then `]`)
+    needs all but CLOSE_MARGIN of the tokens left, its tokens are forced, then the end, each drawn
+    by the unchanged chain and counted."""
+    from edge.protocol.guidance import compile_grammar, tokenizer_for
+    from edge.runtime.sampling import CLOSE_MARGIN
+    a = letter_ids[0]
+    quote, bracket = (vocab.tokenize(c.encode(), add_bos=False, special=False)[0] for c in '"]')
+    eog = vocab.token_eos()
+    c = compile_grammar(tokenizer_for(vocab), 'start: %json {"type": "array", "items": {"type": "string"}}')
+    for t in vocab.tokenize(b'["aa', add_bos=False, special=False):
+        c.accept(t)
+    logits = row(vocab.n_vocab(), {a: 10.0, quote: 0.0, bracket: 0.0, eog: 0.0})
+    sampler = TokenSampler(SamplingParams(temperature=1.0, top_p=1.0, top_k=0, seed=3), vocab.n_vocab())
+    try:
+        sampler.arm(c)
+        left = 2 + CLOSE_MARGIN + 1
+        assert sampler.sample(None, never_eog, logits=logits.copy(), remaining=left) == a   # room to spare
+        assert sampler.sample(None, never_eog, logits=logits.copy(), remaining=None) == a   # no budget known
+        assert sampler.closed_tokens == 0
+        got = [sampler.sample(None, lambda t: t == eog, logits=logits.copy(), remaining=left - 1 - i) for i in range(3)]
+        assert got == [quote, bracket, eog] and sampler.closed_tokens == 3
+    finally:
+        sampler.close()
