@@ -137,8 +137,15 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_run_refuses_a_json_answer_cut_by_max_tokens(scripted_gguf):
-    args = ["run", str(scripted_gguf), "Extract", "--seed", "1", "--max-tokens", "6", "--no-think", "--json-object"]
+def test_run_refuses_a_json_answer_cut_by_max_tokens(scripted_gguf, tmp_path):
+    """An answer the closing cannot complete within max_tokens (two required keys need more than 4
+    tokens) is cut, printed, and refused: exit 1 and the reason."""
+    schema = tmp_path / "s.json"
+    keys = ["a_rather_long_property_name_one", "another_rather_long_property_name"]
+    schema.write_text(json.dumps({"type": "object", "properties": {k: {"type": "string"} for k in keys},
+                                  "required": keys}))
+    args = ["run", str(scripted_gguf), "Extract", "--seed", "1", "--max-tokens", "4", "--no-think",
+            "--json-schema", str(schema)]
     r = runner.invoke(app, args + ["--json"])
     assert r.exit_code == 1, r.output
     d = json.loads(r.stdout)
@@ -146,6 +153,17 @@ def test_run_refuses_a_json_answer_cut_by_max_tokens(scripted_gguf):
     assert "not complete JSON" in d["schema_error"] and "token limit" in one_error_line(r.stderr)
     r = runner.invoke(app, args)
     assert r.exit_code == 1 and r.stdout.lstrip().startswith("{") and "token limit" in one_error_line(r.stderr)
+
+
+def test_run_closes_a_json_answer_within_max_tokens_when_it_can(scripted_gguf):
+    """--json-object with 6 tokens: the closing ends the object in time; it validates, so run
+    exits 0, and the reply says it was closed early (stop_reason stays length)."""
+    r = runner.invoke(app, ["run", str(scripted_gguf), "Extract", "--seed", "1", "--max-tokens", "6", "--no-think",
+                            "--json-object", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert isinstance(json.loads(d["answer"]), dict) and d["stop_reason"] == "length" and d["schema_error"] is None
+    assert any("closed early to end within max_tokens 6" in n for n in d["notices"])
 
 
 def test_run_names_a_bad_argument(scripted_gguf):
