@@ -116,11 +116,31 @@ def test_a_copy_must_add_min_saved_tokens_to_what_the_sequence_holds(fake):
     states = RamStates(1 << 20)
     saved = list(range(300, 330))
     states.replacing(None, 0, held(fake, saved), 0)
-    prompt = saved + [5]
+    prompt = saved + list(range(20))  # a prompt far longer than the copy: only what the copy adds counts
     fake.seqs[1] = ["untouched"]
     assert states.restore(None, 1, prompt, len(saved) - MIN_SAVED_TOKENS + 1) is None  # 7 more
     assert fake.seqs[1] == ["untouched"] and states.restores == 0
     assert states.restore(None, 1, prompt, len(saved) - MIN_SAVED_TOKENS) == len(saved)  # 8 more
+
+
+@pytest.mark.parametrize("fails", ["set_data", "seq_rm"])
+def test_a_copy_llama_cpp_refuses_leaves_the_sequence_empty_and_says_0(fake, monkeypatch, fails):
+    """set_data refused: the copy is dropped (it will not load later either); cutting it to the
+    shared prefix refused: the sequence is emptied. Either way 0 (evaluate the whole prompt), never
+    a sequence holding more than the prompt shares."""
+    states = RamStates(1 << 20)
+    saved = list(range(400, 430))
+    states.replacing(None, 0, held(fake, saved), 0)
+    if fails == "set_data":
+        monkeypatch.setattr(ram_states.llama_cpp, "llama_state_seq_set_data", lambda ctx, state, size, seq_id: 0)
+    else:
+        real = fake.seq_rm
+        monkeypatch.setattr(ram_states.llama_cpp, "llama_memory_seq_rm",
+                            lambda mem, seq_id, p0, p1: p0 < 0 and real(mem, seq_id, p0, p1))
+    fake.seqs[1] = [1, 2]
+    assert states.restore(None, 1, saved[:20] + [7, 8], 0) == 0
+    assert fake.seqs[1] == [] and states.restores == 0
+    assert len(states.saved) == (0 if fails == "set_data" else 1)
 
 
 def test_nothing_is_copied_from_a_sequence_llama_cpp_holds_empty(fake):
