@@ -36,7 +36,10 @@ class FakeContext:
         return size
 
     def seq_rm(self, mem, seq_id, p0, p1):
-        self.seqs[seq_id] = [] if p0 < 0 else self.seqs.get(seq_id, [])[:p0]
+        """llama_memory_seq_rm: positions [p0, p1) removed, a negative bound meaning the end."""
+        tokens = self.seqs.get(seq_id, [])
+        lo, hi = max(p0, 0), len(tokens) if p1 < 0 else p1
+        self.seqs[seq_id] = tokens[:lo] + tokens[hi:]
         return True
 
 
