@@ -30,14 +30,14 @@ def test_run_json_schema_prints_a_valid_answer(scripted_gguf, tmp_path):
         assert (SCRIPT_THINKING_TEXT in r.stderr) == (think == "--think")
 
 
-def test_run_json_object_with_json_output(scripted_gguf):
-    """Six tokens cut a random object short: it is printed all the same (an object opened), and
-    the exit status 1 and schema_error say it is not complete JSON."""
+def test_run_json_object_closed_within_max_tokens_prints_an_object(scripted_gguf):
+    """Six tokens would cut a random object short; the closing ends it in time (README "Closing
+    within the budget"): plain output is an object a script can parse, exit 0. A cut that cannot
+    be closed is test_small_things' test_run_refuses_a_json_answer_cut_by_max_tokens."""
     r = runner.invoke(app, ["run", str(scripted_gguf), "Extract", "--seed", "1", "--max-tokens", "6", "--no-think",
-                            "--json-object", "--json"])
-    assert r.exit_code == 1, r.output
-    out = json.loads(r.stdout)
-    assert out["answer"].lstrip().startswith("{") and "not complete JSON" in out["schema_error"]
+                            "--json-object"])
+    assert r.exit_code == 0, r.output
+    assert isinstance(json.loads(r.stdout), dict)
 
 
 def test_bad_schema_files_are_one_line(scripted_gguf, tmp_path):
