@@ -109,7 +109,8 @@ SAMPLERS = {
 
 def run_case(engine: Engine, kind: str, schema, seed: int, max_tokens: int, sampler: str = "plain") -> tuple[str, str]:
     """("refused" | "valid" | "cut" | "flagged" | "silent", detail). "cut": flagged, and the reply
-    ended on max_tokens before the JSON was complete (on random weights, a string that never closes)."""
+    ended on max_tokens before the JSON was complete (on random weights, a string that never closes);
+    an answer the closing completed in time that is still invalid is "flagged"."""
     cls = LegacyChat if kind == "gbnf" else Chat
     chat = cls(engine, mode="no_think", seed=seed, max_tokens=max_tokens, sampling=SAMPLERS[sampler])
     try:
@@ -120,7 +121,8 @@ def run_case(engine: Engine, kind: str, schema, seed: int, max_tokens: int, samp
     if problem is None:
         return "valid", ""
     if getattr(reply, "schema_error", None):
-        return "cut" if reply.stop_reason == "length" else "flagged", f"{problem} | {reply.answer[:80]!r}"
+        cut = reply.stop_reason == "length" and "not complete JSON" in problem  # a closed answer is complete
+        return "cut" if cut else "flagged", f"{problem} | {reply.answer[:80]!r}"
     return "silent", f"{problem} | {reply.answer[:80]!r}"
 
 
