@@ -25,6 +25,8 @@ import weakref
 import llguidance
 import numpy as np
 
+from edge.protocol.number_bound import NumberRun, bound, digit_words
+
 # Hostile grammars stay bounded: llguidance's own fuel limits (documented in README), tighter
 # than its defaults so that the worst case compiles in well under a second here.
 LIMITS = dict(max_items_in_row=2000, initial_lexer_fuel=1_000_000, step_lexer_fuel=200_000,
@@ -153,7 +155,8 @@ class CloserTable:
     JSON's punctuation (`"}`, `]}`, `",` ...), short literals (0, 1, true, null, "" ...), single
     printable characters (string content a pattern or a minLength wants) and the special tokens
     that are not ends of generation (`</tool_call>`). `rank` orders them within a heuristic tie:
-    punctuation, then literals, then characters, then special tokens."""
+    punctuation, then literals, then characters, then special tokens. `digits` (number_bound.py)
+    is read from the same scan of the vocabulary."""
 
     def __init__(self, pieces: list[bytes], special: list[bool], eos: frozenset[int]):
         ids, ranks, texts = [], [], []
@@ -178,6 +181,7 @@ class CloserTable:
         self.words, self.bits = self.ids >> 5, (self.ids & 31).astype(np.uint32)
         self.rank = dict(zip(ids, ranks))
         self.text = dict(zip(ids, texts))
+        self.digits = digit_words(pieces, len(pieces))
 
     def allowed(self, bitmask: np.ndarray) -> np.ndarray:
         """The table's tokens whose bit is set in llguidance's mask words."""
@@ -269,12 +273,17 @@ class Constraint:
         self._plan: list[int] | None = None   # the last closing found, less the tokens taken from it since
         self._search_mask = np.zeros_like(self._bitmask)
         self.search_nodes = 0    # states the last closing_path looked at
+        self._number = NumberRun()
+        self.bounded_tokens = 0  # tokens drawn with a number's digits at their bound (number_bound.py)
 
     def mask(self, logits: np.ndarray) -> None:
-        """Forbid, in `logits` itself, every token the grammar does not allow next."""
+        """Forbid, in `logits` itself, every token the grammar does not allow next, and a digit past
+        a number's bound (number_bound.py) where the grammar allows something else."""
         self.matcher.unsafe_compute_mask_ptr(self._bitmask.ctypes.data, self._bitmask.nbytes)
         if self.matcher.is_error():
             raise ConstraintError(f"the grammar failed: {first_line(self.matcher.get_error())}")
+        if self.closers is not None and self._number.full():
+            self.bounded_tokens += bound(self._bitmask, self.closers.digits, self._search_mask)
         allowed = apply_mask(logits[: self.n_vocab], self._bitmask)
         if logits.shape[0] > self.n_vocab:
             logits[self.n_vocab:] = -np.inf
@@ -293,7 +302,9 @@ class Constraint:
         if not self.matcher.consume_token(token):
             raise ConstraintError(f"the grammar refused token {token}: {first_line(self.matcher.get_error())}")
         if self.tokenizer is not None:
-            self._depth.feed(self._text(token))
+            text = self._text(token)
+            self._depth.feed(text)
+            self._number.feed(text)
         if self._plan:
             self._plan = self._plan[1:] if self._plan[0] == token else None
 
