@@ -29,6 +29,8 @@ from typing import Any
 import jsonschema
 
 from edge.protocol.guidance import check_grammar
+from edge.protocol.schema_narrowing import (NARROWED_PATTERNS, OVERLAPPING_PATTERNS, narrow_for_decoding,
+                                            narrow_pattern_properties, unsatisfiable)
 from edge.protocol.schema_validator import meta_validator
 
 MAX_SCHEMA_BYTES = 64 * 1024
@@ -238,42 +240,6 @@ COUNTS = {"maxLength", "minLength", "maxItems", "minItems", "maxProperties", "mi
           "minContains"}
 
 
-# llguidance refuses patternProperties whose regexes may overlap (a key matching two of them must
-# satisfy both schemas); the answer then keeps to the listed properties (narrow_pattern_properties).
-OVERLAPPING_PATTERNS = "are not disjoint"
-NARROWED_NOTICE = ("the schema's patternProperties overlap, which cannot be enforced while decoding: "
-                   "the answer uses only its listed properties")
-
-
-SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
-SCHEMA_VALUES = ("items", "contains", "additionalProperties", "not", "if", "then", "else", "propertyNames",
-                 "unevaluatedItems", "unevaluatedProperties")
-
-
-def narrow_pattern_properties(schema: Any) -> Any:
-    """A copy of `schema` in which every object with more than one patternProperties allows only
-    its listed properties instead. Each answer it allows is one the schema allows (a key no
-    pattern matches was free to be absent); required keys only a pattern covers make it refused."""
-    if not isinstance(schema, dict):
-        return schema
-    out = dict(schema)
-    for key in SCHEMA_MAPS:
-        if isinstance(schema.get(key), dict):
-            out[key] = {name: narrow_pattern_properties(sub) for name, sub in schema[key].items()}
-    for key in SCHEMA_LISTS:
-        if isinstance(schema.get(key), list):
-            out[key] = [narrow_pattern_properties(sub) for sub in schema[key]]
-    for key in SCHEMA_VALUES:
-        if key in schema:
-            out[key] = narrow_pattern_properties(schema[key])
-    patterns = schema.get("patternProperties")
-    if isinstance(patterns, dict) and len(patterns) > 1:
-        del out["patternProperties"]
-        out["additionalProperties"] = False
-    return out
-
-
 def _close(node: Any, close: bool) -> Any:
     if not isinstance(node, dict):
         return node
@@ -343,6 +309,25 @@ def _check(lark: str, where: str) -> str:
     return lark
 
 
+def _first_enforceable(schema: Any, grammar_for) -> tuple[str, tuple[str, ...]]:
+    """The grammar of the first copy of `schema` llguidance compiles: its narrowed decoding copy
+    (schema_narrowing.py), the schema as sent, or, where patternProperties overlap, the schema
+    kept to its listed properties; with the notices for the narrowing used. The error raised is
+    the one for the schema as sent."""
+    narrowed, notices = narrow_for_decoding(schema)
+    if narrowed != schema:
+        try:
+            return grammar_for(narrowed), notices
+        except GrammarError:
+            pass
+    try:
+        return grammar_for(schema), ()
+    except GrammarError as e:
+        if OVERLAPPING_PATTERNS not in e.message:
+            raise
+        return grammar_for(narrow_pattern_properties(schema)), (NARROWED_PATTERNS,)
+
+
 def plan_constraints(tools: Any = None, tool_choice: Any = "auto", response_format: Any = None,
                      parallel_tool_calls: bool = True) -> Constraints:
     """Check a turn's tools, tool_choice and response format; build its grammars (pure: the
@@ -355,6 +340,8 @@ def plan_constraints(tools: Any = None, tool_choice: Any = "auto", response_form
     schema = response_schema(response_format)
     if schema is not None:
         check_schema(schema, "response_format")
+        if (why := unsatisfiable(schema)) is not None:
+            raise GrammarError(f"response_format can never be met: {why}", "response_format")
     if choice == "none":
         tools = None
     lead = f"LEAD: {LEAD}\n"
@@ -373,12 +360,7 @@ def plan_constraints(tools: Any = None, tool_choice: Any = "auto", response_form
         def answer_grammar_for(rule_schema: Any) -> str:
             return _check(f"start: LEAD? ({alternatives})\n{lead}answer: {json_rule(rule_schema)}\n{call_rules}",
                           "response_format")
-        try:
-            answer_grammar = answer_grammar_for(schema)
-        except GrammarError as e:
-            if OVERLAPPING_PATTERNS not in e.message:
-                raise
-            answer_grammar, notices = answer_grammar_for(narrow_pattern_properties(schema)), (NARROWED_NOTICE,)
+        answer_grammar, notices = _first_enforceable(schema, answer_grammar_for)
     if calls and choice == "auto":
         call_grammar = _check(f"start: {calls} LEAD?\n{lead}{call_rules}", "tools")
     return Constraints(tools, answer_grammar, call_grammar, frozenset(names) if tools else frozenset(),

@@ -54,7 +54,7 @@ def test_overlapping_pattern_properties_narrow_the_answer_to_the_listed_properti
 
 
 def test_narrowing_reaches_nested_objects_and_leaves_disjoint_patterns_alone():
-    from edge.protocol.grammar import narrow_pattern_properties
+    from edge.protocol.schema_narrowing import narrow_pattern_properties
     nested = {"$defs": {"o": OVERLAPPING}, "items": OVERLAPPING, "anyOf": [OVERLAPPING],
               "properties": {"patternProperties": {"type": "object"}}}
     narrowed = narrow_pattern_properties(nested)

@@ -1,0 +1,239 @@
+"""Decoding copies of a schema that llguidance can enforce, and schemas no answer can meet.
+
+llguidance compiles `not`, `if`/`then`/`else` and `propertyNames` leniently (it ignores them), so
+an answer could be valid JSON and still fail the schema (answer_check.py flags it). Where a
+keyword can be turned into one llguidance enforces, the copy decoded with says so instead:
+
+- ``propertyNames`` (pydantic's constrained dict keys) becomes ``patternProperties`` plus
+  ``additionalProperties: false``: the same rule, enforced exactly.
+- ``if``/``then``/``else`` becomes ``allOf: [if, then]`` (or ``else`` when ``if`` is false): every
+  answer it allows is one the schema allows; the else branch is not offered.
+- ``not: {"type": T, ...}`` becomes a ``type`` outside T: every value of another type fails the
+  negated schema, so the ``not`` holds; values of type T are not offered.
+
+Each narrowing only removes answers (never adds one) and is said in a notice; a copy llguidance
+cannot compile falls back to the schema as sent. All functions are pure: the caller's schema is
+read, never changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import regex
+
+SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+SCHEMA_VALUES = ("items", "contains", "additionalProperties", "not", "if", "then", "else", "propertyNames",
+                 "unevaluatedItems", "unevaluatedProperties")
+TYPES = ("null", "boolean", "object", "array", "number", "string")
+# Keywords that say nothing about which values are valid.
+ANNOTATIONS = {"$schema", "$id", "$comment", "$anchor", "$defs", "definitions", "title", "description", "default",
+               "examples", "deprecated", "readOnly", "writeOnly"}
+
+OVERLAPPING_PATTERNS = "are not disjoint"
+NARROWED_PATTERNS = ("the schema's patternProperties overlap, which cannot be enforced while decoding: "
+                     "the answer uses only its listed properties")
+NARROWED_CONDITIONAL = ("the schema's if/then/else cannot be enforced while decoding: the answer is held to "
+                        "its if and then branches")
+NARROWED_NOT = "the schema's not cannot be enforced while decoding: the answer takes a type the not excludes"
+
+
+def each_subschema(schema: Any, rewrite: Callable[[Any], Any]) -> Any:
+    """A shallow copy of `schema` with `rewrite` applied to every direct subschema."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in SCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: rewrite(sub) for name, sub in schema[key].items()}
+    for key in SCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            out[key] = [rewrite(sub) for sub in schema[key]]
+    for key in SCHEMA_VALUES:
+        if key in schema:
+            out[key] = rewrite(schema[key])
+    return out
+
+
+def narrow_pattern_properties(schema: Any) -> Any:
+    """A copy of `schema` in which every object with more than one patternProperties allows only
+    its listed properties instead. Each answer it allows is one the schema allows (a key no
+    pattern matches was free to be absent); required keys only a pattern covers make it refused."""
+    out = each_subschema(schema, narrow_pattern_properties)
+    patterns = schema.get("patternProperties") if isinstance(schema, dict) else None
+    if isinstance(patterns, dict) and len(patterns) > 1:
+        del out["patternProperties"]
+        out["additionalProperties"] = False
+    return out
+
+
+def always_valid(schema: Any) -> bool:
+    """`true`, or a schema of annotations only."""
+    return schema is True or (isinstance(schema, dict) and schema.keys() <= ANNOTATIONS)
+
+
+def unsatisfiable(schema: Any) -> str | None:
+    """Why no value at all can match `schema`, for the cases that are certain from its shape (a
+    refusal up front instead of an answer that can only come back flagged), or None."""
+    if schema is False:
+        return "it is false"
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("enum") == []:
+        return "its enum is empty"
+    if "not" in schema and always_valid(schema["not"]):
+        return "its not excludes every value"
+    for i, sub in enumerate(schema.get("allOf") or []):
+        if (why := unsatisfiable(sub)) is not None:
+            return f"allOf[{i}]: {why}"
+    branches = schema.get("anyOf")
+    if isinstance(branches, list) and branches and all(unsatisfiable(b) is not None for b in branches):
+        return "no branch of its anyOf can be met"
+    branches = schema.get("oneOf")
+    if isinstance(branches, list) and branches:
+        if all(unsatisfiable(b) is not None for b in branches):
+            return "no branch of its oneOf can be met"
+        if sum(always_valid(b) for b in branches) >= 2:
+            return "two branches of its oneOf accept every value, so no value matches exactly one"
+    return None
+
+
+def narrow_for_decoding(schema: Any) -> tuple[Any, tuple[str, ...]]:
+    """The copy of `schema` llguidance decodes with (see the module's docstring), and the notices
+    for the narrowings made (the propertyNames rewrite is exact and needs none)."""
+    said: set[str] = set()
+
+    def walk(node: Any) -> Any:
+        out = each_subschema(node, walk)
+        if not isinstance(node, dict):
+            return out
+        if "propertyNames" in node:
+            out = _property_names(out)
+        if "if" in node:
+            out = _conditional(out, said)
+        if isinstance(node.get("not"), dict) and "type" in node["not"]:
+            out = _not_type(out, said)
+        return out
+
+    if not _references_survive(schema):
+        return schema, ()
+    narrowed = walk(schema)
+    return narrowed, tuple(n for n in (NARROWED_CONDITIONAL, NARROWED_NOT) if n in said)
+
+
+_SAFE_REF = regex.compile(r"^#(/(\$defs|definitions)/[^/]+)?$")
+
+
+def _references_survive(schema: Any) -> bool:
+    """Whether every reference of `schema` still finds its target in a rewritten copy: $refs to
+    the root or to a whole $defs entry only (a rewrite may move or drop the `if` or `not` a
+    pointer or an $id-based reference names), and no $dynamicRef."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if "$dynamicRef" in node or (ref is not None and not (isinstance(ref, str) and _SAFE_REF.match(ref))):
+                return False
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+    return True
+
+
+def _property_names(node: dict) -> dict:
+    names = node["propertyNames"]
+    rule = _name_pattern(names)
+    extra = node.get("additionalProperties", True)
+    listed = node.get("properties") or {}
+    if rule is None or "patternProperties" in node or (listed and not always_valid(extra)) \
+            or not all(_matches(rule, name) for name in listed):
+        return node   # checked on the finished answer instead
+    out = {k: v for k, v in node.items() if k != "propertyNames"}
+    if rule == "":                 # propertyNames: true
+        return out
+    if rule == "false":            # no key is allowed
+        out.pop("properties", None)
+        out["additionalProperties"] = False
+        return out
+    out["patternProperties"] = {rule: extra}
+    out["additionalProperties"] = False
+    return out
+
+
+def _matches(rule: str, name: str) -> bool:
+    if rule in ("", "false"):
+        return rule == ""
+    try:
+        return regex.search(rule, name) is not None   # ECMA-262 patterns, as schema_validator reads them
+    except regex.error:
+        return False
+
+
+def _name_pattern(names: Any) -> str | None:
+    """A regex matching exactly the keys `names` (a propertyNames schema) allows: "" for all of
+    them, "false" for none, None when it is not one of the shapes handled."""
+    if always_valid(names):
+        return ""
+    if names is False:
+        return "false"
+    if not isinstance(names, dict):
+        return None
+    rules = {k: v for k, v in names.items() if k not in ANNOTATIONS and not (k == "type" and v == "string")}
+    if rules.keys() == {"pattern"} and isinstance(rules["pattern"], str):
+        return rules["pattern"]
+    if rules.keys() and rules.keys() <= {"minLength", "maxLength"} and all(
+            isinstance(v, int) and v >= 0 for v in rules.values()):
+        low, high = rules.get("minLength", 0), rules.get("maxLength", "")
+        return f"^[\\s\\S]{{{low},{high}}}$"
+    values = [rules["const"]] if rules.keys() == {"const"} else rules.get("enum") if rules.keys() == {"enum"} else None
+    if isinstance(values, list) and values and all(isinstance(v, str) for v in values):
+        return "^(" + "|".join(_literal(v) for v in values) + ")$"
+    return None
+
+
+def _literal(text: str) -> str:
+    """`text` as a regex matching exactly it, in the syntax both ECMA-262 and Rust's regex read."""
+    return "".join("\\" + c if c in _META else c for c in text)
+
+
+_META = set("\\.^$|?*+()[]{}/-")
+
+
+def _conditional(node: dict, said: set[str]) -> dict:
+    condition = node["if"]
+    out = {k: v for k, v in node.items() if k not in ("if", "then", "else")}
+    if "then" not in node and "else" not in node:
+        return out                       # an if alone changes nothing
+    certain = True
+    if condition is False or (condition is not True and unsatisfiable(condition) is not None):
+        branch = [node.get("else", True)]
+    elif always_valid(condition):
+        branch = [node.get("then", True)]
+    else:
+        branch, certain = [condition, node.get("then", True)], False
+    if any(unsatisfiable(b) is not None for b in branch):
+        return node                      # the other branch would need `not if`: checked on the answer
+    if not certain:
+        said.add(NARROWED_CONDITIONAL)   # the values that fail the condition are no longer offered
+    branch = [b for b in branch if not always_valid(b)]
+    if branch:
+        out["allOf"] = list(node.get("allOf", [])) + branch
+    return out
+
+
+def _not_type(node: dict, said: set[str]) -> dict:
+    excluded = node["not"]["type"]
+    excluded = {excluded} if isinstance(excluded, str) else set(excluded) if isinstance(excluded, list) else set()
+    if "integer" in excluded:
+        excluded.add("number")           # integers are numbers; the non-integer ones are not offered
+    own = node.get("type", TYPES)
+    candidates = [own] if isinstance(own, str) else list(own)
+    allowed = [t for t in candidates if t not in excluded and not (t == "integer" and "number" in excluded)]
+    if not allowed:
+        return node
+    out = {k: v for k, v in node.items() if k != "not"}
+    out["type"] = allowed if len(allowed) > 1 else allowed[0]
+    said.add(NARROWED_NOT)
+    return out

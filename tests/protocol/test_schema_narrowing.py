@@ -1,0 +1,146 @@
+"""schema_narrowing.py (issue 24): the copy of a schema llguidance decodes with only removes
+answers, never adds one, and the schemas refused up front are those no value can meet.
+
+Soundness is checked on the JSON-Schema-Test-Suite's own instances: for every schema of the
+case list and every instance its file lists, an instance the narrowed copy accepts is one the
+schema as sent accepts (jsonschema, Draft 2020-12, formats checked)."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from edge.protocol.grammar import GrammarError, plan_constraints
+from edge.protocol.schema_narrowing import (NARROWED_CONDITIONAL, NARROWED_NOT, narrow_for_decoding,
+                                            unsatisfiable)
+from edge.protocol.schema_validator import validator_for
+from tests.schema_cases import SUITE
+
+
+def suite_groups():
+    for path in sorted(SUITE.rglob("*.json")):
+        for i, group in enumerate(json.loads(path.read_text(encoding="utf-8"))):
+            yield f"{path.stem}#{i}", group["schema"], [t["data"] for t in group["tests"]]
+
+
+def valid(schema, instance) -> bool:
+    return validator_for(schema).is_valid(instance)
+
+
+def test_every_narrowed_suite_schema_accepts_only_what_the_schema_accepts():
+    narrowed_count = 0
+    for name, schema, instances in suite_groups():
+        narrowed, _ = narrow_for_decoding(schema)
+        if narrowed == schema:
+            continue
+        narrowed_count += 1
+        for instance in instances:
+            if valid(narrowed, instance):
+                assert valid(schema, instance), (name, instance, narrowed)
+    assert narrowed_count >= 20   # the rewrites reach the suite's propertyNames, if and not files
+
+
+@pytest.mark.parametrize("schema, instances", [
+    ({"propertyNames": {"maxLength": 3}}, [{"abc": 1}, {"abcd": 1}, {}, "x"]),
+    ({"propertyNames": {"enum": ["a.b", "c"]}, "properties": {"c": {"type": "integer"}}},
+     [{"a.b": 1}, {"axb": 1}, {"c": "no"}, {"c": 1}]),
+    ({"propertyNames": {"pattern": "^x"}, "additionalProperties": {"type": "number"}}, [{"xa": 1}, {"xa": "s"}, {"y": 1}]),
+    ({"if": {"type": "string"}, "then": {"minLength": 2}, "else": {"type": "integer"}}, ["a", "ab", 3, 3.5]),
+    ({"type": ["integer", "string"], "not": {"type": "integer"}}, [1, "s", 2.5, None]),
+    ({"not": {"type": "number"}}, [1, 1.5, "s", [1]]),
+])
+def test_the_rewrites_agree_with_the_schema_on_what_they_accept(schema, instances):
+    narrowed, _ = narrow_for_decoding(schema)
+    assert narrowed != schema
+    for instance in instances:
+        if valid(narrowed, instance):
+            assert valid(schema, instance), instance
+
+
+def test_property_names_become_patterns_exactly():
+    narrowed, notices = narrow_for_decoding({"type": "object", "propertyNames": {"maxLength": 3},
+                                             "additionalProperties": {"type": "number"}})
+    assert narrowed["additionalProperties"] is False and list(narrowed["patternProperties"].values()) == [
+        {"type": "number"}]
+    assert notices == ()   # exact: nothing to say
+    for keys, ok in [({"abc": 1}, True), ({"abcd": 1}, False), ({"ab": "x"}, False)]:
+        assert valid(narrowed, keys) is ok
+
+
+def test_property_names_the_listed_properties_break_are_left_to_the_answer_check():
+    schema = {"properties": {"long_name": {"type": "string"}}, "propertyNames": {"maxLength": 3}}
+    assert narrow_for_decoding(schema)[0] == schema
+
+
+def test_a_conditional_keeps_its_if_and_then_and_says_so():
+    schema = {"if": {"type": "string"}, "then": {"minLength": 2}, "else": {"type": "integer"}}
+    narrowed, notices = narrow_for_decoding(schema)
+    assert narrowed == {"allOf": [{"type": "string"}, {"minLength": 2}]} and notices == (NARROWED_CONDITIONAL,)
+    assert narrow_for_decoding({"if": False, "then": {"const": 1}, "else": {"const": 2}}) == (
+        {"allOf": [{"const": 2}]}, ())   # a condition known false is exact: the else branch
+    assert narrow_for_decoding({"if": {"const": 1}, "then": False}) == ({"if": {"const": 1}, "then": False}, ())
+
+
+def test_a_not_of_types_becomes_the_other_types():
+    narrowed, notices = narrow_for_decoding({"properties": {"a": {"not": {"type": ["integer", "boolean"]}}}})
+    assert narrowed == {"properties": {"a": {"type": ["null", "object", "array", "string"]}}}
+    assert notices == (NARROWED_NOT,)
+    assert narrow_for_decoding({"type": "integer", "not": {"type": "number"}})[0] == {
+        "type": "integer", "not": {"type": "number"}}   # nothing left: checked on the answer
+
+
+def test_narrowing_never_changes_the_callers_schema():
+    schema = {"if": {"type": "string"}, "then": {"minLength": 2}, "propertyNames": {"maxLength": 1},
+              "not": {"type": "null"}, "properties": {"x": {"if": True, "then": {"const": 1}}}}
+    before = json.dumps(schema, sort_keys=True)
+    narrow_for_decoding(schema)
+    assert json.dumps(schema, sort_keys=True) == before
+
+
+@pytest.mark.parametrize("schema, words", [
+    ({"not": {}}, "its not excludes every value"),
+    ({"not": True, "title": "x"}, "its not excludes every value"),
+    ({"enum": []}, "its enum is empty"),
+    ({"oneOf": [True, {"description": "any"}]}, "two branches of its oneOf"),
+    ({"allOf": [{"type": "string"}, {"anyOf": [False, {"not": {}}]}]}, "allOf[1]: no branch of its anyOf"),
+])
+def test_a_schema_no_value_can_meet_is_refused_up_front(schema, words):
+    assert words in unsatisfiable(schema)
+    with pytest.raises(GrammarError) as e:
+        plan_constraints(response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema}})
+    assert "response_format can never be met" in e.value.message and words in e.value.message
+
+
+@pytest.mark.parametrize("schema", [
+    {"not": {"type": "string"}}, {"oneOf": [True, False]}, {"oneOf": [{"type": "string"}, {}]},
+    {"anyOf": [False, {"type": "null"}]}, {"properties": {"x": False}}, {"not": {"format": "email"}},
+])
+def test_a_schema_some_value_meets_is_not_called_unsatisfiable(schema):
+    assert unsatisfiable(schema) is None
+
+
+def test_every_suite_schema_called_unsatisfiable_has_no_valid_instance_in_its_file():
+    called = 0
+    for name, schema, instances in suite_groups():
+        if unsatisfiable(schema) is not None:
+            called += 1
+            assert not any(valid(schema, i) for i in instances), name
+    assert called >= 9
+
+
+@pytest.mark.parametrize("schema", [
+    {"$ref": "#/properties/a", "properties": {"a": {"if": {"type": "string"}, "then": {"minLength": 1}}}},
+    {"$ref": "http://example.com/if", "if": {"$id": "http://example.com/if", "type": "integer"}, "then": {}},
+    {"$ref": "#/$defs/a/not", "$defs": {"a": {"not": {"type": "string"}}}},
+    {"$dynamicAnchor": "n", "items": {"$dynamicRef": "#n"}, "not": {"type": "string"}},
+])
+def test_a_schema_whose_refs_could_lose_their_target_is_not_rewritten(schema):
+    assert narrow_for_decoding(schema) == (schema, ())
+
+
+def test_refs_to_whole_definitions_are_rewritten_with_them():
+    schema = {"$ref": "#/$defs/a", "$defs": {"a": {"not": {"type": "string"}}}}
+    narrowed, _ = narrow_for_decoding(schema)
+    assert narrowed["$defs"]["a"]["type"] == ["null", "boolean", "object", "array", "number"]
