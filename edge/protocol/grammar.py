@@ -14,9 +14,10 @@ JSON schemas embedded by ``%json``. They constrain only the answer: the chat loo
 
 Schemas are untrusted input: their size and depth are bounded and llguidance's fuel limits bound
 their compilation (guidance.LIMITS). Keywords llguidance cannot enforce while decoding
-(``uniqueItems``, ``not``, ``if``/``then``/``else``, ``dependentRequired``, ...) are compiled
-leniently and checked on the finished answer instead (answer_check.py): an answer that fails is
-returned flagged, never silently. The caller's schema is never changed (planning reads it only).
+(``uniqueItems``, ``not``, ``if``/``then``/``else``, ``dependentRequired``, ...) are turned into
+ones it enforces where that is sound (schema_narrowing.py), else compiled leniently and checked on
+the finished answer (answer_check.py): an answer that fails is returned flagged, never silently.
+Schemas no value can meet are refused up front. The caller's schema is never changed (planning reads it only).
 """
 
 from __future__ import annotations

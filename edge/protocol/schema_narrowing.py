@@ -31,6 +31,16 @@ TYPES = ("null", "boolean", "object", "array", "number", "string")
 ANNOTATIONS = {"$schema", "$id", "$comment", "$anchor", "$defs", "definitions", "title", "description", "default",
                "examples", "deprecated", "readOnly", "writeOnly"}
 
+# The keywords that constrain values of one type only (a value of another type meets them).
+TYPED_KEYWORDS = {
+    "object": {"properties", "required", "additionalProperties", "patternProperties", "minProperties",
+               "maxProperties", "propertyNames", "dependentRequired", "dependentSchemas", "unevaluatedProperties"},
+    "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems", "contains", "minContains",
+              "maxContains", "unevaluatedItems"},
+    "string": {"minLength", "maxLength", "pattern", "format", "contentEncoding", "contentMediaType"},
+    "number": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
+}
+
 OVERLAPPING_PATTERNS = "are not disjoint"
 NARROWED_PATTERNS = ("the schema's patternProperties overlap, which cannot be enforced while decoding: "
                      "the answer uses only its listed properties")
@@ -114,6 +124,8 @@ def narrow_for_decoding(schema: Any) -> tuple[Any, tuple[str, ...]]:
             out = _conditional(out, said)
         if isinstance(node.get("not"), dict) and "type" in node["not"]:
             out = _not_type(out, said)
+        if isinstance(node.get("oneOf"), list):
+            out = _one_of_types(out)
         return out
 
     if not _references_survive(schema):
@@ -236,4 +248,37 @@ def _not_type(node: dict, said: set[str]) -> dict:
     out = {k: v for k, v in node.items() if k != "not"}
     out["type"] = allowed if len(allowed) > 1 else allowed[0]
     said.add(NARROWED_NOT)
+    return out
+
+
+def accepts_every(schema: Any) -> set[str]:
+    """The JSON types (of TYPES) all of whose values `schema` certainly accepts: those it does not
+    exclude by `type` and constrains by no keyword; empty for a schema with any other keyword."""
+    if always_valid(schema):
+        return set(TYPES)
+    if not isinstance(schema, dict):
+        return set()
+    rules = schema.keys() - ANNOTATIONS - {"type"}
+    typed = {kind for kind, words in TYPED_KEYWORDS.items() if rules & words}
+    if rules - set().union(*TYPED_KEYWORDS.values()):
+        return set()
+    declared = schema.get("type", TYPES)
+    declared = {declared} if isinstance(declared, str) else set(declared)
+    return {t for t in TYPES if t in declared and t not in typed}
+
+
+def _one_of_types(node: dict) -> dict:
+    """A oneOf whose branches include two that accept every value of a type can never be met by a
+    value of that type: the node keeps to the other types (exact, so no notice)."""
+    counts = {t: sum(t in accepts_every(b) for b in node["oneOf"]) for t in TYPES}
+    excluded = {t for t, n in counts.items() if n >= 2}
+    if not excluded:
+        return node
+    own = node.get("type", TYPES)
+    own = [own] if isinstance(own, str) else list(own)
+    allowed = [t for t in own if t not in excluded and not (t == "integer" and "number" in excluded)]
+    if not allowed:
+        return node                      # nothing is left: unsatisfiable() speaks, or the answer check
+    out = dict(node)
+    out["type"] = allowed if len(allowed) > 1 else allowed[0]
     return out

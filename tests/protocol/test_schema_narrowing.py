@@ -50,6 +50,8 @@ def test_every_narrowed_suite_schema_accepts_only_what_the_schema_accepts():
     ({"if": {"type": "string"}, "then": {"minLength": 2}, "else": {"type": "integer"}}, ["a", "ab", 3, 3.5]),
     ({"type": ["integer", "string"], "not": {"type": "integer"}}, [1, "s", 2.5, None]),
     ({"not": {"type": "number"}}, [1, 1.5, "s", [1]]),
+    ({"oneOf": [{"required": ["a"]}, {"minLength": 2}]}, [{"a": 1}, {}, "ab", "a", 3, None]),
+    ({"oneOf": [{"type": "number"}, {}]}, [1, "s", None, {}]),
 ])
 def test_the_rewrites_agree_with_the_schema_on_what_they_accept(schema, instances):
     narrowed, _ = narrow_for_decoding(schema)
@@ -144,3 +146,15 @@ def test_refs_to_whole_definitions_are_rewritten_with_them():
     schema = {"$ref": "#/$defs/a", "$defs": {"a": {"not": {"type": "string"}}}}
     narrowed, _ = narrow_for_decoding(schema)
     assert narrowed["$defs"]["a"]["type"] == ["null", "boolean", "object", "array", "number"]
+
+
+def test_a_one_of_keeps_to_the_types_not_two_branches_accept_wholly():
+    narrowed, notices = narrow_for_decoding({"oneOf": [{"properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                                                       {"properties": {"b": {}}, "required": ["b"]}]})
+    assert narrowed["type"] == "object" and notices == ()    # any other value meets both branches
+    assert narrow_for_decoding({"oneOf": [{"type": "number"}, {"title": "any"}]})[0]["type"] == [
+        "null", "boolean", "object", "array", "string"]
+    assert narrow_for_decoding({"oneOf": [{"type": "integer"}, {"minimum": 2}]})[0] == {
+        "oneOf": [{"type": "integer"}, {"minimum": 2}]}      # no type both accept wholly
+    assert narrow_for_decoding({"oneOf": [{"required": ["a"]}, {"enum": [1, 2]}]})[0] == {
+        "oneOf": [{"required": ["a"]}, {"enum": [1, 2]}]}    # an enum accepts no type wholly
