@@ -168,7 +168,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.compile_only:
         return compile_times()
-    from tests.schema_cases import app_cases, suite_cases
+    from tests.schema_cases import app_cases, satisfiable, suite_cases
     cases = [c for c in suite_cases() + app_cases() if args.only in c[0]]
     print(f"{len(cases)} schemas ({sum(n.startswith('suite:') for n, _ in cases)} from the JSON-Schema-Test-Suite), "
           f"{args.seeds} seeds, temperature 1 ({args.sampler} sampler), max_tokens {args.max_tokens}, {args.model} random-weight model")
@@ -200,6 +200,10 @@ def main() -> None:
             finished = answers - outcomes["cut"]
             print(f"\n[{kind}] {time.perf_counter() - started:.0f}s")
             print(f"  schemas accepted {n - refused}/{n}; valid on every seed {all_valid}/{n} ({100 * all_valid / n:.1f}%)")
+            met = [name for name in per_schema if satisfiable(name)]
+            met_valid = sum(1 for name in met if per_schema[name]["valid"] == args.seeds)
+            print(f"  of the {len(met)} schemas some value meets (tests/schema_cases.UNSATISFIABLE lists the others): "
+                  f"valid on every seed {met_valid}/{len(met)} ({100 * met_valid / max(1, len(met)):.1f}%)")
             print(f"  answers: valid {outcomes['valid']}/{answers}, accepted but invalid "
                   f"{outcomes['cut'] + outcomes['flagged'] + outcomes['silent']} (cut by max_tokens and flagged "
                   f"{outcomes['cut']}, other flagged {outcomes['flagged']}, silent {outcomes['silent']})")

@@ -244,6 +244,28 @@ def app_cases() -> list[tuple[str, dict]]:
     return cases + [(f"openai-strict:{m.__name__}", to_strict_json_schema(m)) for m in STRICT]
 
 
+# The suite's schemas no value can meet (each checked by hand; the suite lists no valid instance
+# for any of them): the coverage goal counts the others.
+UNSATISFIABLE = {
+    "suite:allOf#4": "allOf holds false",
+    "suite:allOf#5": "allOf holds false",
+    "suite:anyOf#4": "anyOf of false, false",
+    "suite:boolean_schema#1": "false",
+    "suite:enum#14": "an empty enum",
+    "suite:not#4": "not {}",
+    "suite:not#5": "not true",
+    "suite:oneOf#2": "oneOf of three true: every value meets three",
+    "suite:oneOf#4": "oneOf of true, true, false: every value meets two",
+    "suite:oneOf#5": "oneOf of three false",
+    "suite:ref#10": "$ref to false",
+}
+
+
+def satisfiable(name: str) -> bool:
+    """Whether some value meets the case `name` (its "file#index" key, description or not)."""
+    return name.split(" ", 1)[0] not in UNSATISFIABLE
+
+
 def suite_cases() -> list[tuple[str, dict | bool]]:
     """(file#index description, schema) for every schema in the copied suite files."""
     cases = []

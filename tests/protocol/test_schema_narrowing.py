@@ -158,3 +158,18 @@ def test_a_one_of_keeps_to_the_types_not_two_branches_accept_wholly():
         "oneOf": [{"type": "integer"}, {"minimum": 2}]}      # no type both accept wholly
     assert narrow_for_decoding({"oneOf": [{"required": ["a"]}, {"enum": [1, 2]}]})[0] == {
         "oneOf": [{"required": ["a"]}, {"enum": [1, 2]}]}    # an enum accepts no type wholly
+
+
+def test_the_hand_list_of_unsatisfiable_cases_matches_the_rule_and_the_suite():
+    """tests/schema_cases.UNSATISFIABLE (the coverage goal's denominator) against unsatisfiable() and
+    the suite's own instances: every listed case has no valid instance, and the rule calls every
+    listed one but the $ref (llguidance refuses that one when it resolves it)."""
+    from tests.schema_cases import UNSATISFIABLE
+    called = set()
+    for name, schema, instances in suite_groups():
+        key = f"suite:{name}"
+        if key in UNSATISFIABLE:
+            assert not any(valid(schema, i) for i in instances), key
+        if unsatisfiable(schema) is not None:
+            called.add(key)
+    assert called == set(UNSATISFIABLE) - {"suite:ref#10"}
