@@ -47,6 +47,8 @@ NARROWED_PATTERNS = ("the schema's patternProperties overlap, which cannot be en
 NARROWED_CONDITIONAL = ("the schema's if/then/else cannot be enforced while decoding: the answer is held to "
                         "its if and then branches")
 NARROWED_NOT = "the schema's not cannot be enforced while decoding: the answer takes a type the not excludes"
+NARROWED_ONE_OF = ("the schema's oneOf cannot be enforced while decoding: the answer takes a type only one of its "
+                   "branches allows")
 
 
 def each_subschema(schema: Any, rewrite: Callable[[Any], Any]) -> Any:
@@ -122,16 +124,16 @@ def narrow_for_decoding(schema: Any) -> tuple[Any, tuple[str, ...]]:
             out = _property_names(out)
         if "if" in node:
             out = _conditional(out, said)
-        if isinstance(node.get("not"), dict) and "type" in node["not"]:
-            out = _not_type(out, said)
-        if isinstance(node.get("oneOf"), list):
-            out = _one_of_types(out)
+        if "not" in node:
+            out = _not_types(out, said)
+        if isinstance(node.get("oneOf"), list) and node["oneOf"]:
+            out = _one_of_types(out, said)
         return out
 
     if not _references_survive(schema):
         return schema, ()
     narrowed = walk(schema)
-    return narrowed, tuple(n for n in (NARROWED_CONDITIONAL, NARROWED_NOT) if n in said)
+    return narrowed, tuple(n for n in (NARROWED_CONDITIONAL, NARROWED_NOT, NARROWED_ONE_OF) if n in said)
 
 
 _SAFE_REF = regex.compile(r"^#(/(\$defs|definitions)/[^/]+)?$")
@@ -235,50 +237,100 @@ def _conditional(node: dict, said: set[str]) -> dict:
     return out
 
 
-def _not_type(node: dict, said: set[str]) -> dict:
-    excluded = node["not"]["type"]
-    excluded = {excluded} if isinstance(excluded, str) else set(excluded) if isinstance(excluded, list) else set()
-    if "integer" in excluded:
-        excluded.add("number")           # integers are numbers; the non-integer ones are not offered
-    own = node.get("type", TYPES)
-    candidates = [own] if isinstance(own, str) else list(own)
-    allowed = [t for t in candidates if t not in excluded and not (t == "integer" and "number" in excluded)]
-    if not allowed:
-        return node
-    out = {k: v for k, v in node.items() if k != "not"}
-    out["type"] = allowed if len(allowed) > 1 else allowed[0]
-    said.add(NARROWED_NOT)
-    return out
-
-
 def accepts_every(schema: Any) -> set[str]:
-    """The JSON types (of TYPES) all of whose values `schema` certainly accepts: those it does not
-    exclude by `type` and constrains by no keyword; empty for a schema with any other keyword."""
+    """The JSON types (of TYPES) all of whose values `schema` certainly accepts: those its `type`
+    allows and no keyword constrains (an anyOf: what one branch accepts; an allOf: what all do);
+    empty for a schema with any other keyword."""
     if always_valid(schema):
         return set(TYPES)
     if not isinstance(schema, dict):
         return set()
-    rules = schema.keys() - ANNOTATIONS - {"type"}
-    typed = {kind for kind, words in TYPED_KEYWORDS.items() if rules & words}
-    if rules - set().union(*TYPED_KEYWORDS.values()):
+    result = _declared(schema)
+    for key in schema.keys() - ANNOTATIONS - {"type"}:
+        kinds = [kind for kind, words in TYPED_KEYWORDS.items() if key in words]
+        branches = schema[key] if key in ("anyOf", "allOf") and isinstance(schema[key], list) else None
+        if kinds:
+            result -= set(kinds)
+        elif branches and key == "anyOf":
+            result &= set().union(*(accepts_every(b) for b in branches))
+        elif branches:
+            result &= set.intersection(*(accepts_every(b) for b in branches))
+        else:
+            return set()
+    return result
+
+
+def rejects_every(schema: Any) -> set[str]:
+    """The JSON types none of whose values `schema` accepts, as its `type` says (`false`: all;
+    an allOf: what one branch rejects; an anyOf: what all do); a type listing "integer" but not
+    "number" rejects no number wholly."""
+    if schema is False:
+        return set(TYPES)
+    if not isinstance(schema, dict):
         return set()
-    declared = schema.get("type", TYPES)
-    declared = {declared} if isinstance(declared, str) else set(declared)
-    return {t for t in TYPES if t in declared and t not in typed}
+    result = set(TYPES) - _declared(schema) - ({"number"} if "integer" in _listed(schema) else set())
+    if isinstance(schema.get("allOf"), list) and schema["allOf"]:
+        result |= set().union(*(rejects_every(b) for b in schema["allOf"]))
+    if isinstance(schema.get("anyOf"), list) and schema["anyOf"]:
+        result |= set.intersection(*(rejects_every(b) for b in schema["anyOf"]))
+    return result
 
 
-def _one_of_types(node: dict) -> dict:
-    """A oneOf whose branches include two that accept every value of a type can never be met by a
-    value of that type: the node keeps to the other types (exact, so no notice)."""
-    counts = {t: sum(t in accepts_every(b) for b in node["oneOf"]) for t in TYPES}
-    excluded = {t for t, n in counts.items() if n >= 2}
-    if not excluded:
-        return node
+def _listed(schema: dict) -> set[str]:
+    kind = schema.get("type", TYPES)
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _declared(schema: dict) -> set[str]:
+    """The types of TYPES `schema`'s `type` allows every value of."""
+    return _listed(schema) & set(TYPES)
+
+
+def _keep_types(node: dict, excluded: set[str]) -> dict | None:
+    """`node` held to its types outside `excluded` (an excluded "number" excludes "integer" too),
+    or None when none is left."""
     own = node.get("type", TYPES)
     own = [own] if isinstance(own, str) else list(own)
     allowed = [t for t in own if t not in excluded and not (t == "integer" and "number" in excluded)]
     if not allowed:
-        return node                      # nothing is left: unsatisfiable() speaks, or the answer check
+        return None
+    if allowed == own:
+        return node
     out = dict(node)
     out["type"] = allowed if len(allowed) > 1 else allowed[0]
     return out
+
+
+def _not_types(node: dict, said: set[str]) -> dict:
+    """A value of a type the negated schema accepts wholly never meets the `not` (exact); where the
+    types it rejects wholly are left, the node keeps to them and drops the `not` (a narrowing)."""
+    negated = node["not"]
+    exact = _keep_types(node, accepts_every(negated))
+    if exact is None:
+        return node                      # nothing is left: the answer check speaks
+    rejected = rejects_every(negated)
+    narrowed = _keep_types(exact, set(TYPES) - rejected) if rejected else None
+    if narrowed is None:
+        return exact
+    if narrowed is not exact:
+        said.add(NARROWED_NOT)
+    return {k: v for k, v in narrowed.items() if k != "not"}
+
+
+def _one_of_types(node: dict, said: set[str]) -> dict:
+    """Per type, how many branches of the oneOf do not reject it wholly: none (no value of it can
+    match) or two that accept it wholly (every value matches both) exclude it exactly; the types
+    exactly one branch can take, where there are some, are then kept (a narrowing: a value of a type
+    two branches could take might match both), so any answer the anyOf admits matches one branch."""
+    branches = node["oneOf"]
+    takers = {t: sum(t not in rejects_every(b) for b in branches) for t in TYPES}
+    wholly = {t: sum(t in accepts_every(b) for b in branches) for t in TYPES}
+    exact = _keep_types(node, {t for t in TYPES if takers[t] == 0 or wholly[t] >= 2})
+    if exact is None:
+        return node
+    narrowed = _keep_types(exact, {t for t in TYPES if takers[t] >= 2})
+    if narrowed is None:
+        return exact
+    if narrowed is not exact:
+        said.add(NARROWED_ONE_OF)
+    return narrowed

@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 
 from edge.protocol.grammar import GrammarError, plan_constraints
-from edge.protocol.schema_narrowing import (NARROWED_CONDITIONAL, NARROWED_NOT, narrow_for_decoding,
-                                            unsatisfiable)
+from edge.protocol.schema_narrowing import (NARROWED_CONDITIONAL, NARROWED_NOT, NARROWED_ONE_OF, accepts_every,
+                                            narrow_for_decoding, rejects_every, unsatisfiable)
 from edge.protocol.schema_validator import validator_for
 from tests.schema_cases import SUITE
 
@@ -154,8 +154,13 @@ def test_a_one_of_keeps_to_the_types_not_two_branches_accept_wholly():
     assert narrowed["type"] == "object" and notices == ()    # any other value meets both branches
     assert narrow_for_decoding({"oneOf": [{"type": "number"}, {"title": "any"}]})[0]["type"] == [
         "null", "boolean", "object", "array", "string"]
-    assert narrow_for_decoding({"oneOf": [{"type": "integer"}, {"minimum": 2}]})[0] == {
-        "oneOf": [{"type": "integer"}, {"minimum": 2}]}      # no type both accept wholly
+    narrowed, notices = narrow_for_decoding({"oneOf": [{"type": "integer"}, {"minimum": 2}]})
+    assert narrowed["type"] == ["null", "boolean", "object", "array", "string"]   # numbers may meet both
+    assert notices == (NARROWED_ONE_OF,)
+    assert narrow_for_decoding({"oneOf": [{"type": "integer"}, {"type": "string"}]}) == (
+        {"oneOf": [{"type": "integer"}, {"type": "string"}], "type": ["number", "string"]}, ())  # exact
+    assert narrow_for_decoding({"oneOf": [{"$ref": "#/$defs/a"}, {"$ref": "#/$defs/b"}],
+                                "$defs": {"a": {"type": "object"}, "b": {"type": "object"}}})[1] == ()
     assert narrow_for_decoding({"oneOf": [{"required": ["a"]}, {"enum": [1, 2]}]})[0] == {
         "oneOf": [{"required": ["a"]}, {"enum": [1, 2]}]}    # an enum accepts no type wholly
 
@@ -173,3 +178,22 @@ def test_the_hand_list_of_unsatisfiable_cases_matches_the_rule_and_the_suite():
         if unsatisfiable(schema) is not None:
             called.add(key)
     assert called == set(UNSATISFIABLE) - {"suite:ref#10"}
+
+
+def test_a_not_of_a_schema_that_accepts_whole_types_excludes_them_and_stays():
+    negated = {"anyOf": [True, {"properties": {"foo": True}}], "unevaluatedProperties": False}
+    narrowed, notices = narrow_for_decoding({"not": negated})
+    assert narrowed == {"not": negated, "type": "object"} and notices == ()
+
+
+@pytest.mark.parametrize("schema, accepts, rejects", [
+    ({"type": "integer"}, set(), {"null", "boolean", "object", "array", "string"}),
+    ({"type": ["number", "string"], "minLength": 1}, {"number"}, {"null", "boolean", "object", "array"}),
+    ({"anyOf": [{"type": "string"}, {"type": "null"}]}, {"string", "null"}, {"boolean", "object", "array", "number"}),
+    ({"allOf": [{"type": ["string", "null"]}, {"type": "null"}]}, {"null"}, {"boolean", "object", "array", "number",
+                                                                          "string"}),
+    ({"enum": ["a"]}, set(), set()),
+    (False, set(), {"null", "boolean", "object", "array", "number", "string"}),
+])
+def test_whole_types_a_schema_accepts_and_rejects(schema, accepts, rejects):
+    assert accepts_every(schema) == accepts and rejects_every(schema) == rejects
