@@ -296,10 +296,20 @@ def tool_call_rules(tools: list[dict]) -> str:
         rules.append(f'call_{i}: "{{" WS? {_lark_string(chr(34) + "name" + chr(34))} WS? ":" WS? '
                      f'{_lark_string(chr(34) + name + chr(34))} WS? "," WS? '
                      f'{_lark_string(chr(34) + "arguments" + chr(34))} WS? ":" WS? args_{i} WS? "}}"\n'
-                     f"args_{i}: {json_rule(_params(tool))}\n")
+                     f"args_{i}: {json_rule(_decoding_params(tool))}\n")
         names.append(f"call_{i}")
     return ("tool_call: <tool_call> LEAD? call_json LEAD? </tool_call>\n"
             f"call_json: {' | '.join(names)}\n" + "".join(rules) + "WS: /[ \\t\\n]{1,20}/\n")
+
+
+def _decoding_params(tool: dict) -> Any:
+    """The tool's parameters as decoded: with schema_narrowing's exact rewrites only (a tool's
+    arguments are never narrowed, so no notice is owed), where llguidance compiles them."""
+    params = _params(tool)
+    exact, _ = narrow_for_decoding(params, narrowing=False)
+    if exact != params and check_grammar(f"start: {json_rule(exact)}\n") is not None:
+        return params
+    return exact
 
 
 def _check(lark: str, where: str) -> str:

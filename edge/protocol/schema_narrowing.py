@@ -111,10 +111,10 @@ def unsatisfiable(schema: Any) -> str | None:
     return None
 
 
-def narrow_for_decoding(schema: Any) -> tuple[Any, tuple[str, ...]]:
+def narrow_for_decoding(schema: Any, narrowing: bool = True) -> tuple[Any, tuple[str, ...]]:
     """The copy of `schema` llguidance decodes with (see the module's docstring), and the notices
     for the narrowings made (the propertyNames rewrite is exact and needs none)."""
-    said: set[str] = set()
+    said: set[str] | None = set() if narrowing else None   # None: the exact rewrites only
 
     def walk(node: Any) -> Any:
         out = each_subschema(node, walk)
@@ -133,7 +133,7 @@ def narrow_for_decoding(schema: Any) -> tuple[Any, tuple[str, ...]]:
     if not _references_survive(schema):
         return schema, ()
     narrowed = walk(schema)
-    return narrowed, tuple(n for n in (NARROWED_CONDITIONAL, NARROWED_NOT, NARROWED_ONE_OF) if n in said)
+    return narrowed, tuple(n for n in (NARROWED_CONDITIONAL, NARROWED_NOT, NARROWED_ONE_OF) if n in (said or ()))
 
 
 _SAFE_REF = regex.compile(r"^#(/(\$defs|definitions)/[^/]+)?$")
@@ -215,7 +215,7 @@ def _literal(text: str) -> str:
 _META = set("\\.^$|?*+()[]{}/-")
 
 
-def _conditional(node: dict, said: set[str]) -> dict:
+def _conditional(node: dict, said: set[str] | None) -> dict:
     condition = node["if"]
     out = {k: v for k, v in node.items() if k not in ("if", "then", "else")}
     if "then" not in node and "else" not in node:
@@ -230,6 +230,8 @@ def _conditional(node: dict, said: set[str]) -> dict:
     if any(unsatisfiable(b) is not None for b in branch):
         return node                      # the other branch would need `not if`: checked on the answer
     if not certain:
+        if said is None:
+            return node
         said.add(NARROWED_CONDITIONAL)   # the values that fail the condition are no longer offered
     branch = [b for b in branch if not always_valid(b)]
     if branch:
@@ -301,7 +303,7 @@ def _keep_types(node: dict, excluded: set[str]) -> dict | None:
     return out
 
 
-def _not_types(node: dict, said: set[str]) -> dict:
+def _not_types(node: dict, said: set[str] | None) -> dict:
     """A value of a type the negated schema accepts wholly never meets the `not` (exact); where the
     types it rejects wholly are left, the node keeps to them and drops the `not` (a narrowing)."""
     negated = node["not"]
@@ -313,11 +315,13 @@ def _not_types(node: dict, said: set[str]) -> dict:
     if narrowed is None:
         return exact
     if narrowed is not exact:
+        if said is None:
+            return exact
         said.add(NARROWED_NOT)
     return {k: v for k, v in narrowed.items() if k != "not"}
 
 
-def _one_of_types(node: dict, said: set[str]) -> dict:
+def _one_of_types(node: dict, said: set[str] | None) -> dict:
     """Per type, how many branches of the oneOf do not reject it wholly: none (no value of it can
     match) or two that accept it wholly (every value matches both) exclude it exactly; the types
     exactly one branch can take, where there are some, are then kept (a narrowing: a value of a type
@@ -332,5 +336,7 @@ def _one_of_types(node: dict, said: set[str]) -> dict:
     if narrowed is None:
         return exact
     if narrowed is not exact:
+        if said is None:
+            return exact
         said.add(NARROWED_ONE_OF)
     return narrowed

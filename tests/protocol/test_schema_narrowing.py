@@ -197,3 +197,25 @@ def test_a_not_of_a_schema_that_accepts_whole_types_excludes_them_and_stays():
 ])
 def test_whole_types_a_schema_accepts_and_rejects(schema, accepts, rejects):
     assert accepts_every(schema) == accepts and rejects_every(schema) == rejects
+
+
+def test_exact_rewrites_only_leave_every_answer_the_schema_allows():
+    conditional = {"if": {"type": "string"}, "then": {"minLength": 2}}
+    assert narrow_for_decoding(conditional, narrowing=False) == (conditional, ())
+    one_of = {"oneOf": [{"type": "integer"}, {"minimum": 2}]}
+    assert narrow_for_decoding(one_of, narrowing=False) == (one_of, ())
+    negated = {"not": {"type": "integer"}}
+    assert narrow_for_decoding(negated, narrowing=False) == (negated, ())
+    names = {"type": "object", "propertyNames": {"enum": ["a", "b"]}}
+    assert narrow_for_decoding(names, narrowing=False)[0]["patternProperties"] == {"^(a|b)$": True}
+
+
+def test_a_tools_parameters_get_the_exact_rewrites_and_no_notice():
+    tool = {"type": "function", "function": {"name": "tally", "parameters": {
+        "type": "object", "properties": {"counts": {"type": "object", "propertyNames": {"enum": ["a", "b"]},
+                                                    "additionalProperties": {"type": "integer"}},
+                                         "when": {"if": {"type": "string"}, "then": {"minLength": 2}}},
+        "required": ["counts"]}}}
+    plan = plan_constraints(tools=[tool], tool_choice="required")
+    assert '"^(a|b)$"' in plan.answer_grammar and plan.notices == ()
+    assert '"if"' in plan.answer_grammar     # the conditional is left to the answer check
