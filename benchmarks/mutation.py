@@ -78,6 +78,9 @@ TARGETS: dict[str, list[str]] = {
     "edge/runtime/embedding.py": ["tests/runtime/test_embeddings.py"],
     "edge/serve/api_embeddings.py": ["tests/serve/test_api_embeddings.py"],
     "edge/runtime/ram_states.py": ["tests/runtime/test_ram_states.py", "tests/runtime/test_parallel.py"],
+    # issue 24's schema rewrites and number bound: pure rules, fast tests
+    "edge/protocol/schema_narrowing.py": ["tests/protocol/test_schema_narrowing.py", "tests/protocol/test_schema_validator.py"],
+    "edge/protocol/number_bound.py": ["tests/protocol/test_number_bound.py"],
 }
 
 _COMPARE = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE,
