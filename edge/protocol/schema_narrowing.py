@@ -167,8 +167,7 @@ def _property_names(node: dict) -> dict:
     out = {k: v for k, v in node.items() if k != "propertyNames"}
     if rule == "":                 # propertyNames: true
         return out
-    if rule == "false":            # no key is allowed
-        out.pop("properties", None)
+    if rule == "false":            # no key is allowed (a listed property made it give up above)
         out["additionalProperties"] = False
         return out
     out["patternProperties"] = {rule: extra}

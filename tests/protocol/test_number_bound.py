@@ -27,16 +27,31 @@ from edge.protocol.number_bound import MAX_DIGITS, MAX_EXPONENT_DIGITS, NumberRu
     ('{"k\\"' + "1" * 40 + '": 3', False),                    # an escaped quote keeps the string open
     ('[' + "1" * MAX_DIGITS + ", 2", False),                  # a new number after the comma
     ('{"a": true, "b": ' + "7" * MAX_DIGITS, True),
+    ('["a\\"b", ' + "1" * MAX_DIGITS, True),               # the string ends at the unescaped quote
+    ('["a\\"' + "1" * MAX_DIGITS, False),                   # ... and not at the escaped one
+    ('["a\\n", ' + "1" * MAX_DIGITS, True),                 # an escape covers one character only
 ])
 def test_the_run_counts_a_numbers_digits_outside_strings(text, full):
     assert NumberRun().feed(text.encode()).full() is full
 
 
 def test_the_digit_words_hold_the_tokens_that_lengthen_a_number():
-    pieces = [b"1", b"a", b".5", b"e5", b"-", b",", b"12,", b" 1", b"e-"]
+    pieces = [b"1", b"a", b".5", b"e5", b"-", b",", b"12,", b" 1", b"e-"] + [b"x"] * 60 + [b"7", b"x"]
     words = digit_words(pieces, len(pieces)).view(np.uint32)
+    assert words.shape == (3,)
     held = [t for t in range(len(pieces)) if words[t >> 5] >> (t & 31) & 1]
-    assert held == [0, 2, 3, 6]    # a leading digit or point, before any other byte
+    assert held == [0, 2, 3, 6, 69]    # a leading digit or point, before any other byte
+
+
+def test_the_bound_is_what_a_double_holds():
+    """15 digits: the most for which every integer is exact in a double (16 are not: 2**53 + 1);
+    2 exponent digits: the largest such value and the smallest stay finite and normal."""
+    assert all(int(float(n)) == n for n in (10 ** MAX_DIGITS - 1, 10 ** MAX_DIGITS - 3))
+    assert int(float(10 ** (MAX_DIGITS + 1) - 1)) != 10 ** (MAX_DIGITS + 1) - 1
+    top = float("9" * MAX_DIGITS + "e" + "9" * MAX_EXPONENT_DIGITS)
+    low = float("0." + "0" * (MAX_DIGITS - 2) + "1e-" + "9" * MAX_EXPONENT_DIGITS)
+    assert top < float("inf") and low > 2.2250738585072014e-308
+    assert float("1e" + "9" * (MAX_EXPONENT_DIGITS + 1)) == float("inf")
 
 
 def test_the_bound_keeps_the_grammars_mask_when_it_would_leave_nothing():

@@ -219,3 +219,74 @@ def test_a_tools_parameters_get_the_exact_rewrites_and_no_notice():
     plan = plan_constraints(tools=[tool], tool_choice="required")
     assert '"^(a|b)$"' in plan.answer_grammar and plan.notices == ()
     assert '"if"' in plan.answer_grammar     # the conditional is left to the answer check
+
+
+# ---- each rule's table, entry by entry (the mutation run of schema_narrowing.py) -------------------
+def test_every_subschema_position_is_visited():
+    from edge.protocol.schema_narrowing import each_subschema
+    schema = {k: {"a": {}} for k in ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")}
+    schema |= {k: [{}] for k in ("allOf", "anyOf", "oneOf", "prefixItems")}
+    schema |= {k: {} for k in ("items", "contains", "additionalProperties", "not", "if", "then", "else",
+                               "propertyNames", "unevaluatedItems", "unevaluatedProperties")}
+    schema["enum"] = [{}]     # a value, not a subschema
+    seen = each_subschema(schema, lambda sub: "seen")
+    assert {k: v for k, v in seen.items() if k != "enum"} == {
+        k: ({"a": "seen"} if isinstance(v, dict) and v else ["seen"] if isinstance(v, list) else "seen")
+        for k, v in schema.items() if k != "enum"}
+    assert seen["enum"] == [{}]
+
+
+@pytest.mark.parametrize("keyword", ["$schema", "$id", "$comment", "$anchor", "$defs", "definitions", "title",
+                                     "description", "default", "examples", "deprecated", "readOnly", "writeOnly"])
+def test_an_annotation_alone_accepts_every_value(keyword):
+    from edge.protocol.schema_narrowing import always_valid
+    assert always_valid({keyword: {}}) and not always_valid({keyword: {}, "minimum": 1})
+
+
+@pytest.mark.parametrize("kind, keyword, value", [
+    ("object", "properties", {}), ("object", "required", ["a"]), ("object", "additionalProperties", False),
+    ("object", "patternProperties", {}), ("object", "minProperties", 1), ("object", "maxProperties", 1),
+    ("object", "propertyNames", {}), ("object", "dependentRequired", {}), ("object", "dependentSchemas", {}),
+    ("object", "unevaluatedProperties", False),
+    ("array", "items", {}), ("array", "prefixItems", [{}]), ("array", "minItems", 1), ("array", "maxItems", 1),
+    ("array", "uniqueItems", True), ("array", "contains", {}), ("array", "minContains", 1),
+    ("array", "maxContains", 1), ("array", "unevaluatedItems", False),
+    ("string", "minLength", 1), ("string", "maxLength", 1), ("string", "pattern", "a"), ("string", "format", "date"),
+    ("string", "contentEncoding", "base64"), ("string", "contentMediaType", "application/json"),
+    ("number", "minimum", 1), ("number", "maximum", 1), ("number", "exclusiveMinimum", 1),
+    ("number", "exclusiveMaximum", 1), ("number", "multipleOf", 2),
+])
+def test_a_keyword_of_one_type_leaves_the_others_wholly_accepted(kind, keyword, value):
+    others = {"null", "boolean", "object", "array", "number", "string"} - {kind}
+    assert accepts_every({keyword: value}) == others
+
+
+def test_a_single_pattern_is_not_narrowed():
+    from edge.protocol.schema_narrowing import narrow_pattern_properties
+    one = {"patternProperties": {"^a": {"type": "integer"}}}
+    assert narrow_pattern_properties(one) == one
+
+
+@pytest.mark.parametrize("names, keys, rule", [
+    (True, {"anything": 1}, None),
+    (False, {}, None),
+    ({"type": "string", "maxLength": 3}, {"": 1, "abc": 2}, "^[\\s\\S]{0,3}$"),
+    ({"enum": ["a.b", "c\\d"]}, {"a.b": 1, "c\\d": 2}, "^(a\\.b|c\\\\d)$"),
+])
+def test_property_names_rewrites_keep_every_key_the_schema_allows(names, keys, rule):
+    schema = {"type": "object", "properties": {}, "propertyNames": names}
+    narrowed, _ = narrow_for_decoding(schema)
+    assert "propertyNames" not in narrowed and valid(narrowed, keys)
+    if rule is not None:
+        assert list(narrowed["patternProperties"]) == [rule]
+    listed = {"properties": {"a": {}}, "propertyNames": names}
+    if names is True:
+        assert narrow_for_decoding(listed)[0] == {"properties": {"a": {}}}
+
+
+def test_conditionals_whose_condition_is_certain_keep_their_allof_and_say_nothing():
+    assert narrow_for_decoding({"if": {"not": {}}, "then": {"const": 1}, "else": {"const": 2}}) == (
+        {"allOf": [{"const": 2}]}, ())                      # a condition no value meets: the else branch
+    assert narrow_for_decoding({"if": False, "then": {"const": 1}}) == ({}, ())   # no else: anything
+    assert narrow_for_decoding({"allOf": [{"type": "string"}], "if": {"maxLength": 3}, "then": {"minLength": 2}})[0] == {
+        "allOf": [{"type": "string"}, {"maxLength": 3}, {"minLength": 2}]}
