@@ -290,3 +290,34 @@ def test_conditionals_whose_condition_is_certain_keep_their_allof_and_say_nothin
     assert narrow_for_decoding({"if": False, "then": {"const": 1}}) == ({}, ())   # no else: anything
     assert narrow_for_decoding({"allOf": [{"type": "string"}], "if": {"maxLength": 3}, "then": {"minLength": 2}})[0] == {
         "allOf": [{"type": "string"}, {"maxLength": 3}, {"minLength": 2}]}
+
+
+@pytest.mark.parametrize("names, rule", [
+    ({"minLength": 1, "maxLength": 3}, "^[\\s\\S]{1,3}$"),
+    ({"minLength": 2}, "^[\\s\\S]{2,}$"),
+    ({"const": "X"}, "^(X)$"),
+    ({"enum": ["X-1", "a|b"]}, "^(X\\-1|a\\|b)$"),
+])
+def test_property_names_patterns_exactly(names, rule):
+    narrowed, _ = narrow_for_decoding({"type": "object", "propertyNames": names})
+    assert narrowed["patternProperties"] == {rule: True}
+
+
+@pytest.mark.parametrize("schema", [
+    {"patternProperties": {"^x": {"type": "integer"}}, "propertyNames": {"maxLength": 2}},  # its patterns stay
+    {"propertyNames": {"format": "email"}},
+    {"propertyNames": {"enum": [1, "a"]}},
+    {"propertyNames": {"maxLength": 2.5}},
+])
+def test_property_names_outside_the_handled_shapes_are_left_to_the_answer_check(schema):
+    assert narrow_for_decoding(schema) == (schema, ())
+
+
+def test_property_names_false_allows_no_key_at_all():
+    narrowed, _ = narrow_for_decoding({"type": "object", "propertyNames": False})
+    assert narrowed == {"type": "object", "additionalProperties": False}
+
+
+def test_a_condition_that_always_holds_takes_the_then_branch_even_without_one():
+    assert narrow_for_decoding({"if": True, "else": {"const": 2}}) == ({}, ())
+    assert narrow_for_decoding({"if": {}, "then": {"const": 1}, "else": {"const": 2}}) == ({"allOf": [{"const": 1}]}, ())
