@@ -518,7 +518,8 @@ class Chat:
             stop = "length" if stop == "eos" else stop
             limit = (f"max_tokens {turn.max_tokens}" if turn.max_tokens and turn.max_tokens - turn.generated
                      <= self.engine.n_ctx - seq.n_tokens else f"the {self.engine.n_ctx}-token context")
-            yield self._notice(turn, f"the answer was closed early to end within {limit} "
+            closed = "the tool call" if turn.tool_calls else "the answer"
+            yield self._notice(turn, f"{closed} was closed early to end within {limit} "
                                      f"({sampler.closed_tokens} closing tokens forced)")
         if stop == "eos":
             yield from self._calls_in_open_thinking(turn)

@@ -232,3 +232,20 @@ def test_an_open_schema_is_closed_before_the_context_ends(random_gguf):
     assert reply.schema_error is None and valid(json.loads(reply.answer), {"type": "object"}), reply.answer
     assert reply.stop_reason == "length" and reply.prompt_tokens + reply.generated_tokens <= 96
     assert any(n.startswith("the answer was closed early to end within the 96-token context") for n in reply.notices)
+
+
+def test_a_tool_call_closed_within_max_tokens_says_tool_call(random_model):
+    """A required call on an open parameters schema is closed like an answer; the notice names
+    what was closed (a tool call, not an answer) and the call's arguments validate."""
+    params = {"type": "object", "properties": {"q": {"type": "string"}, "tags": {"type": "array"}},
+              "required": ["q", "tags"]}
+    tools = [{"type": "function", "function": {"name": "search", "parameters": params}}]
+    closed = 0
+    for seed in range(3):
+        reply = Chat(random_model, mode="no_think", seed=seed, max_tokens=40, sampling={"temperature": 1.0}).send(
+            "search", tools=tools, tool_choice="required")
+        assert not any(n.startswith("the answer was closed early") for n in reply.notices), reply.notices
+        if any(n.startswith("the tool call was closed early to end within max_tokens 40") for n in reply.notices):
+            closed += 1
+            assert reply.tool_calls and valid(reply.tool_calls[0].arguments, params), reply.tool_calls
+    assert closed
