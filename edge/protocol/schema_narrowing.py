@@ -9,7 +9,9 @@ keyword can be turned into one llguidance enforces, the copy decoded with says s
 - ``if``/``then``/``else`` becomes ``allOf: [if, then]`` (or ``else`` when ``if`` is false): every
   answer it allows is one the schema allows; the else branch is not offered.
 - ``not: {"type": T, ...}`` becomes a ``type`` outside T: every value of another type fails the
-  negated schema, so the ``not`` holds; values of type T are not offered.
+  negated schema, so the ``not`` holds; values of type T are not offered. ``oneOf`` keeps to the
+  types no two branches can take.
+- ``unevaluatedProperties: false`` alone in a schema becomes ``maxProperties: 0`` (exact).
 
 Each narrowing only removes answers (never adds one) and is said in a notice; a copy llguidance
 cannot compile falls back to the schema as sent. All functions are pure: the caller's schema is
@@ -122,6 +124,7 @@ def narrow_for_decoding(schema: Any, narrowing: bool = True) -> tuple[Any, tuple
             return out
         if "propertyNames" in node:
             out = _property_names(out)
+        out = _nothing_evaluated(out)
         if "if" in node:
             out = _conditional(out, said)
         if "not" in node:
@@ -173,6 +176,17 @@ def _property_names(node: dict) -> dict:
     out["patternProperties"] = {rule: extra}
     out["additionalProperties"] = False
     return out
+
+
+def _nothing_evaluated(node: dict) -> dict:
+    """`unevaluatedProperties: false` (or `unevaluatedItems: false`) with no other keyword beside
+    it: nothing in that schema evaluates a member, so every one is unevaluated and only an empty
+    object (array) passes: `maxProperties: 0` (`maxItems: 0`), which llguidance enforces. Exact."""
+    rules = node.keys() - ANNOTATIONS
+    for key, bound in (("unevaluatedProperties", "maxProperties"), ("unevaluatedItems", "maxItems")):
+        if rules == {key} and node[key] is False:
+            return {**{k: v for k, v in node.items() if k != key}, bound: 0}
+    return node
 
 
 def _matches(rule: str, name: str) -> bool:

@@ -321,3 +321,15 @@ def test_property_names_false_allows_no_key_at_all():
 def test_a_condition_that_always_holds_takes_the_then_branch_even_without_one():
     assert narrow_for_decoding({"if": True, "else": {"const": 2}}) == ({}, ())
     assert narrow_for_decoding({"if": {}, "then": {"const": 1}, "else": {"const": 2}}) == ({"allOf": [{"const": 1}]}, ())
+
+
+def test_unevaluated_members_alone_mean_an_empty_object_or_array():
+    schema = {"$defs": {"A": {"unevaluatedProperties": False}}, "properties": {"p": {"type": "string"}},
+              "$ref": "#/$defs/A"}
+    narrowed, notices = narrow_for_decoding(schema)
+    assert narrowed["$defs"]["A"] == {"maxProperties": 0} and notices == ()
+    assert narrow_for_decoding({"unevaluatedItems": False, "title": "t"})[0] == {"title": "t", "maxItems": 0}
+    beside = {"properties": {"a": {}}, "unevaluatedProperties": False}
+    assert narrow_for_decoding(beside)[0] == beside           # `properties` evaluates `a`: left as it is
+    assert narrow_for_decoding({"unevaluatedProperties": {"type": "string"}})[0] == {
+        "unevaluatedProperties": {"type": "string"}}
