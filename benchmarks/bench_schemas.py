@@ -199,7 +199,7 @@ def main() -> None:
             answers = sum(outcomes[k] for k in ("valid", "cut", "flagged", "silent"))
             finished = answers - outcomes["cut"]
             print(f"\n[{kind}] {time.perf_counter() - started:.0f}s")
-            print(f"  schemas accepted {n - refused}/{n}; valid on every seed {all_valid}/{n} ({100 * all_valid / n:.1f}%)")
+            print(f"  schemas accepted {n - refused}/{n}; valid on every seed {all_valid}/{n} ({100 * all_valid / max(1, n):.1f}%)")
             met = [name for name in per_schema if satisfiable(name)]
             met_valid = sum(1 for name in met if per_schema[name]["valid"] == args.seeds)
             print(f"  of the {len(met)} schemas some value meets (tests/schema_cases.UNSATISFIABLE lists the others): "
