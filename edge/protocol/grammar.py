@@ -30,7 +30,7 @@ from typing import Any
 import jsonschema
 
 from edge.protocol.guidance import check_grammar
-from edge.protocol.schema_narrowing import (NARROWED_PATTERNS, OVERLAPPING_PATTERNS, narrow_for_decoding,
+from edge.protocol.schema_narrowing import (NARROWED_PATTERNS, OVERLAPPING_PATTERNS, every_dict, narrow_for_decoding,
                                             narrow_pattern_properties, unsatisfiable)
 from edge.protocol.schema_validator import meta_validator
 
@@ -135,16 +135,7 @@ def _meta_validator():
 
 def _longest_enum(schema: Any) -> int:
     """The longest "enum" list anywhere in `schema` (its depth is bounded by nesting_depth first)."""
-    longest, stack = 0, [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if isinstance(node.get("enum"), list):
-                longest = max(longest, len(node["enum"]))
-            stack += [v for v in node.values() if isinstance(v, (dict, list))]
-        elif isinstance(node, list):
-            stack += [v for v in node if isinstance(v, (dict, list))]
-    return longest
+    return max((len(node["enum"]) for node in every_dict(schema) if isinstance(node.get("enum"), list)), default=0)
 
 
 def response_schema(response_format: Any) -> dict | None:
@@ -271,16 +262,7 @@ def _counts_as_ints(node: Any) -> Any:
 
 
 def _mentions(node: Any, keys: set[str]) -> bool:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if keys & item.keys():
-                return True
-            stack += item.values()
-        elif isinstance(item, list):
-            stack += item
-    return False
+    return any(keys & item.keys() for item in every_dict(node))
 
 
 def _lark_string(text: str) -> str:

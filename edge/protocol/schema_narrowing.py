@@ -20,7 +20,7 @@ read, never changed.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import regex
 
@@ -68,6 +68,19 @@ def each_subschema(schema: Any, rewrite: Callable[[Any], Any]) -> Any:
         if key in schema:
             out[key] = rewrite(schema[key])
     return out
+
+
+def every_dict(value: Any) -> Iterator[dict]:
+    """Every object in the JSON `value`, itself included, walked without recursion (a schema's
+    depth is bounded, but not by Python's stack)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
 
 
 def narrow_pattern_properties(schema: Any) -> Any:
@@ -146,17 +159,11 @@ def _references_survive(schema: Any) -> bool:
     """Whether every reference of `schema` still finds its target in a rewritten copy: $refs to
     the root or to a whole $defs entry only (a rewrite may move or drop the `if` or `not` a
     pointer or an $id-based reference names), and no $dynamicRef."""
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if "$dynamicRef" in node or (ref is not None and not (isinstance(ref, str) and _SAFE_REF.match(ref))):
-                return False
-            stack += node.values()
-        elif isinstance(node, list):
-            stack += node
-    return True
+    return not any("$dynamicRef" in node or _unsafe_ref(node.get("$ref")) for node in every_dict(schema))
+
+
+def _unsafe_ref(ref: Any) -> bool:
+    return ref is not None and not (isinstance(ref, str) and _SAFE_REF.match(ref))
 
 
 def _property_names(node: dict) -> dict:
@@ -228,6 +235,14 @@ def _literal(text: str) -> str:
 _META = set("\\.^$|?*+()[]{}/-")
 
 
+def _may_narrow(said: set[str] | None, notice: str) -> bool:
+    """Whether a rewrite may drop answers the schema allows (`said` is None for the exact rewrites
+    only); when it may, its notice is recorded."""
+    if said is not None:
+        said.add(notice)
+    return said is not None
+
+
 def _conditional(node: dict, said: set[str] | None) -> dict:
     condition = node["if"]
     out = {k: v for k, v in node.items() if k not in ("if", "then", "else")}
@@ -242,10 +257,9 @@ def _conditional(node: dict, said: set[str] | None) -> dict:
         branch, certain = [condition, node.get("then", True)], False
     if any(unsatisfiable(b) is not None for b in branch):
         return node                      # the other branch would need `not if`: checked on the answer
-    if not certain:
-        if said is None:
-            return node
-        said.add(NARROWED_CONDITIONAL)   # the values that fail the condition are no longer offered
+    # uncertain: the values that fail the condition are no longer offered
+    if not certain and not _may_narrow(said, NARROWED_CONDITIONAL):
+        return node
     branch = [b for b in branch if not always_valid(b)]
     if branch:
         out["allOf"] = list(node.get("allOf", [])) + branch
@@ -327,10 +341,8 @@ def _not_types(node: dict, said: set[str] | None) -> dict:
     narrowed = _keep_types(exact, set(TYPES) - rejected) if rejected else None
     if narrowed is None:
         return exact
-    if narrowed is not exact:
-        if said is None:
-            return exact
-        said.add(NARROWED_NOT)
+    if narrowed is not exact and not _may_narrow(said, NARROWED_NOT):
+        return exact
     return {k: v for k, v in narrowed.items() if k != "not"}
 
 
@@ -348,8 +360,6 @@ def _one_of_types(node: dict, said: set[str] | None) -> dict:
     narrowed = _keep_types(exact, {t for t in TYPES if takers[t] >= 2})
     if narrowed is None:
         return exact
-    if narrowed is not exact:
-        if said is None:
-            return exact
-        said.add(NARROWED_ONE_OF)
+    if narrowed is not exact and not _may_narrow(said, NARROWED_ONE_OF):
+        return exact
     return narrowed
