@@ -6,6 +6,8 @@ GGUF (tests/tiny_gguf.py) gives the vocabulary, and no model weights are evaluat
 
 from __future__ import annotations
 
+import itertools
+
 import llama_cpp
 import numpy as np
 import pytest
@@ -271,8 +273,11 @@ def test_the_contexts_own_logits_are_drawn_from_like_a_copied_row(tmp_path):
     try:
         llm.eval(llm.tokenize(b"the cat sat on the mat", add_bos=False))  # several tokens: the last row counts
         copied = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)).copy()
-        params = SamplingParams(temperature=1.5, top_p=1.0, top_k=0, seed=9)
-        for gbnf in (None, 'root ::= [a-d]+'):
+        for params, gbnf in itertools.product(
+                (SamplingParams(temperature=1.5, top_p=1.0, top_k=0, seed=9),    # the full pass
+                 SamplingParams(temperature=1.5, top_p=0.95, top_k=20, seed=9),  # the shortcut (top_k_superset)
+                 SamplingParams(temperature=0.0, top_p=1.0, top_k=20, seed=9)),  # greedy
+                (None, 'root ::= [a-d]+')):
             got = []
             for logits in (None, copied):
                 grammar = Grammar(llm._model.vocab, gbnf) if gbnf else None
@@ -285,7 +290,7 @@ def test_the_contexts_own_logits_are_drawn_from_like_a_copied_row(tmp_path):
                     sampler.close()
                     if grammar:
                         grammar.close()
-            assert got[0] == got[1] and len(set(got[0])) > 2, (gbnf, got)
+            assert got[0] == got[1] and (len(set(got[0])) > 2 or params.temperature == 0), (params, gbnf, got)
     finally:
         llm.close()
 
@@ -315,3 +320,84 @@ def test_the_closing_forces_the_grammars_end_only_near_the_budget(vocab, letter_
         assert got == [quote, bracket, eog] and sampler.closed_tokens == 3
     finally:
         sampler.close()
+
+
+# ---- the prefiltered draw: a copied row drawn from without filling every candidate ------------------
+BIG_VOCAB = 151_936
+
+
+def _rows() -> dict[str, np.ndarray]:
+    """Rows of Qwen3's vocabulary size: plain, peaked, with the largest logits all on the stride
+    (where the bound is tightest), mostly masked, and with the largest logit twice."""
+    rng = np.random.default_rng(7)
+    rows = {"normal": (rng.standard_normal(BIG_VOCAB) * 3).astype(np.float32),
+            "peaked": (rng.standard_normal(BIG_VOCAB) + np.where(rng.random(BIG_VOCAB) < 1e-4, 12, 0)).astype(np.float32)}
+    on_stride = rng.standard_normal(BIG_VOCAB).astype(np.float32)
+    on_stride[np.arange(0, 200 * 8, 8)] = np.linspace(20, 5, 200, dtype=np.float32)
+    rows["top on the stride"] = on_stride
+    masked = np.full(BIG_VOCAB, -np.inf, dtype=np.float32)
+    masked[rng.choice(BIG_VOCAB, 300, replace=False)] = rng.standard_normal(300).astype(np.float32)
+    rows["masked"] = masked
+    twice = rows["normal"].copy()
+    twice[[1234, 98765]] = twice.max() + 1.0
+    rows["largest twice"] = twice
+    return rows
+
+
+@pytest.mark.parametrize("k", [1, 20, 128])
+def test_the_superset_holds_the_k_largest_and_their_ties(k):
+    from edge.runtime.sampling import top_k_superset
+    for name, r in _rows().items():
+        ids = top_k_superset(r, k)
+        finite_on_stride = np.isfinite(r[::8]).sum()
+        if finite_on_stride < k:
+            assert ids is None, name  # the bound would be -inf: the full pass instead
+            continue
+        kth = np.sort(r)[-k]
+        must = np.flatnonzero(r >= kth)  # the k largest and everything tied with the k-th
+        assert ids is not None and np.all(np.diff(ids) > 0), name
+        assert set(must.tolist()) <= set(ids.tolist()), (name, k)
+        assert ids.size < BIG_VOCAB // 4, (name, ids.size)  # a small set, or the point is lost
+    on_stride = _rows()["top on the stride"]
+    assert top_k_superset(on_stride, k).size == k  # the bound is exactly the k-th largest there
+
+
+@pytest.mark.parametrize("params", [
+    NON_THINKING.with_overrides(seed=5), THINKING.with_overrides(seed=6),
+    SamplingParams(temperature=3.0, top_p=1.0, top_k=20, seed=7),        # every kept token drawn often
+    SamplingParams(temperature=1.0, top_p=1.0, top_k=128, min_p=0.01, seed=8),
+    SamplingParams(temperature=0.0, top_p=1.0, top_k=20, seed=9),        # greedy
+], ids=["non-thinking", "thinking", "hot", "k128-min-p", "greedy"])
+def test_a_prefiltered_draw_is_the_full_passs_draw(params):
+    """The shortcut for plain chains draws exactly what the chain over all 151,936 candidates
+    draws, seed for seed, on every row (the shortcut off: the full pass)."""
+    for name, r in _rows().items():
+        got = []
+        for shortcut in (True, False):
+            sampler = TokenSampler(params, BIG_VOCAB)
+            if not shortcut:
+                sampler._greedy, sampler._prefilter_k = False, 0
+            try:
+                got.append([sampler.sample(None, never_eog, logits=r) for _ in range(60)])
+            finally:
+                sampler.close()
+        if name == "largest twice" and params.temperature > 0:
+            # tied logits may leave top_k's partial sort in another order: the same tokens, drawn
+            # as often (two equal logits: the same probability), but not seed for seed
+            assert set(got[0]) == set(got[1]), (name, params)
+            continue
+        assert got[0] == got[1], (name, params)
+        assert params.temperature == 0 or len(set(got[0])) > 1 or name == "peaked", (name, got[0][:10])
+
+
+def test_the_shortcut_is_taken_only_for_plain_chains():
+    """Penalties and logit bias see tokens outside the top k: those chains keep the full pass."""
+    taken = lambda p: (TokenSampler(p, BIG_VOCAB)._prefilter_k, TokenSampler(p, BIG_VOCAB)._greedy)  # noqa: E731
+    assert taken(NON_THINKING) == (20, False)
+    assert taken(NON_THINKING.with_overrides(temperature=0.0)) == (0, True)
+    assert taken(NON_THINKING.with_overrides(presence_penalty=1.5)) == (0, False)
+    assert taken(NON_THINKING.with_overrides(frequency_penalty=0.5)) == (0, False)
+    assert taken(NON_THINKING.with_overrides(repeat_penalty=1.1)) == (0, False)
+    assert taken(SamplingParams(0.0, 1.0, 20, logit_bias=((5, 2.0),))) == (0, False)
+    assert taken(NON_THINKING.with_overrides(top_k=0)) == (0, False)     # no top_k: every token may be drawn
+    assert taken(NON_THINKING.with_overrides(top_k=200)) == (0, False)   # past llama.cpp's partial sort
