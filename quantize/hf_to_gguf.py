@@ -88,9 +88,10 @@ def load_hf_model(folder: Path) -> HFModel:
             raise QuantizeError(where, f"unexpected tensor {name}: not part of a Qwen3ForCausalLM model")
         if tuple(t.shape) != want:
             raise QuantizeError(where, f"tensor {name} has shape {list(t.shape)} but config.json implies {list(want)}")
+    sampling = read_generation_sampling(folder)  # before the tokenizer: a bad one is refused in milliseconds
     tokenizer = read_tokenizer(folder, config.vocab_size)
     head = detect_retrieval_head(folder, config.raw, tokenizer.tokens)
-    return HFModel(folder, config, tensors, tokenizer, read_generation_sampling(folder), head)
+    return HFModel(folder, config, tensors, tokenizer, sampling, head)
 
 
 def tensor_type(gguf_name: str, shape: tuple[int, ...], target: QT) -> QT:
