@@ -25,7 +25,9 @@ def tuning_line(engine) -> str | None:
     how = f"measured now in {tuned.seconds:.1f}s" if engine.tuned_now else "cached"
     plan = getattr(engine, "plan", None)
     said = tuned.describe_applied(plan.threads, plan.threads_batch, plan.flash_attn) if plan else tuned.describe()
-    return f"{said} ({how}; `qwen3-edge tune` measures again, --threads, --flash-attn or QWEN3_EDGE_TUNE=off to set)"
+    import edge
+    return (f"{said} ({how}; `qwen3-edge tune` measures again, --threads, --flash-attn or QWEN3_EDGE_TUNE=off to set); "
+            f"llama.cpp's workers wait: {edge.WORKERS_WAIT}")
 
 
 def tune(model: Optional[str] = typer.Argument(None, help=MODEL_HELP), gpu_layers: Optional[int] = GPU_LAYERS,

@@ -5,6 +5,10 @@ tool calls (tool_calls.py) and grammars for tools and JSON schemas (grammar.py),
 An app imports from here: ``from edge import Engine, Chat``.
 """
 
+from edge.runtime.openmp import apply_wait_setting
+
+WORKERS_WAIT = apply_wait_setting()  # first: libgomp reads its wait setting once, as llama_cpp loads it
+
 from edge.serve.completion import complete
 from edge.chat import Chat, ChatError, Event, Message, Reply, load_transcript, save_transcript
 from edge.runtime.engine import Engine, EngineError

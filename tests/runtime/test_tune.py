@@ -141,6 +141,8 @@ def test_start_up_line_says_the_choice_and_whether_it_was_measured_now():
     tuned = Tuned(flash_attn=False, n_threads=1, n_threads_batch=2, seconds=9.4)
     now = tuning_line(SimpleNamespace(tuned=tuned, tuned_now=True))
     assert "flash attention off, 1 thread (2 for prompts)" in now and "measured now in 9.4s" in now
+    import edge
+    assert now.endswith(f"llama.cpp's workers wait: {edge.WORKERS_WAIT}")  # the short spin (openmp.py), or the user's
     assert "cached" in tuning_line(SimpleNamespace(tuned=tuned, tuned_now=False))
     assert tuning_line(SimpleNamespace(tuned=None, tuned_now=False)) is None
 
