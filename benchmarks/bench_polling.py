@@ -4,7 +4,8 @@
 
 Each measurement is a fresh process (libgomp reads its wait setting once, when it loads) that
 imports edge, loads the GGUF with weight repacking as the Engine chooses and flash attention on,
-and decodes --tokens single tokens from depth 0; the best of 3 passes, tok/s. Settings: the
+and decodes --tokens single tokens from depth 0 as llama-bench does (edge/runtime/bench.py's
+measure_gen: an empty cache, each decode synchronized); the best of 3 passes, tok/s. Settings: the
 runtime's default (edge/runtime/openmp.py: a short spin), libgomp's default (GOMP_SPINCOUNT=300000,
 what a process that loads llama.cpp without qwen3-edge gets) and OMP_WAIT_POLICY=PASSIVE, each at
 every thread count from 1 to the CPU count. "loaded": one busy process per CPU runs meanwhile.
@@ -23,26 +24,22 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CPUS = os.cpu_count() or 1
 DEFAULT_GGUF = ROOT / "benchmarks" / ".cache" / "Qwen3-0.6B-random-q4_k_m.gguf"
 SETTINGS = {"qwen3-edge default": {}, "libgomp default": {"GOMP_SPINCOUNT": "300000"},
             "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 DECODE = r"""
-import sys, time
-import edge, llama_cpp
+import random, sys
+import edge
+from edge.runtime.bench import RawContext, measure_gen
 from edge.runtime.cpu_buffers import TunedLlama, default_extra_buffers
 path, threads, tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 llm = TunedLlama(model_overrides={"use_extra_bufts": default_extra_buffers()}, model_path=path, n_ctx=256,
                  n_threads=threads, n_threads_batch=threads, flash_attn=True, verbose=False)
-best = 0.0
-for _ in range(3):
-    llm.n_tokens = 0
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm._ctx.ctx), True)
-    llm.eval([100])
-    t = time.perf_counter()
-    for i in range(tokens):
-        llm.eval([1000 + i])
-    best = max(best, tokens / (time.perf_counter() - t))
+rng = random.Random(0)
+ids = [rng.randrange(1000, 20000) for _ in range(tokens)]
+best = max(tokens / measure_gen(RawContext(llm._ctx.ctx), ids) for _ in range(3))  # llama-bench's test_gen
 print(best, edge.WORKERS_WAIT, sep="\t")
 """
 
@@ -71,25 +68,23 @@ def llama_bench(binary: Path, gguf: Path, threads: int, tokens: int) -> float:
 
 
 def sweep(gguf: Path, rounds: int, tokens: int) -> dict[tuple[str, int], float]:
-    cpus = os.cpu_count() or 1
     runs: dict[tuple[str, int], list[float]] = {}
     for _ in range(rounds):
         for name, env in SETTINGS.items():
-            for threads in range(1, cpus + 1):
+            for threads in range(1, CPUS + 1):
                 runs.setdefault((name, threads), []).append(decode(gguf, threads, tokens, env))
     return {key: statistics.median(v) for key, v in runs.items()}
 
 
 def report(label: str, result: dict[tuple[str, int], float]) -> None:
-    cpus = os.cpu_count() or 1
     print(f"{label}: tok/s, median of rounds")
     for name in SETTINGS:
-        print(f"  {name:20s} " + "  ".join(f"{t} thr {result[(name, t)]:6.2f}" for t in range(1, cpus + 1)))
+        print(f"  {name:20s} " + "  ".join(f"{t} thr {result[(name, t)]:6.2f}" for t in range(1, CPUS + 1)))
     best_key = max(result, key=result.get)
-    ours = result[("qwen3-edge default", cpus)]
+    ours = result[("qwen3-edge default", CPUS)]
     print(f"  best of the sweep: {best_key[0]}, {best_key[1]} threads, {result[best_key]:.2f}; the runtime's default "
-          f"({cpus} threads) {ours:.2f} = {ours / result[best_key]:.2f}x; libgomp's default at its best thread count "
-          f"{max(result[('libgomp default', t)] for t in range(1, cpus + 1)):.2f}")
+          f"({CPUS} threads) {ours:.2f} = {ours / result[best_key]:.2f}x; libgomp's default at its best thread count "
+          f"{max(result[('libgomp default', t)] for t in range(1, CPUS + 1)):.2f}")
 
 
 def main() -> None:
@@ -99,15 +94,15 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--llama-bench", type=Path, default=None)
     args = ap.parse_args()
-    print(f"{args.gguf.name}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, {args.tokens} tokens, flash attention on")
+    print(f"{args.gguf.name}, {CPUS} CPUs, load {os.getloadavg()[0]:.1f}, {args.tokens} tokens, flash attention on")
     idle = sweep(args.gguf, args.rounds, args.tokens)
     report("idle", idle)
     if args.llama_bench:
-        ref = {t: llama_bench(args.llama_bench, args.gguf, t, args.tokens) for t in range(1, (os.cpu_count() or 1) + 1)}
+        ref = {t: llama_bench(args.llama_bench, args.gguf, t, args.tokens) for t in range(1, CPUS + 1)}
         best = max(ref.values())
         print(f"  llama-bench tg{args.tokens} (its own default wait): " + "  ".join(f"{t} thr {v:.2f}" for t, v in ref.items())
-              + f"; the runtime's default / llama-bench's best {idle[('qwen3-edge default', os.cpu_count() or 1)] / best:.2f}x")
-    hogs = [multiprocessing.Process(target=busy, daemon=True) for _ in range(os.cpu_count() or 1)]
+              + f"; the runtime's default / llama-bench's best {idle[('qwen3-edge default', CPUS)] / best:.2f}x")
+    hogs = [multiprocessing.Process(target=busy, daemon=True) for _ in range(CPUS)]
     for h in hogs:
         h.start()
     try:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+import edge
 from edge.models.resolve import resolve_model
 from edge.models.store import ModelStore
 from edge.runtime.tune import tune_model
@@ -25,7 +26,6 @@ def tuning_line(engine) -> str | None:
     how = f"measured now in {tuned.seconds:.1f}s" if engine.tuned_now else "cached"
     plan = getattr(engine, "plan", None)
     said = tuned.describe_applied(plan.threads, plan.threads_batch, plan.flash_attn) if plan else tuned.describe()
-    import edge
     return (f"{said} ({how}; `qwen3-edge tune` measures again, --threads, --flash-attn or QWEN3_EDGE_TUNE=off to set); "
             f"llama.cpp's workers wait: {edge.WORKERS_WAIT}")
 

@@ -49,7 +49,7 @@ def wait_setting(environ) -> dict[str, str]:
 
 
 def describe_waiting(environ, setting: dict[str, str], was_loaded: bool) -> str:
-    """How llama.cpp's workers wait in this process, for `qwen3-edge plan` and the tests (pure)."""
+    """How llama.cpp's workers wait in this process, for the start-up line (pure)."""
     if not setting:
         return "as " + ", ".join(f"{k}={environ[k]}" for k in USER_KEYS if k in environ) + " says"
     if was_loaded:
